@@ -1,0 +1,44 @@
+import { join } from 'node:path'
+import autoLoad from '@fastify/autoload'
+import fp from 'fastify-plugin'
+import type { FastifyPluginAsync, FastifyServerOptions } from 'fastify'
+import type { Config } from './plugins/config.js'
+
+export interface AppOptions {
+  /** A configuration already loaded; without it the config plugin reads the environment. */
+  config?: Config
+}
+
+/**
+ * Server options the app relies on. server.ts, the tests and fastify-cli
+ * (which reads this export) create the instance with them.
+ */
+export const options: FastifyServerOptions = {
+  ajv: {
+    // Refuse what does not match the schema instead of coercing it: a number
+    // where a token string is expected is an error, not the string "123".
+    customOptions: { coerceTypes: false, allErrors: false }
+  },
+  return503OnClosing: true
+}
+
+// The service as a plugin: every concern from plugins/ (ordered by their
+// declared dependencies), then every endpoint from routes/.
+const serviceApp: FastifyPluginAsync<AppOptions> = async (fastify, opts) => {
+  await fastify.register(autoLoad, {
+    dir: join(import.meta.dirname, 'plugins'),
+    options: opts,
+    ignorePattern: /\.d\.ts$|\.map$/
+  })
+  await fastify.register(autoLoad, {
+    dir: join(import.meta.dirname, 'routes'),
+    // Each route file declares its full path, so that grepping for a URL
+    // finds its handler.
+    dirNameRoutePrefix: false,
+    ignorePattern: /\.d\.ts$|\.map$/
+  })
+}
+
+// Wrapped so that its decorators, error handler and hooks apply to the
+// instance that registers it (the server, a test, the Lambda handler).
+export default fp(serviceApp, { name: 'session-service' })

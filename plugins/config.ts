@@ -1,0 +1,255 @@
+import { readFileSync } from 'node:fs'
+import { createPrivateKey, createPublicKey, type KeyObject } from 'node:crypto'
+import fp from 'fastify-plugin'
+import { envSchema } from 'env-schema'
+
+// A setting that cannot be used. The message always starts with the variable's
+// name, so that the process can stop with one line an operator can act on.
+export class ConfigError extends Error {
+  readonly variable: string
+
+  constructor (variable: string, problem: string) {
+    super(`${variable}: ${problem}`)
+    this.name = 'ConfigError'
+    this.variable = variable
+  }
+}
+
+export type SigningAlgorithm = 'RS256'
+
+export interface Config {
+  databaseUrl: string
+  redisUrl: string
+  redisKeyPrefix: string
+  privateKey: KeyObject
+  publicKey: KeyObject
+  algorithm: SigningAlgorithm
+  issuer: string
+  audience: string
+  /** access token lifetime, seconds */
+  accessTokenTtl: number
+  /** refresh token lifetime, seconds */
+  refreshTokenTtl: number
+  /** random bytes in a refresh token */
+  refreshTokenBytes: number
+  refreshTokenClientAuth: 'required' | 'optional'
+  /** how long a client record may be served from the Redis cache, seconds */
+  clientCacheTtl: number
+  /** token requests per minute for a client without its own rate_limit */
+  rateLimitDefault: number
+  migrateOnStart: boolean
+  /** bound on any single PostgreSQL or Redis operation, milliseconds */
+  dependencyTimeoutMs: number
+  /** Cache-Control max-age of the JWKS document, seconds */
+  jwksMaxAge: number
+  /** largest accepted request body, bytes */
+  bodyLimit: number
+  pgPoolMax: number
+  host: string
+  port: number
+  logLevel: string
+  trustProxy: boolean
+}
+
+const DURATION = '^\\s*\\d+\\s*(s|m|h|d)?\\s*$'
+const DURATION_MS = '^\\s*\\d+\\s*(ms|s|m|h|d)?\\s*$'
+
+const schema = {
+  type: 'object',
+  required: ['DATABASE_URL', 'REDIS_URL'],
+  properties: {
+    DATABASE_URL: { type: 'string', minLength: 1 },
+    REDIS_URL: { type: 'string', minLength: 1 },
+    REDIS_KEY_PREFIX: { type: 'string', default: 'session-service:', maxLength: 100 },
+    JWT_PRIVATE_KEY: { type: 'string' },
+    JWT_PRIVATE_KEY_FILE: { type: 'string' },
+    JWT_PUBLIC_KEY: { type: 'string' },
+    JWT_PUBLIC_KEY_FILE: { type: 'string' },
+    JWT_ALGORITHM: { type: 'string', enum: ['RS256'], default: 'RS256' },
+    JWT_ISSUER: { type: 'string', minLength: 1, default: 'session-service' },
+    JWT_AUDIENCE: { type: 'string', minLength: 1, default: 'api' },
+    JWT_EXPIRY: { type: 'string', pattern: DURATION, default: '3600s' },
+    REFRESH_TOKEN_EXPIRY: { type: 'string', pattern: DURATION, default: '604800s' },
+    REFRESH_TOKEN_LENGTH: { type: 'integer', minimum: 16, maximum: 256, default: 32 },
+    REFRESH_TOKEN_CLIENT_AUTH: { type: 'string', enum: ['required', 'optional'], default: 'required' },
+    CLIENT_CACHE_TTL: { type: 'string', pattern: DURATION, default: '30s' },
+    RATE_LIMIT_DEFAULT: { type: 'integer', minimum: 1, default: 60 },
+    MIGRATE_ON_START: { type: 'boolean', default: true },
+    DEPENDENCY_TIMEOUT: { type: 'string', pattern: DURATION_MS, default: '2s' },
+    JWKS_MAX_AGE: { type: 'string', pattern: DURATION, default: '300s' },
+    BODY_LIMIT: { type: 'integer', minimum: 1024, maximum: 1048576, default: 16384 },
+    PG_POOL_MAX: { type: 'integer', minimum: 1, maximum: 1000, default: 10 },
+    SERVER_HOST: { type: 'string', minLength: 1, default: '0.0.0.0' },
+    SERVER_PORT: { type: 'integer', minimum: 0, maximum: 65535, default: 8080 },
+    LOG_LEVEL: { type: 'string', enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info' },
+    TRUST_PROXY: { type: 'boolean', default: false }
+  }
+} as const
+
+interface RawEnv {
+  DATABASE_URL: string
+  REDIS_URL: string
+  REDIS_KEY_PREFIX: string
+  JWT_PRIVATE_KEY?: string
+  JWT_PRIVATE_KEY_FILE?: string
+  JWT_PUBLIC_KEY?: string
+  JWT_PUBLIC_KEY_FILE?: string
+  JWT_ALGORITHM: SigningAlgorithm
+  JWT_ISSUER: string
+  JWT_AUDIENCE: string
+  JWT_EXPIRY: string
+  REFRESH_TOKEN_EXPIRY: string
+  REFRESH_TOKEN_LENGTH: number
+  REFRESH_TOKEN_CLIENT_AUTH: 'required' | 'optional'
+  CLIENT_CACHE_TTL: string
+  RATE_LIMIT_DEFAULT: number
+  MIGRATE_ON_START: boolean
+  DEPENDENCY_TIMEOUT: string
+  JWKS_MAX_AGE: string
+  BODY_LIMIT: number
+  PG_POOL_MAX: number
+  SERVER_HOST: string
+  SERVER_PORT: number
+  LOG_LEVEL: string
+  TRUST_PROXY: boolean
+}
+
+const UNIT_SECONDS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 }
+
+/** `3600s`, `15m`, `1h`, `7d` or bare seconds, to seconds. */
+export function parseDuration (variable: string, value: string): number {
+  const match = /^\s*(\d+)\s*([smhd])?\s*$/.exec(value)
+  if (match === null) throw new ConfigError(variable, `"${value}" is not a duration (use 3600s, 15m, 1h, 7d or seconds)`)
+  const seconds = Number(match[1]) * (UNIT_SECONDS[match[2] ?? 's'] ?? 1)
+  if (!Number.isSafeInteger(seconds) || seconds < 1) throw new ConfigError(variable, 'must be at least one second')
+  return seconds
+}
+
+/** Like parseDuration, also accepting milliseconds (`500ms`); returns milliseconds. */
+export function parseDurationMs (variable: string, value: string): number {
+  const match = /^\s*(\d+)\s*ms\s*$/.exec(value)
+  if (match === null) return parseDuration(variable, value) * 1000
+  const ms = Number(match[1])
+  if (!Number.isSafeInteger(ms) || ms < 1) throw new ConfigError(variable, 'must be at least one millisecond')
+  return ms
+}
+
+type EnvSource = Record<string, string | undefined>
+
+// PEM text from VAR or from the file named by VAR_FILE, never both. Literal
+// "\n" sequences are accepted because many secret stores flatten newlines.
+function readPem (env: EnvSource, variable: string): { text: string, from: string } | undefined {
+  const inline = env[variable]
+  const path = env[`${variable}_FILE`]
+  if (inline !== undefined && inline !== '' && path !== undefined && path !== '') {
+    throw new ConfigError(variable, `set either ${variable} or ${variable}_FILE, not both`)
+  }
+  if (path !== undefined && path !== '') {
+    try {
+      return { text: readFileSync(path, 'utf8'), from: `${variable}_FILE` }
+    } catch (err) {
+      throw new ConfigError(`${variable}_FILE`, `cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? 'error'})`)
+    }
+  }
+  if (inline !== undefined && inline !== '') return { text: inline.replace(/\\n/g, '\n'), from: variable }
+  return undefined
+}
+
+function loadKeys (env: EnvSource, algorithm: SigningAlgorithm): { privateKey: KeyObject, publicKey: KeyObject } {
+  const privatePem = readPem(env, 'JWT_PRIVATE_KEY')
+  if (privatePem === undefined) throw new ConfigError('JWT_PRIVATE_KEY', 'is required (PEM text, or a path in JWT_PRIVATE_KEY_FILE)')
+  let privateKey: KeyObject
+  try {
+    privateKey = createPrivateKey(privatePem.text)
+  } catch {
+    throw new ConfigError(privatePem.from, 'is not a PEM private key')
+  }
+  if (algorithm === 'RS256') {
+    if (privateKey.asymmetricKeyType !== 'rsa') {
+      throw new ConfigError(privatePem.from, `is a ${privateKey.asymmetricKeyType ?? 'unknown'} key, but JWT_ALGORITHM=${algorithm} needs an RSA key`)
+    }
+    const bits = privateKey.asymmetricKeyDetails?.modulusLength ?? 0
+    if (bits < 2048) throw new ConfigError(privatePem.from, `is a ${bits}-bit RSA key; at least 2048 bits are required`)
+  }
+  const derived = createPublicKey(privateKey)
+
+  const publicPem = readPem(env, 'JWT_PUBLIC_KEY')
+  if (publicPem === undefined) return { privateKey, publicKey: derived }
+  let publicKey: KeyObject
+  try {
+    publicKey = createPublicKey(publicPem.text)
+  } catch {
+    throw new ConfigError(publicPem.from, 'is not a PEM public key')
+  }
+  const given = publicKey.export({ type: 'spki', format: 'der' })
+  const expected = derived.export({ type: 'spki', format: 'der' })
+  if (!given.equals(expected)) throw new ConfigError(publicPem.from, 'does not match JWT_PRIVATE_KEY')
+  return { privateKey, publicKey }
+}
+
+function describeSchemaError (err: unknown): ConfigError {
+  const errors = (err as { errors?: Array<{ instancePath: string, message?: string, params?: Record<string, unknown> }> }).errors
+  const first = errors?.[0]
+  if (first === undefined) return new ConfigError('environment', (err as Error).message)
+  if (typeof first.params?.missingProperty === 'string') return new ConfigError(first.params.missingProperty, 'is required')
+  const variable = first.instancePath.replace(/^\//, '') || 'environment'
+  if (typeof first.params?.pattern === 'string') return new ConfigError(variable, 'is not a duration (use 3600s, 15m, 1h, 7d or seconds)')
+  if (Array.isArray(first.params?.allowedValues)) return new ConfigError(variable, `must be one of ${first.params.allowedValues.join(', ')}`)
+  return new ConfigError(variable, first.message ?? 'is invalid')
+}
+
+/**
+ * Validates the environment once. Throws a ConfigError naming the first bad
+ * variable. `dotenv` reads a `.env` file from the working directory first.
+ */
+export function loadConfig (env: EnvSource = process.env, options: { dotenv?: boolean } = {}): Config {
+  let raw: RawEnv
+  try {
+    raw = envSchema<RawEnv>({ schema, data: { ...env }, dotenv: options.dotenv === true })
+  } catch (err) {
+    throw describeSchemaError(err)
+  }
+  // env-schema merges .env into process.env: read key material from there too.
+  const source = options.dotenv === true ? { ...process.env, ...env } : env
+  const { privateKey, publicKey } = loadKeys(source, raw.JWT_ALGORITHM)
+  return {
+    databaseUrl: raw.DATABASE_URL,
+    redisUrl: raw.REDIS_URL,
+    redisKeyPrefix: raw.REDIS_KEY_PREFIX,
+    privateKey,
+    publicKey,
+    algorithm: raw.JWT_ALGORITHM,
+    issuer: raw.JWT_ISSUER,
+    audience: raw.JWT_AUDIENCE,
+    accessTokenTtl: parseDuration('JWT_EXPIRY', raw.JWT_EXPIRY),
+    refreshTokenTtl: parseDuration('REFRESH_TOKEN_EXPIRY', raw.REFRESH_TOKEN_EXPIRY),
+    refreshTokenBytes: raw.REFRESH_TOKEN_LENGTH,
+    refreshTokenClientAuth: raw.REFRESH_TOKEN_CLIENT_AUTH,
+    clientCacheTtl: parseDuration('CLIENT_CACHE_TTL', raw.CLIENT_CACHE_TTL),
+    rateLimitDefault: raw.RATE_LIMIT_DEFAULT,
+    migrateOnStart: raw.MIGRATE_ON_START,
+    dependencyTimeoutMs: parseDurationMs('DEPENDENCY_TIMEOUT', raw.DEPENDENCY_TIMEOUT),
+    jwksMaxAge: parseDuration('JWKS_MAX_AGE', raw.JWKS_MAX_AGE),
+    bodyLimit: raw.BODY_LIMIT,
+    pgPoolMax: raw.PG_POOL_MAX,
+    host: raw.SERVER_HOST,
+    port: raw.SERVER_PORT,
+    logLevel: raw.LOG_LEVEL,
+    trustProxy: raw.TRUST_PROXY
+  }
+}
+
+export interface ConfigPluginOptions {
+  /** A configuration already loaded (server.ts, tests). */
+  config?: Config
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    config: Config
+  }
+}
+
+export default fp<ConfigPluginOptions>(async (fastify, opts) => {
+  fastify.decorate('config', opts.config ?? loadConfig(process.env, { dotenv: true }))
+}, { name: 'config' })

@@ -1,0 +1,118 @@
+import fp from 'fastify-plugin'
+import type { FastifyError, FastifyReply } from 'fastify'
+import { oauthError } from '../schemas/oauth.js'
+
+/** An error with an RFC 6749 §5.2 body: `{ error, error_description }`. */
+export class OAuthError extends Error {
+  readonly statusCode: number
+  readonly error: string
+  readonly headers: Record<string, string>
+
+  constructor (statusCode: number, error: string, description: string, headers: Record<string, string> = {}) {
+    super(description)
+    this.name = 'OAuthError'
+    this.statusCode = statusCode
+    this.error = error
+    this.headers = headers
+  }
+}
+
+export const invalidRequest = (description: string): OAuthError => new OAuthError(400, 'invalid_request', description)
+export const invalidGrant = (description: string): OAuthError => new OAuthError(400, 'invalid_grant', description)
+
+/**
+ * PostgreSQL or Redis did not answer in time or refused the connection.
+ * Answered with 503 `temporarily_unavailable` and Retry-After.
+ */
+export class DependencyError extends Error {
+  readonly dependency: string
+
+  constructor (dependency: string, cause: unknown) {
+    super(`${dependency} is unavailable`, { cause })
+    this.name = 'DependencyError'
+    this.dependency = dependency
+  }
+}
+
+/** Runs a storage operation; any failure of it becomes a DependencyError. */
+export async function guard<T> (dependency: string, operation: Promise<T>): Promise<T> {
+  try {
+    return await operation
+  } catch (err) {
+    throw new DependencyError(dependency, err)
+  }
+}
+
+/** Rejects after `ms` milliseconds unless the operation settles first. */
+export async function withTimeout<T> (operation: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const timeout = new Promise<never>((resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not answer within ${ms} ms`)), ms)
+  })
+  try {
+    return await Promise.race([operation, timeout])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+// Errors raised by ioredis or pg outside our guard() calls (the rate-limit
+// store talks to Redis on its own). They mean a dependency is down, not a bug.
+const DEPENDENCY_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', '57P01', '57P02', '57P03', '08000', '08001', '08003', '08006'])
+const DEPENDENCY_MESSAGES = /Connection is closed|Stream isn't writeable|Command timed out|Reached the max retries|Connection terminated|timeout exceeded when trying to connect/
+
+function isDependencyFailure (err: FastifyError): boolean {
+  if (err instanceof DependencyError) return true
+  if (err.code !== undefined && DEPENDENCY_CODES.has(err.code)) return true
+  return DEPENDENCY_MESSAGES.test(err.message) || err.name === 'MaxRetriesPerRequestError'
+}
+
+export const RETRY_AFTER_SECONDS = 2
+
+function send (reply: FastifyReply, statusCode: number, error: string, description: string): FastifyReply {
+  return reply.code(statusCode).type('application/json; charset=utf-8').send({ error, error_description: description })
+}
+
+export default fp(async (fastify) => {
+  fastify.addSchema(oauthError)
+
+  fastify.setErrorHandler((err: FastifyError, request, reply) => {
+    if (err instanceof OAuthError) {
+      reply.headers(err.headers)
+      if (err.statusCode >= 500) request.log.warn({ oauthError: err.error }, err.message)
+      return send(reply, err.statusCode, err.error, err.message)
+    }
+    if (err.validation !== undefined) {
+      return send(reply, 400, 'invalid_request', `${err.validationContext ?? 'request'}${err.validation[0]?.instancePath ?? ''} ${err.validation[0]?.message ?? 'is invalid'}`)
+    }
+    if (isDependencyFailure(err)) {
+      const dependency = err instanceof DependencyError ? err.dependency : 'a storage dependency'
+      request.log.error({ dependency, cause: (err.cause as Error | undefined)?.message ?? err.message }, 'dependency unavailable')
+      reply.header('retry-after', String(RETRY_AFTER_SECONDS))
+      return send(reply, 503, 'temporarily_unavailable', `${dependency} is unavailable; retry later`)
+    }
+    switch (err.code) {
+      case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+        return send(reply, 400, 'invalid_request', 'unsupported content type')
+      case 'FST_ERR_CTP_BODY_TOO_LARGE':
+        return send(reply, 413, 'invalid_request', 'request body is too large')
+      case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
+      case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+      case 'FST_ERR_CTP_INVALID_JSON_BODY':
+        return send(reply, 400, 'invalid_request', 'request body is malformed')
+    }
+    const status = err.statusCode ?? 500
+    if (status >= 400 && status < 500) {
+      // Other client errors from Fastify or its parsers (JSON syntax errors
+      // carry statusCode 400); their messages may quote the input, so they
+      // are not echoed.
+      return send(reply, status === 404 || status === 405 ? status : 400, 'invalid_request', 'the request could not be parsed')
+    }
+    request.log.error({ err }, 'unexpected error')
+    return send(reply, 500, 'server_error', 'internal error')
+  })
+
+  fastify.setNotFoundHandler((request, reply) => {
+    return send(reply, 404, 'not_found', `no route for ${request.method} ${request.url.split('?')[0] ?? ''}`)
+  })
+}, { name: 'errors' })

@@ -1,0 +1,40 @@
+import fp from 'fastify-plugin'
+import fastifyRedis from '@fastify/redis'
+import { guard, withTimeout } from './errors.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** Resolves when Redis answers PING within the given time. */
+    pingRedis: (timeoutMs: number) => Promise<void>
+  }
+}
+
+export default fp(async (fastify) => {
+  const { config } = fastify
+  let lastErrorLog = 0
+  await fastify.register(fastifyRedis, {
+    url: config.redisUrl,
+    // Every key this service writes, rate-limit counters included, carries the
+    // prefix, so several deployments can share one Redis.
+    keyPrefix: config.redisKeyPrefix,
+    connectionName: 'session-service',
+    connectTimeout: config.dependencyTimeoutMs,
+    commandTimeout: config.dependencyTimeoutMs,
+    // While Redis is unreachable, commands fail at once (and become 503s)
+    // instead of queueing until the connection returns.
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 1,
+    retryStrategy: (attempt: number) => Math.min(attempt * 200, 2000)
+  })
+  // ioredis reports every failed reconnect; log at most one line per 10 s.
+  fastify.redis.on('error', (err: Error) => {
+    const now = Date.now()
+    if (now - lastErrorLog < 10_000) return
+    lastErrorLog = now
+    fastify.log.warn({ cause: err.message }, 'redis connection error')
+  })
+
+  fastify.decorate('pingRedis', async (timeoutMs: number) => {
+    await guard('redis', withTimeout(fastify.redis.ping(), timeoutMs, 'redis'))
+  })
+}, { name: 'redis', dependencies: ['config'] })

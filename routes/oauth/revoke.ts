@@ -1,0 +1,33 @@
+import type { FastifyPluginAsync } from 'fastify'
+import { readCredentials } from '../../plugins/clients.js'
+import { errorResponses, revokeRequest } from '../../schemas/oauth.js'
+
+interface RevokeRequestBody {
+  token: string
+  token_type_hint?: string
+  client_id?: string
+  client_secret?: string
+}
+
+const revokeRoute: FastifyPluginAsync = async (fastify) => {
+  const { clients, tokens, config } = fastify
+
+  fastify.post<{ Body: RevokeRequestBody }>('/oauth/revoke', {
+    bodyLimit: config.bodyLimit,
+    preParsing: fastify.requireMediaType('application/x-www-form-urlencoded'),
+    preValidation: fastify.refuseRepeatedParameters,
+    schema: {
+      body: revokeRequest,
+      response: { 200: { type: 'null' }, 401: { $ref: 'oauthError#' }, ...errorResponses }
+    }
+  }, async (request, reply) => {
+    reply.header('cache-control', 'no-store').header('pragma', 'no-cache')
+    const client = await clients.authenticate(request, readCredentials(request.headers.authorization, request.body))
+    // The hint only orders a search (RFC 7009 §2.1); the token's own shape
+    // tells a JWT access token from an opaque refresh token, so it is not needed.
+    await tokens.revoke(request.body.token, client.id)
+    return reply.code(200).send()
+  })
+}
+
+export default revokeRoute

@@ -1,0 +1,89 @@
+// JSON Schemas shared by the routes. Request schemas bound every parameter's
+// length; response schemas make Fastify serialize only the listed fields.
+
+/** RFC 6749 §5.2 error body, used by every endpoint for every 4xx and 5xx. */
+export const oauthError = {
+  $id: 'oauthError',
+  type: 'object',
+  required: ['error', 'error_description'],
+  properties: {
+    error: { type: 'string' },
+    error_description: { type: 'string' }
+  }
+} as const
+
+const parameter = (maxLength: number) => ({ type: 'string', maxLength } as const)
+
+/** POST /oauth/token form body. Unknown parameters are ignored (RFC 6749 §3.2). */
+export const tokenRequest = {
+  type: 'object',
+  required: ['grant_type'],
+  properties: {
+    grant_type: parameter(100),
+    client_id: parameter(255),
+    client_secret: parameter(1024),
+    refresh_token: parameter(1024),
+    scope: parameter(2048)
+  }
+} as const
+
+export const tokenResponse = {
+  type: 'object',
+  required: ['access_token', 'token_type', 'expires_in', 'refresh_token'],
+  properties: {
+    access_token: { type: 'string' },
+    token_type: { type: 'string' },
+    expires_in: { type: 'integer' },
+    refresh_token: { type: 'string' }
+  }
+} as const
+
+/** POST /oauth/revoke form body (RFC 7009 §2.1). */
+export const revokeRequest = {
+  type: 'object',
+  required: ['token'],
+  properties: {
+    token: parameter(16384),
+    token_type_hint: parameter(100),
+    client_id: parameter(255),
+    client_secret: parameter(1024)
+  }
+} as const
+
+/** POST /oauth/verify JSON body. */
+export const verifyRequest = {
+  type: 'object',
+  required: ['token'],
+  properties: {
+    token: { type: 'string' }
+  }
+} as const
+
+export const verifyResponse = {
+  type: 'object',
+  required: ['valid'],
+  properties: {
+    valid: { type: 'boolean' },
+    error: { type: 'string' },
+    claims: { type: 'object', additionalProperties: true }
+  }
+} as const
+
+export const jwks = {
+  type: 'object',
+  required: ['keys'],
+  properties: {
+    keys: {
+      type: 'array',
+      items: { type: 'object', additionalProperties: { type: 'string' } }
+    }
+  }
+} as const
+
+/** Error responses every endpoint may give, by status. */
+export const errorResponses = {
+  400: { $ref: 'oauthError#' },
+  413: { $ref: 'oauthError#' },
+  500: { $ref: 'oauthError#' },
+  503: { $ref: 'oauthError#' }
+} as const

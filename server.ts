@@ -1,0 +1,58 @@
+import Fastify from 'fastify'
+import closeWithGrace from 'close-with-grace'
+import app, { options } from './app.js'
+import { ConfigError, loadConfig, type Config } from './plugins/config.js'
+
+// Pino paths that must never reach a log line, whatever a serializer adds.
+export const REDACTED_PATHS = [
+  'req.headers.authorization',
+  'req.headers.cookie',
+  'req.body',
+  'body.client_secret',
+  'body.refresh_token',
+  'body.token',
+  'client_secret',
+  'refresh_token',
+  'access_token'
+]
+
+function fail (message: string): never {
+  process.stderr.write(`session-service: ${message}\n`)
+  process.exit(1)
+}
+
+let config: Config
+try {
+  config = loadConfig(process.env, { dotenv: true })
+} catch (err) {
+  fail(err instanceof ConfigError ? err.message : `configuration error: ${(err as Error).message}`)
+}
+
+const server = Fastify({
+  ...options,
+  logger: {
+    level: config.logLevel,
+    redact: { paths: REDACTED_PATHS, censor: '[redacted]' }
+  },
+  trustProxy: config.trustProxy,
+  bodyLimit: config.bodyLimit,
+  // No request hangs: a client that stalls mid-request is cut off.
+  requestTimeout: 30_000,
+  connectionTimeout: 30_000
+})
+
+await server.register(app, { config })
+
+closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
+  if (err !== undefined) server.log.error({ err }, 'shutting down after an error')
+  else server.log.info({ signal }, 'shutting down')
+  await server.close()
+})
+
+try {
+  await server.listen({ host: config.host, port: config.port })
+} catch (err) {
+  // A dependency unreachable at boot, a port in use: one line, exit 1.
+  server.log.fatal({ cause: (err as Error).message }, 'could not start')
+  fail((err as Error).message)
+}
