@@ -1,0 +1,185 @@
+// Builds the real app against the real PostgreSQL and Redis. Every call to
+// build() gets a database of its own (created here, dropped at teardown) and
+// a Redis key prefix of its own, so test files run in parallel safely.
+import { generateKeyPairSync, randomBytes } from 'node:crypto'
+import Fastify, { type FastifyInstance, type LightMyRequestResponse } from 'fastify'
+import pg from 'pg'
+import { Redis } from 'ioredis'
+import bcrypt from 'bcryptjs'
+import app, { options } from '../app.js'
+import { loadConfig, type Config } from '../plugins/config.js'
+
+export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
+export const TEST_REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
+
+/** The part of a tap Test that the helpers use. */
+export interface TestContext {
+  teardown: (fn: () => unknown) => void
+}
+
+export interface KeyPair {
+  privateKey: string
+  publicKey: string
+}
+
+export function generateRsaKeyPair (): KeyPair {
+  const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 })
+  return {
+    privateKey: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+    publicKey: publicKey.export({ type: 'spki', format: 'pem' }).toString()
+  }
+}
+
+/** One signing key per test file: generating RSA keys is slow. */
+export const testKeys = generateRsaKeyPair()
+
+function databaseUrlFor (name: string): string {
+  const url = new URL(TEST_DATABASE_URL)
+  url.pathname = `/${name}`
+  return url.toString()
+}
+
+/** A new empty database, dropped when the test ends. */
+export async function createDatabase (t: TestContext): Promise<string> {
+  const name = `ss_test_${process.pid}_${randomBytes(4).toString('hex')}`
+  const admin = new pg.Client({ connectionString: TEST_DATABASE_URL })
+  await admin.connect()
+  await admin.query(`CREATE DATABASE ${name}`)
+  await admin.end()
+  t.teardown(async () => {
+    const cleanup = new pg.Client({ connectionString: TEST_DATABASE_URL })
+    await cleanup.connect()
+    await cleanup.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
+    await cleanup.end()
+  })
+  return databaseUrlFor(name)
+}
+
+/** A Redis key prefix of its own; its keys are deleted when the test ends. */
+export function createRedisPrefix (t: TestContext): string {
+  const prefix = `ss-test:${process.pid}:${randomBytes(4).toString('hex')}:`
+  t.teardown(async () => {
+    const redis = new Redis(TEST_REDIS_URL)
+    let cursor = '0'
+    do {
+      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 500)
+      if (keys.length > 0) await redis.del(...keys)
+      cursor = next
+    } while (cursor !== '0')
+    await redis.quit()
+  })
+  return prefix
+}
+
+export interface BuildOptions {
+  /** Environment variables on top of the test defaults. */
+  env?: Record<string, string>
+  /** Share a database with another instance (created otherwise). */
+  databaseUrl?: string
+  /** Share a Redis prefix with another instance (created otherwise). */
+  redisPrefix?: string
+}
+
+export interface TestApp {
+  app: FastifyInstance
+  config: Config
+  databaseUrl: string
+  redisPrefix: string
+}
+
+export function testEnv (databaseUrl: string, redisPrefix: string, env: Record<string, string> = {}): Record<string, string> {
+  return {
+    DATABASE_URL: databaseUrl,
+    REDIS_URL: TEST_REDIS_URL,
+    REDIS_KEY_PREFIX: redisPrefix,
+    JWT_PRIVATE_KEY: testKeys.privateKey,
+    JWT_PUBLIC_KEY: testKeys.publicKey,
+    LOG_LEVEL: 'silent',
+    ...env
+  }
+}
+
+/** The app as the server runs it, ready, closed at teardown. */
+export async function build (t: TestContext, buildOptions: BuildOptions = {}): Promise<TestApp> {
+  const databaseUrl = buildOptions.databaseUrl ?? await createDatabase(t)
+  const redisPrefix = buildOptions.redisPrefix ?? createRedisPrefix(t)
+  const config = loadConfig(testEnv(databaseUrl, redisPrefix, buildOptions.env))
+  const instance = Fastify({ ...options, logger: false })
+  await instance.register(app, { config })
+  t.teardown(async () => await instance.close())
+  await instance.ready()
+  return { app: instance, config, databaseUrl, redisPrefix }
+}
+
+export interface ClientSpec {
+  id: string
+  secret: string
+  rateLimit?: number | null
+  status?: 'enabled' | 'disabled'
+}
+
+/** Inserts a client the way the original service's operators did: plain SQL and a bcrypt hash. */
+export async function insertClient (databaseUrl: string, spec: ClientSpec): Promise<void> {
+  const hash = await bcrypt.hash(spec.secret, 10)
+  await sql(databaseUrl, 'INSERT INTO clients (client_id, client_secret_hash, rate_limit) VALUES ($1, $2, $3)', [spec.id, hash, spec.rateLimit ?? null])
+  if (spec.status === 'disabled') await sql(databaseUrl, "UPDATE clients SET status = 'disabled' WHERE client_id = $1", [spec.id])
+}
+
+/** Runs one statement on a database with a connection of its own. */
+export async function sql<R extends pg.QueryResultRow = Record<string, unknown>> (databaseUrl: string, text: string, values: unknown[] = []): Promise<R[]> {
+  const client = new pg.Client({ connectionString: databaseUrl })
+  await client.connect()
+  try {
+    return (await client.query<R>(text, values)).rows
+  } finally {
+    await client.end()
+  }
+}
+
+// RFC 6749 §2.3.1 / appendix B: form-urlencode, where a space is '+'.
+function formEncode (value: string): string {
+  return encodeURIComponent(value).replace(/%20/g, '+')
+}
+
+/** An HTTP Basic header value as RFC 6749 §2.3.1 requires. */
+export function basicAuth (clientId: string, clientSecret: string): string {
+  return 'Basic ' + Buffer.from(`${formEncode(clientId)}:${formEncode(clientSecret)}`).toString('base64')
+}
+
+export function form (fields: Record<string, string>): string {
+  return new URLSearchParams(fields).toString()
+}
+
+export const FORM = { 'content-type': 'application/x-www-form-urlencoded' }
+
+/** POST /oauth/token with a form body and optional extra headers. */
+export async function tokenRequest (app: FastifyInstance, fields: Record<string, string>, headers: Record<string, string> = {}): Promise<LightMyRequestResponse> {
+  return await app.inject({ method: 'POST', url: '/oauth/token', headers: { ...FORM, ...headers }, payload: form(fields) })
+}
+
+export interface IssuedTokens {
+  access_token: string
+  refresh_token: string
+  token_type: string
+  expires_in: number
+}
+
+/** client_credentials with client_secret_post; fails the caller if not 200. */
+export async function issueTokens (app: FastifyInstance, clientId: string, clientSecret: string): Promise<IssuedTokens> {
+  const res = await tokenRequest(app, { grant_type: 'client_credentials', client_id: clientId, client_secret: clientSecret })
+  if (res.statusCode !== 200) throw new Error(`token request failed: ${res.statusCode} ${res.body}`)
+  return res.json()
+}
+
+export async function verify (app: FastifyInstance, token: unknown): Promise<LightMyRequestResponse> {
+  return await app.inject({ method: 'POST', url: '/oauth/verify', payload: { token } })
+}
+
+/** The claims of a JWT, read without verification (for assertions only). */
+export function decodeJwt (token: string): { header: Record<string, unknown>, payload: Record<string, unknown> } {
+  const [header, payload] = token.split('.')
+  return {
+    header: JSON.parse(Buffer.from(header ?? '', 'base64url').toString()),
+    payload: JSON.parse(Buffer.from(payload ?? '', 'base64url').toString())
+  }
+}
