@@ -25,6 +25,8 @@ export interface Config {
   publicKey: KeyObject
   algorithm: SigningAlgorithm
   issuer: string
+  /** Base URL of the endpoints in discovery documents; undefined: from each request's Host. */
+  publicUrl: string | undefined
   audience: string
   /** access token lifetime, seconds */
   accessTokenTtl: number
@@ -68,6 +70,7 @@ const schema = {
     JWT_ALGORITHM: { type: 'string', enum: ['RS256'], default: 'RS256' },
     JWT_ISSUER: { type: 'string', minLength: 1, default: 'session-service' },
     JWT_AUDIENCE: { type: 'string', minLength: 1, default: 'api' },
+    PUBLIC_URL: { type: 'string' },
     JWT_EXPIRY: { type: 'string', pattern: DURATION, default: '3600s' },
     REFRESH_TOKEN_EXPIRY: { type: 'string', pattern: DURATION, default: '604800s' },
     REFRESH_TOKEN_LENGTH: { type: 'integer', minimum: 16, maximum: 256, default: 32 },
@@ -97,6 +100,7 @@ interface RawEnv {
   JWT_ALGORITHM: SigningAlgorithm
   JWT_ISSUER: string
   JWT_AUDIENCE: string
+  PUBLIC_URL?: string
   JWT_EXPIRY: string
   REFRESH_TOKEN_EXPIRY: string
   REFRESH_TOKEN_LENGTH: number
@@ -187,6 +191,29 @@ function loadKeys (env: EnvSource, algorithm: SigningAlgorithm): { privateKey: K
   return { privateKey, publicKey }
 }
 
+function isHttpUrl (value: string): boolean {
+  try {
+    const url = new URL(value)
+    return (url.protocol === 'https:' || url.protocol === 'http:') && url.search === '' && url.hash === ''
+  } catch {
+    return false
+  }
+}
+
+// Endpoint URLs are built by appending paths: no trailing slash here.
+function resolvePublicUrl (publicUrl: string | undefined, issuer: string): string | undefined {
+  if (publicUrl !== undefined && publicUrl !== '') {
+    if (!isHttpUrl(publicUrl)) throw new ConfigError('PUBLIC_URL', 'must be an absolute http(s) URL without query or fragment')
+    return publicUrl.replace(/\/+$/, '')
+  }
+  return isHttpUrl(issuer) ? issuer.replace(/\/+$/, '') : undefined
+}
+
+/** Whether API Gateway would accept this issuer: an absolute https URL without query or fragment. */
+export function isGatewayIssuer (issuer: string): boolean {
+  return isHttpUrl(issuer) && issuer.startsWith('https://')
+}
+
 function describeSchemaError (err: unknown): ConfigError {
   const errors = (err as { errors?: Array<{ instancePath: string, message?: string, params?: Record<string, unknown> }> }).errors
   const first = errors?.[0]
@@ -220,6 +247,7 @@ export function loadConfig (env: EnvSource = process.env, options: { dotenv?: bo
     publicKey,
     algorithm: raw.JWT_ALGORITHM,
     issuer: raw.JWT_ISSUER,
+    publicUrl: resolvePublicUrl(raw.PUBLIC_URL, raw.JWT_ISSUER),
     audience: raw.JWT_AUDIENCE,
     accessTokenTtl: parseDuration('JWT_EXPIRY', raw.JWT_EXPIRY),
     refreshTokenTtl: parseDuration('REFRESH_TOKEN_EXPIRY', raw.REFRESH_TOKEN_EXPIRY),
@@ -252,4 +280,8 @@ declare module 'fastify' {
 
 export default fp<ConfigPluginOptions>(async (fastify, opts) => {
   fastify.decorate('config', opts.config ?? loadConfig(process.env, { dotenv: true }))
+  if (!isGatewayIssuer(fastify.config.issuer)) {
+    fastify.log.warn({ issuer: fastify.config.issuer },
+      'JWT_ISSUER is not an https URL: AWS API Gateway JWT authorizers will refuse this issuer')
+  }
 }, { name: 'config' })

@@ -35,10 +35,29 @@ export interface Tokens {
   /** Signature, claims, and the deny-list. */
   verify: (token: string) => Promise<TokenCheck>
   /**
+   * RFC 7662 introspection for `clientId`: the token's metadata when it is
+   * active and was issued to that client, otherwise `{ active: false }`.
+   */
+  introspect: (token: string, clientId: string) => Promise<Introspection>
+  /**
    * RFC 7009 revocation by `clientId`. Unknown, expired or already revoked
    * tokens are ignored; a valid token of another client is refused.
    */
   revoke: (token: string, clientId: string) => Promise<void>
+}
+
+export type Introspection = { active: false } | {
+  active: true
+  token_type: 'Bearer' | 'refresh_token'
+  client_id: string
+  sub: string
+  iss: string
+  aud?: string | string[]
+  exp: number
+  iat: number
+  jti?: string
+  sid?: string
+  scope?: string
 }
 
 declare module 'fastify' {
@@ -133,6 +152,41 @@ export default fp(async (fastify) => {
       if (!result.valid) return result
       if (await revocation.isDenied(result.claims.jti)) return { valid: false, error: 'revoked' }
       return result
+    },
+
+    async introspect (token, clientId) {
+      if (looksLikeJwt(token)) {
+        const result = await tokens.verify(token)
+        if (!result.valid || result.claims.sub !== clientId) return { active: false }
+        const { claims } = result
+        return {
+          active: true,
+          token_type: 'Bearer',
+          client_id: claims.sub,
+          sub: claims.sub,
+          iss: claims.iss,
+          aud: claims.aud,
+          exp: claims.exp,
+          iat: claims.iat,
+          jti: claims.jti,
+          ...(typeof claims.sid === 'string' ? { sid: claims.sid } : {}),
+          ...(typeof claims.scope === 'string' ? { scope: claims.scope } : {})
+        }
+      }
+      const value = await guard('redis', redis.get(refreshKey(token)))
+      if (value === null) return { active: false }
+      const record = JSON.parse(value) as RefreshTokenRecord
+      if (record.client_id !== clientId) return { active: false }
+      return {
+        active: true,
+        token_type: 'refresh_token',
+        client_id: record.client_id,
+        sub: record.client_id,
+        iss: config.issuer,
+        exp: record.exp,
+        iat: record.iat,
+        sid: record.sid
+      }
     },
 
     async revoke (token, clientId) {

@@ -87,3 +87,22 @@ export const errorResponses = {
   500: { $ref: 'oauthError#' },
   503: { $ref: 'oauthError#' }
 } as const
+
+/** RFC 7662 §2.2. Only `active` when the token is not active for the caller. */
+export const introspectionResponse = {
+  type: 'object',
+  required: ['active'],
+  properties: {
+    active: { type: 'boolean' },
+    token_type: { type: 'string' },
+    client_id: { type: 'string' },
+    sub: { type: 'string' },
+    iss: { type: 'string' },
+    aud: { anyOf: [{ type: 'string' }, { type: 'array', items: { type: 'string' } }] },
+    exp: { type: 'integer' },
+    iat: { type: 'integer' },
+    jti: { type: 'string' },
+    sid: { type: 'string' },
+    scope: { type: 'string' }
+  }
+} as const

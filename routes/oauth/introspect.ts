@@ -1,0 +1,31 @@
+import type { FastifyPluginAsync } from 'fastify'
+import { readCredentials } from '../../plugins/clients.js'
+import { errorResponses, introspectionResponse, revokeRequest } from '../../schemas/oauth.js'
+
+interface IntrospectRequestBody {
+  token: string
+  token_type_hint?: string
+  client_id?: string
+  client_secret?: string
+}
+
+const introspectRoute: FastifyPluginAsync = async (fastify) => {
+  const { clients, tokens, config } = fastify
+
+  fastify.post<{ Body: IntrospectRequestBody }>('/oauth/introspect', {
+    bodyLimit: config.bodyLimit,
+    preParsing: fastify.requireMediaType('application/x-www-form-urlencoded'),
+    preValidation: fastify.refuseRepeatedParameters,
+    schema: {
+      // Same parameters as revocation: token, token_type_hint, credentials.
+      body: revokeRequest,
+      response: { 200: introspectionResponse, 401: { $ref: 'oauthError#' }, ...errorResponses }
+    }
+  }, async (request, reply) => {
+    reply.header('cache-control', 'no-store').header('pragma', 'no-cache')
+    const client = await clients.authenticate(request, readCredentials(request.headers.authorization, request.body))
+    return await tokens.introspect(request.body.token, client.id)
+  })
+}
+
+export default introspectRoute
