@@ -43,6 +43,15 @@ const server = Fastify({
 
 await server.register(app, { config })
 
+// Once closing has begun, answers ask the client to close its connection:
+// otherwise a keep-alive connection whose request was in flight stays open
+// after its answer and holds server.close() until the keep-alive timeout.
+let closing = false
+server.addHook('preClose', async () => { closing = true })
+server.addHook('onSend', async (request, reply) => {
+  if (closing) reply.header('connection', 'close')
+})
+
 closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
   if (err !== undefined) server.log.error({ err }, 'shutting down after an error')
   else server.log.info({ signal }, 'shutting down')

@@ -1,6 +1,6 @@
 import fp from 'fastify-plugin'
 import formBody from '@fastify/formbody'
-import type { preParsingAsyncHookHandler, preValidationAsyncHookHandler } from 'fastify'
+import type { onRequestAsyncHookHandler, preParsingAsyncHookHandler, preValidationAsyncHookHandler } from 'fastify'
 import { invalidRequest } from './errors.js'
 
 declare module 'fastify' {
@@ -8,10 +8,13 @@ declare module 'fastify' {
     /** A preParsing hook refusing any request body that is not of this media type. */
     requireMediaType: (mediaType: string) => preParsingAsyncHookHandler
     /**
-     * A preValidation hook refusing a form body that repeats a parameter
-     * (RFC 6749 §3.2: parameters must not be included more than once).
+     * A preValidation hook for OAuth form bodies (RFC 6749 §3.2): a repeated
+     * parameter is refused, and a parameter without a value is treated as
+     * omitted.
      */
-    refuseRepeatedParameters: preValidationAsyncHookHandler
+    normalizeFormParameters: preValidationAsyncHookHandler
+    /** An onRequest hook marking every answer of the route Cache-Control: no-store, Pragma: no-cache. */
+    noStore: onRequestAsyncHookHandler
   }
 }
 
@@ -25,11 +28,17 @@ export default fp(async (fastify) => {
     }
   })
 
-  fastify.decorate('refuseRepeatedParameters', async (request) => {
+  fastify.decorate('noStore', async (request, reply) => {
+    reply.header('cache-control', 'no-store').header('pragma', 'no-cache')
+  })
+
+  fastify.decorate('normalizeFormParameters', async (request) => {
     const body = request.body
     if (typeof body !== 'object' || body === null) return
-    for (const [name, value] of Object.entries(body)) {
-      if (Array.isArray(value)) throw invalidRequest(`parameter ${name} is repeated`)
+    const fields = body as Record<string, unknown>
+    for (const [name, value] of Object.entries(fields)) {
+      if (Array.isArray(value)) throw invalidRequest(`parameter ${name.slice(0, 64)} is repeated`)
+      if (value === '') Reflect.deleteProperty(fields, name)
     }
   })
 }, { name: 'body', dependencies: ['config', 'errors'] })

@@ -13,7 +13,7 @@ export interface Client {
   status: 'enabled' | 'disabled'
 }
 
-export type AuthMethod = 'client_secret_basic' | 'client_secret_post' | 'none'
+export type AuthMethod = 'client_secret_basic' | 'client_secret_post' | 'none' | 'unsupported_scheme'
 
 /** What a request presented to authenticate, before any check. */
 export interface PresentedCredentials {
@@ -41,7 +41,9 @@ export function readCredentials (authorization: string | undefined, body: { clie
     const match = /^Basic[ ]+([A-Za-z0-9+/]+={0,2})[ ]*$/i.exec(authorization)
     if (match === null) {
       if (/^Basic\b/i.test(authorization)) throw invalidRequest('malformed Basic authorization header')
-      throw new OAuthError(401, 'invalid_client', 'unsupported authorization scheme; use Basic', { 'www-authenticate': 'Basic' })
+      // Another scheme (Bearer, say) is a failed authentication, answered
+      // like any other with invalid_client and a Basic challenge.
+      return { method: 'unsupported_scheme' }
     }
     const decoded = Buffer.from(match[1] ?? '', 'base64').toString('utf8')
     const colon = decoded.indexOf(':')

@@ -1,7 +1,8 @@
-import { readFileSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import { createPrivateKey, createPublicKey, type KeyObject } from 'node:crypto'
 import fp from 'fastify-plugin'
 import { envSchema } from 'env-schema'
+import { parse as parseDotenv } from 'dotenv'
 
 // A setting that cannot be used. The message always starts with the variable's
 // name, so that the process can stop with one line an operator can act on.
@@ -225,19 +226,29 @@ function describeSchemaError (err: unknown): ConfigError {
   return new ConfigError(variable, first.message ?? 'is invalid')
 }
 
+function readDotenv (): EnvSource {
+  if (!existsSync('.env')) return {}
+  try {
+    return parseDotenv(readFileSync('.env'))
+  } catch (err) {
+    throw new ConfigError('.env', `cannot read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`)
+  }
+}
+
 /**
  * Validates the environment once. Throws a ConfigError naming the first bad
  * variable. `dotenv` reads a `.env` file from the working directory first.
  */
 export function loadConfig (env: EnvSource = process.env, options: { dotenv?: boolean } = {}): Config {
+  // The given environment wins over the file, as with dotenv itself. Both the
+  // schema and the key loader read this one merged source.
+  const source: EnvSource = options.dotenv === true ? { ...readDotenv(), ...env } : { ...env }
   let raw: RawEnv
   try {
-    raw = envSchema<RawEnv>({ schema, data: { ...env }, dotenv: options.dotenv === true })
+    raw = envSchema<RawEnv>({ schema, data: { ...source }, env: false, dotenv: false })
   } catch (err) {
     throw describeSchemaError(err)
   }
-  // env-schema merges .env into process.env: read key material from there too.
-  const source = options.dotenv === true ? { ...process.env, ...env } : env
   const { privateKey, publicKey } = loadKeys(source, raw.JWT_ALGORITHM)
   return {
     databaseUrl: raw.DATABASE_URL,

@@ -15,14 +15,15 @@ const introspectRoute: FastifyPluginAsync = async (fastify) => {
   fastify.post<{ Body: IntrospectRequestBody }>('/oauth/introspect', {
     bodyLimit: config.bodyLimit,
     preParsing: fastify.requireMediaType('application/x-www-form-urlencoded'),
-    preValidation: fastify.refuseRepeatedParameters,
+    // RFC 6749 §5.1: no caching, errors included (they may concern credentials).
+    onRequest: fastify.noStore,
+    preValidation: fastify.normalizeFormParameters,
     schema: {
       // Same parameters as revocation: token, token_type_hint, credentials.
       body: revokeRequest,
       response: { 200: introspectionResponse, 401: { $ref: 'oauthError#' }, ...errorResponses }
     }
   }, async (request, reply) => {
-    reply.header('cache-control', 'no-store').header('pragma', 'no-cache')
     const client = await clients.authenticate(request, readCredentials(request.headers.authorization, request.body))
     return await tokens.introspect(request.body.token, client.id)
   })

@@ -15,13 +15,14 @@ const revokeRoute: FastifyPluginAsync = async (fastify) => {
   fastify.post<{ Body: RevokeRequestBody }>('/oauth/revoke', {
     bodyLimit: config.bodyLimit,
     preParsing: fastify.requireMediaType('application/x-www-form-urlencoded'),
-    preValidation: fastify.refuseRepeatedParameters,
+    // RFC 6749 §5.1: no caching, errors included (they may concern credentials).
+    onRequest: fastify.noStore,
+    preValidation: fastify.normalizeFormParameters,
     schema: {
       body: revokeRequest,
       response: { 200: { type: 'null' }, 401: { $ref: 'oauthError#' }, ...errorResponses }
     }
   }, async (request, reply) => {
-    reply.header('cache-control', 'no-store').header('pragma', 'no-cache')
     const client = await clients.authenticate(request, readCredentials(request.headers.authorization, request.body))
     // The hint only orders a search (RFC 7009 §2.1); the token's own shape
     // tells a JWT access token from an opaque refresh token, so it is not needed.

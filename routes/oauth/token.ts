@@ -18,15 +18,14 @@ const tokenRoute: FastifyPluginAsync = async (fastify) => {
   fastify.post<{ Body: TokenRequestBody }>('/oauth/token', {
     bodyLimit: config.bodyLimit,
     preParsing: fastify.requireMediaType('application/x-www-form-urlencoded'),
-    preValidation: fastify.refuseRepeatedParameters,
+    // RFC 6749 §5.1: no caching, errors included (they may concern credentials).
+    onRequest: fastify.noStore,
+    preValidation: fastify.normalizeFormParameters,
     schema: {
       body: tokenRequest,
       response: { 200: tokenResponse, 401: { $ref: 'oauthError#' }, 429: { $ref: 'oauthError#' }, ...errorResponses }
     }
   }, async (request, reply) => {
-    // RFC 6749 §5.1: token responses must not be cached. Errors too: they may
-    // concern credentials.
-    reply.header('cache-control', 'no-store').header('pragma', 'no-cache')
     const body = request.body
     if (!GRANT_TYPES.has(body.grant_type)) {
       throw new OAuthError(400, 'unsupported_grant_type', `grant_type ${body.grant_type.slice(0, 40)} is not supported; use client_credentials or refresh_token`)

@@ -1,0 +1,198 @@
+import { createPublicKey, generateKeyPairSync } from 'node:crypto'
+import { join } from 'node:path'
+import { test } from 'tap'
+import { ConfigError, loadConfig, type Config } from '../plugins/config.js'
+import { generateRsaKeyPair, testKeys } from './helper.js'
+
+// The smallest environment loadConfig accepts.
+function minimalEnv (extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    DATABASE_URL: 'postgres://postgres@127.0.0.1:5432/postgres',
+    REDIS_URL: 'redis://127.0.0.1:6379',
+    JWT_PRIVATE_KEY: testKeys.privateKey,
+    ...extra
+  }
+}
+
+// The ConfigError loadConfig throws for env; anything else fails the test.
+function configError (env: Record<string, string>): ConfigError {
+  try {
+    loadConfig(env)
+  } catch (err) {
+    if (err instanceof ConfigError) return err
+    throw err
+  }
+  throw new Error('loadConfig accepted the environment')
+}
+
+function spki (key: Config['publicKey']): string {
+  return key.export({ type: 'spki', format: 'der' }).toString('base64')
+}
+
+function pkcs8 (key: Config['privateKey']): string {
+  return key.export({ type: 'pkcs8', format: 'der' }).toString('base64')
+}
+
+test('defaults', async (t) => {
+  const config = loadConfig(minimalEnv())
+  t.equal(config.issuer, 'session-service')
+  t.equal(config.audience, 'api')
+  t.equal(config.algorithm, 'RS256')
+  t.equal(config.accessTokenTtl, 3600)
+  t.equal(config.refreshTokenTtl, 604800)
+  t.equal(config.refreshTokenBytes, 32)
+  t.equal(config.refreshTokenClientAuth, 'required')
+  t.equal(config.port, 8080)
+  t.equal(config.databaseUrl, 'postgres://postgres@127.0.0.1:5432/postgres')
+  t.equal(config.redisUrl, 'redis://127.0.0.1:6379')
+  t.equal(spki(config.publicKey), spki(createPublicKey(testKeys.publicKey)), 'public key derived from the private key')
+})
+
+test('an explicit environment is the only source: process.env is not read', async (t) => {
+  // loadConfig(env) is documented as a function of env; a variable that only
+  // the test process happens to have must not change the result.
+  const saved = { JWT_ISSUER: process.env.JWT_ISSUER, JWT_EXPIRY: process.env.JWT_EXPIRY }
+  process.env.JWT_ISSUER = 'from-process-env'
+  process.env.JWT_EXPIRY = '5s'
+  t.teardown(() => {
+    for (const [name, value] of Object.entries(saved)) {
+      if (value === undefined) Reflect.deleteProperty(process.env, name)
+      else process.env[name] = value
+    }
+  })
+  const config = loadConfig(minimalEnv())
+  t.equal(config.issuer, 'session-service')
+  t.equal(config.accessTokenTtl, 3600)
+})
+
+test('durations are read as seconds', async (t) => {
+  const cases: Array<[string, number]> = [
+    ['3600s', 3600],
+    ['15m', 900],
+    ['1h', 3600],
+    ['7d', 604800],
+    ['90', 90]
+  ]
+  for (const [value, seconds] of cases) {
+    t.equal(loadConfig(minimalEnv({ JWT_EXPIRY: value })).accessTokenTtl, seconds, `JWT_EXPIRY=${value}`)
+    t.equal(loadConfig(minimalEnv({ REFRESH_TOKEN_EXPIRY: value })).refreshTokenTtl, seconds, `REFRESH_TOKEN_EXPIRY=${value}`)
+  }
+})
+
+test('an invalid duration names JWT_EXPIRY', async (t) => {
+  for (const value of ['1 hour', '-5s', '0s', 'abc']) {
+    const err = configError(minimalEnv({ JWT_EXPIRY: value }))
+    t.equal(err.variable, 'JWT_EXPIRY', `JWT_EXPIRY=${value}: variable`)
+    t.match(err.message, /^JWT_EXPIRY: /, `JWT_EXPIRY=${value}: message`)
+  }
+})
+
+test('a missing required variable is named first in the message', async (t) => {
+  for (const name of ['DATABASE_URL', 'REDIS_URL', 'JWT_PRIVATE_KEY']) {
+    const env = minimalEnv()
+    Reflect.deleteProperty(env, name)
+    const err = configError(env)
+    t.equal(err.variable, name, `${name}: variable`)
+    t.ok(err.message.startsWith(`${name}: `), `${name}: message starts with the name (${err.message})`)
+  }
+  const err = configError(minimalEnv({ DATABASE_URL: '' }))
+  t.equal(err.variable, 'DATABASE_URL', 'an empty DATABASE_URL is refused too')
+})
+
+test('PEM text with literal \\n sequences is accepted', async (t) => {
+  const flatPrivate = testKeys.privateKey.replace(/\n/g, '\\n')
+  const flatPublic = testKeys.publicKey.replace(/\n/g, '\\n')
+  t.notMatch(flatPrivate, /\n/, 'the flattened key has no newline')
+  const config = loadConfig(minimalEnv({ JWT_PRIVATE_KEY: flatPrivate, JWT_PUBLIC_KEY: flatPublic }))
+  const reference = loadConfig(minimalEnv())
+  t.equal(pkcs8(config.privateKey), pkcs8(reference.privateKey))
+  t.equal(spki(config.publicKey), spki(reference.publicKey))
+})
+
+test('a .env file in the working directory is read, signing key included', async (t) => {
+  // server.ts calls loadConfig(process.env, { dotenv: true }); .env.example
+  // documents putting the PEM (with literal \n) in .env.
+  const dir = t.testdir({
+    '.env': [
+      'DATABASE_URL=postgres://postgres@127.0.0.1:5432/from_dotenv',
+      'REDIS_URL=redis://127.0.0.1:6379',
+      'JWT_ISSUER=from-dotenv',
+      `JWT_PRIVATE_KEY=${testKeys.privateKey.trim().replace(/\n/g, '\\n')}`
+    ].join('\n') + '\n'
+  })
+  t.chdir(dir)
+  const config = loadConfig({}, { dotenv: true })
+  t.equal(config.databaseUrl, 'postgres://postgres@127.0.0.1:5432/from_dotenv')
+  t.equal(config.issuer, 'from-dotenv')
+  t.equal(pkcs8(config.privateKey), pkcs8(loadConfig(minimalEnv()).privateKey))
+})
+
+test('keys are read from the files named by *_FILE', async (t) => {
+  const dir = t.testdir({ 'private.pem': testKeys.privateKey, 'public.pem': testKeys.publicKey })
+  const env = minimalEnv({ JWT_PRIVATE_KEY_FILE: join(dir, 'private.pem'), JWT_PUBLIC_KEY_FILE: join(dir, 'public.pem') })
+  Reflect.deleteProperty(env, 'JWT_PRIVATE_KEY')
+  const config = loadConfig(env)
+  const reference = loadConfig(minimalEnv())
+  t.equal(pkcs8(config.privateKey), pkcs8(reference.privateKey))
+  t.equal(spki(config.publicKey), spki(reference.publicKey))
+})
+
+test('JWT_PRIVATE_KEY and JWT_PRIVATE_KEY_FILE together are refused', async (t) => {
+  const dir = t.testdir({ 'private.pem': testKeys.privateKey })
+  const err = configError(minimalEnv({ JWT_PRIVATE_KEY_FILE: join(dir, 'private.pem') }))
+  t.equal(err.variable, 'JWT_PRIVATE_KEY')
+  t.match(err.message, /^JWT_PRIVATE_KEY: /)
+  t.match(err.message, /JWT_PRIVATE_KEY_FILE/)
+})
+
+test('an unreadable key file names JWT_PRIVATE_KEY_FILE', async (t) => {
+  const dir = t.testdir({})
+  const env = minimalEnv({ JWT_PRIVATE_KEY_FILE: join(dir, 'does-not-exist.pem') })
+  Reflect.deleteProperty(env, 'JWT_PRIVATE_KEY')
+  const err = configError(env)
+  t.equal(err.variable, 'JWT_PRIVATE_KEY_FILE')
+  t.match(err.message, /^JWT_PRIVATE_KEY_FILE: /)
+})
+
+test('a public key of another pair is refused', async (t) => {
+  const other = generateRsaKeyPair()
+  const err = configError(minimalEnv({ JWT_PUBLIC_KEY: other.publicKey }))
+  t.equal(err.variable, 'JWT_PUBLIC_KEY')
+  t.equal(err.message, 'JWT_PUBLIC_KEY: does not match JWT_PRIVATE_KEY')
+})
+
+test('key text that is not PEM is refused', async (t) => {
+  const privateErr = configError(minimalEnv({ JWT_PRIVATE_KEY: 'not a key at all' }))
+  t.equal(privateErr.variable, 'JWT_PRIVATE_KEY')
+  t.match(privateErr.message, /^JWT_PRIVATE_KEY: /)
+  const publicErr = configError(minimalEnv({ JWT_PUBLIC_KEY: '-----BEGIN PUBLIC KEY-----\ngarbage\n-----END PUBLIC KEY-----\n' }))
+  t.equal(publicErr.variable, 'JWT_PUBLIC_KEY')
+  t.match(publicErr.message, /^JWT_PUBLIC_KEY: /)
+})
+
+test('an EC key with the default RS256 is refused', async (t) => {
+  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' })
+  const err = configError(minimalEnv({ JWT_PRIVATE_KEY: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString() }))
+  t.equal(err.variable, 'JWT_PRIVATE_KEY')
+  t.match(err.message, /^JWT_PRIVATE_KEY: /)
+})
+
+test('a 1024-bit RSA key is refused', async (t) => {
+  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 1024 })
+  const err = configError(minimalEnv({ JWT_PRIVATE_KEY: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString() }))
+  t.equal(err.variable, 'JWT_PRIVATE_KEY')
+  t.match(err.message, /^JWT_PRIVATE_KEY: /)
+})
+
+test('out-of-range or invalid settings name their variable', async (t) => {
+  const cases: Array<[string, string]> = [
+    ['REFRESH_TOKEN_LENGTH', '8'],
+    ['REFRESH_TOKEN_CLIENT_AUTH', 'maybe'],
+    ['SERVER_PORT', 'abc']
+  ]
+  for (const [name, value] of cases) {
+    const err = configError(minimalEnv({ [name]: value }))
+    t.equal(err.variable, name, `${name}=${value}: variable`)
+    t.ok(err.message.startsWith(`${name}: `), `${name}=${value}: message starts with the name (${err.message})`)
+  }
+})

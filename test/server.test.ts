@@ -1,0 +1,223 @@
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
+import { createServer } from 'node:net'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { test } from 'tap'
+import { basicAuth, createDatabase, createRedisPrefix, generateRsaKeyPair, insertClient, testEnv, type TestContext } from './helper.js'
+
+const PROJECT_DIR = join(import.meta.dirname, '..')
+
+async function freePort (): Promise<number> {
+  return await new Promise((resolve, reject) => {
+    const server = createServer()
+    server.on('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address()
+      const port = typeof address === 'object' && address !== null ? address.port : 0
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+// PATH and HOME, and the settings of the test runner's TypeScript loader
+// (which execArgv names) so that server.ts runs as the tests do. Nothing of
+// the service's own configuration comes from the parent environment.
+function runnerEnv (): Record<string, string> {
+  const env: Record<string, string> = {}
+  for (const [name, value] of Object.entries(process.env)) {
+    if (value === undefined) continue
+    if (name === 'PATH' || name === 'HOME' || name === 'FASTIFY_AUTOLOAD_TYPESCRIPT' || name === 'TAP_TYPE_STRIP_ONLY' ||
+      name.startsWith('TS_NODE_') || name.startsWith('_TAPJS_PROCESSINFO_')) env[name] = value
+  }
+  return env
+}
+
+interface Exit {
+  code: number | null
+  signal: NodeJS.Signals | null
+}
+
+/** server.ts as a process of its own, with exactly `env`; killed at teardown if still running. */
+class ServerProcess {
+  readonly child: ChildProcessWithoutNullStreams
+  readonly exited: Promise<Exit>
+  stdout = ''
+  stderr = ''
+
+  constructor (t: TestContext, env: Record<string, string>) {
+    this.child = spawn(process.execPath, [...process.execArgv, 'server.ts'], { cwd: PROJECT_DIR, env: { ...runnerEnv(), ...env } })
+    this.child.stdout.setEncoding('utf8').on('data', (chunk: string) => { this.stdout += chunk })
+    this.child.stderr.setEncoding('utf8').on('data', (chunk: string) => { this.stderr += chunk })
+    this.exited = new Promise((resolve) => {
+      this.child.on('close', (code, signal) => resolve({ code, signal }))
+    })
+    t.teardown(async () => {
+      if (this.child.exitCode === null && this.child.signalCode === null) {
+        this.child.kill('SIGKILL')
+        await this.exited
+      }
+    })
+  }
+
+  get running (): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null
+  }
+
+  /** The process's log lines, parsed (pino writes one JSON object a line). */
+  logLines (): Array<Record<string, unknown>> {
+    return this.stdout.split('\n').filter((line) => line !== '').map((line) => JSON.parse(line) as Record<string, unknown>)
+  }
+
+  /** Resolves with the exit, or undefined if the process still runs after `ms`. */
+  async exitWithin (ms: number): Promise<Exit | undefined> {
+    return await Promise.race([this.exited, sleep(ms).then(() => undefined)])
+  }
+}
+
+const FORM_TYPE = 'application/x-www-form-urlencoded'
+
+interface TokenBody {
+  access_token: string
+  refresh_token: string
+  token_type: string
+  expires_in: number
+}
+
+test('a missing DATABASE_URL stops the process with exit code 1 and one line', async (t) => {
+  const env = testEnv(await createDatabase(t), createRedisPrefix(t), { SERVER_PORT: String(await freePort()), SERVER_HOST: '127.0.0.1', LOG_LEVEL: 'info' })
+  Reflect.deleteProperty(env, 'DATABASE_URL')
+  const server = new ServerProcess(t, env)
+  const exit = await server.exitWithin(20_000)
+  t.strictSame(exit, { code: 1, signal: null }, 'exit code 1')
+  t.match(server.stderr, /^session-service: DATABASE_URL[^\n]*\n$/, `exactly one line on stderr (${server.stderr})`)
+  t.notMatch(server.stdout + server.stderr, /^\s*at /m, 'no stack frames')
+})
+
+test('a JWT_PUBLIC_KEY of another pair stops the process with exit code 1 and one line', async (t) => {
+  const env = testEnv(await createDatabase(t), createRedisPrefix(t), {
+    JWT_PUBLIC_KEY: generateRsaKeyPair().publicKey,
+    SERVER_PORT: String(await freePort()),
+    SERVER_HOST: '127.0.0.1',
+    LOG_LEVEL: 'info'
+  })
+  const server = new ServerProcess(t, env)
+  const exit = await server.exitWithin(20_000)
+  t.strictSame(exit, { code: 1, signal: null }, 'exit code 1')
+  t.equal(server.stderr, 'session-service: JWT_PUBLIC_KEY: does not match JWT_PRIVATE_KEY\n', 'exactly one line on stderr')
+  t.notMatch(server.stdout + server.stderr, /^\s*at /m, 'no stack frames')
+})
+
+test('the server process: serves over HTTP, drains in-flight requests on SIGTERM, keeps secrets out of its log', async (t) => {
+  const databaseUrl = await createDatabase(t)
+  const port = await freePort()
+  const base = `http://127.0.0.1:${port}`
+  const server = new ServerProcess(t, testEnv(databaseUrl, createRedisPrefix(t), {
+    SERVER_PORT: String(port),
+    SERVER_HOST: '127.0.0.1',
+    LOG_LEVEL: 'info'
+  }))
+
+  // Ready when /health answers 200 over a real socket.
+  const deadline = Date.now() + 20_000
+  let healthStatus = 0
+  while (healthStatus !== 200 && server.running && Date.now() < deadline) {
+    try {
+      healthStatus = (await fetch(`${base}/health`, { signal: AbortSignal.timeout(2000) })).status
+    } catch {
+      await sleep(100)
+    }
+  }
+  t.equal(healthStatus, 200, `GET /health answers 200 (stderr: ${server.stderr})`)
+  if (healthStatus !== 200) return
+
+  const clientId = 'svc-process'
+  const secret = 'process secret+/:ü'
+  await insertClient(databaseUrl, { id: clientId, secret })
+  const authorization = basicAuth(clientId, secret)
+  const post = async (path: string, fields: Record<string, string>): Promise<Response> => await fetch(`${base}${path}`, {
+    method: 'POST',
+    headers: { authorization, 'content-type': FORM_TYPE },
+    body: new URLSearchParams(fields).toString()
+  })
+  const verify = async (token: string): Promise<unknown> => {
+    const res = await fetch(`${base}/oauth/verify`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token }) })
+    t.equal(res.status, 200, 'verify answers 200')
+    return await res.json()
+  }
+  const issued: string[] = []
+
+  const tokenRes = await post('/oauth/token', { grant_type: 'client_credentials' })
+  t.equal(tokenRes.status, 200, 'client_credentials with Basic auth')
+  t.equal(tokenRes.headers.get('cache-control'), 'no-store')
+  const first = await tokenRes.json() as TokenBody
+  t.equal(first.token_type, 'Bearer')
+  issued.push(first.access_token, first.refresh_token)
+
+  const refreshRes = await post('/oauth/token', { grant_type: 'refresh_token', refresh_token: first.refresh_token })
+  t.equal(refreshRes.status, 200, 'refresh')
+  const second = await refreshRes.json() as TokenBody
+  issued.push(second.access_token, second.refresh_token)
+  t.not(second.access_token, first.access_token, 'a new access token')
+  t.not(second.refresh_token, first.refresh_token, 'a new refresh token')
+
+  t.match(await verify(second.access_token), { valid: true, claims: { sub: clientId, client_id: clientId, iss: 'session-service', aud: 'api' } })
+
+  const revokeAccess = await post('/oauth/revoke', { token: second.access_token, token_type_hint: 'access_token' })
+  t.equal(revokeAccess.status, 200, 'revoke the access token')
+  t.equal(await revokeAccess.text(), '')
+  t.strictSame(await verify(second.access_token), { valid: false, error: 'revoked' })
+
+  const revokeRefresh = await post('/oauth/revoke', { token: second.refresh_token })
+  t.equal(revokeRefresh.status, 200, 'revoke the refresh token')
+  const afterRevoke = await post('/oauth/token', { grant_type: 'refresh_token', refresh_token: second.refresh_token })
+  t.equal(afterRevoke.status, 400)
+  t.equal((await afterRevoke.json() as { error: string }).error, 'invalid_grant', 'the revoked refresh token no longer works')
+
+  // SIGTERM while requests are in flight: once the server has received them
+  // (it logs "incoming request" for each), it must answer all of them.
+  const received = (): number => server.logLines().filter((line) => line.msg === 'incoming request' &&
+    (line.req as { url?: string } | undefined)?.url === '/oauth/token').length
+  const before = received()
+  const inFlight = Array.from({ length: 5 }, async () => {
+    const res = await post('/oauth/token', { grant_type: 'client_credentials' })
+    return { status: res.status, body: await res.text() }
+  })
+  const receivedBy = Date.now() + 10_000
+  while (received() < before + 5 && Date.now() < receivedBy) await sleep(5)
+  t.equal(received() - before, 5, 'the five requests reached the server')
+  const killedAt = Date.now()
+  server.child.kill('SIGTERM')
+
+  const answers = await Promise.allSettled(inFlight)
+  t.strictSame(answers.map((answer) => answer.status === 'fulfilled' ? answer.value.status : String(answer.reason)), [200, 200, 200, 200, 200],
+    'every in-flight request gets a complete 200 response')
+  for (const answer of answers) {
+    if (answer.status !== 'fulfilled') continue
+    const body = JSON.parse(answer.value.body) as TokenBody
+    t.equal(body.token_type, 'Bearer')
+    issued.push(body.access_token, body.refresh_token)
+  }
+  const exit = await server.exitWithin(15_000)
+  const exitMs = Date.now() - killedAt
+  t.strictSame(exit, { code: 0, signal: null }, 'exit code 0 after SIGTERM')
+  t.ok(exitMs < 10_000, `exited ${exitMs} ms after SIGTERM`)
+
+  t.test('the log has lines, and no credential or token in them', async (t) => {
+    const lines = server.logLines()
+    t.ok(lines.some((line) => typeof line.msg === 'string' && line.msg.startsWith(`Server listening at http://127.0.0.1:${port}`)), 'a "Server listening" line')
+    t.ok(lines.some((line) => line.msg === 'incoming request'), 'request lines')
+    t.ok(lines.some((line) => line.msg === 'shutting down' && line.signal === 'SIGTERM'), 'a "shutting down" line')
+    t.equal(issued.length, 14, 'two tokens from each of the seven grants')
+    const secrets: Array<[string, string]> = [
+      ['client secret', secret],
+      ['client secret, form-encoded', new URLSearchParams({ s: secret }).toString().slice(2)],
+      ['Basic header value', authorization],
+      ['Basic credentials', authorization.slice('Basic '.length)],
+      ...issued.map((token, i): [string, string] => [`token ${i}`, token])
+    ]
+    for (const [what, value] of secrets) {
+      t.notOk(server.stdout.includes(value), `${what} not in the log`)
+    }
+    t.ok(lines.some((line) => (line.req as { url?: string } | undefined)?.url === '/oauth/revoke'), 'the scanned log covers the whole flow')
+  })
+})
