@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto'
+import { randomBytes, type JsonWebKey } from 'node:crypto'
 import fp from 'fastify-plugin'
 import bcrypt from 'bcryptjs'
 import type { FastifyRequest } from 'fastify'
@@ -6,20 +6,45 @@ import { guard, invalidRequest, OAuthError } from './errors.js'
 
 export interface Client {
   id: string
-  secretHash: string
+  /** bcrypt hash of the secret; null for a client that authenticates with keys only */
+  secretHash: string | null
   /** token requests per minute; null: the service default */
   rateLimit: number | null
   name: string
   status: 'enabled' | 'disabled'
+  /** scopes the client may ask for */
+  scopes: string[]
+  /** scopes granted when a token request names none */
+  defaultScopes: string[]
+  /** audiences the client may ask for besides JWT_AUDIENCE */
+  audiences: string[]
+  /** claims added to each of its access tokens (registered claims excluded) */
+  claims: Record<string, unknown>
+  /** private_key_jwt: where its public keys are published, or the keys themselves */
+  jwksUri: string | null
+  jwks: { keys: JsonWebKey[] } | null
 }
 
-export type AuthMethod = 'client_secret_basic' | 'client_secret_post' | 'none' | 'unsupported_scheme'
+export type AuthMethod = 'client_secret_basic' | 'client_secret_post' | 'private_key_jwt' | 'none' | 'unsupported_scheme'
 
 /** What a request presented to authenticate, before any check. */
 export interface PresentedCredentials {
   method: AuthMethod
   clientId?: string
   clientSecret?: string
+  /** private_key_jwt: the signed client assertion (RFC 7523 §2.2) */
+  assertion?: string
+}
+
+/** RFC 7523 §2.2: the client_assertion_type of a JWT client assertion. */
+export const JWT_BEARER_ASSERTION = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer'
+
+/** The form parameters that carry client credentials. */
+export interface CredentialParameters {
+  client_id?: string
+  client_secret?: string
+  client_assertion_type?: string
+  client_assertion?: string
 }
 
 /** bcrypt reads only the first 72 bytes; a longer secret would be truncated silently. */
@@ -36,7 +61,21 @@ function formDecode (value: string): string {
  * and secret each form-urlencoded, joined by ':', base64) or client_id and
  * client_secret in the form body. Ambiguous or malformed input is refused.
  */
-export function readCredentials (authorization: string | undefined, body: { client_id?: string, client_secret?: string }): PresentedCredentials {
+export function readCredentials (authorization: string | undefined, body: CredentialParameters): PresentedCredentials {
+  if (body.client_assertion !== undefined || body.client_assertion_type !== undefined) {
+    if (authorization !== undefined || body.client_secret !== undefined) {
+      throw invalidRequest('use one client authentication method, not a client assertion and a secret')
+    }
+    if (body.client_assertion_type !== JWT_BEARER_ASSERTION) throw invalidRequest(`client_assertion_type must be ${JWT_BEARER_ASSERTION}`)
+    if (body.client_assertion === undefined) throw invalidRequest('client_assertion is required with client_assertion_type')
+    // RFC 7523 §3: the assertion's sub is the client id. It is read here,
+    // unverified, only to find the client whose keys then verify it.
+    const subject = assertionSubject(body.client_assertion)
+    if (body.client_id !== undefined && subject !== undefined && body.client_id !== subject) {
+      throw invalidRequest('client_id differs from the subject of the client assertion')
+    }
+    return { method: 'private_key_jwt', clientId: body.client_id ?? subject, assertion: body.client_assertion }
+  }
   if (authorization !== undefined) {
     const match = /^Basic[ ]+([A-Za-z0-9+/]+={0,2})[ ]*$/i.exec(authorization)
     if (match === null) {
@@ -68,12 +107,48 @@ export function readCredentials (authorization: string | undefined, body: { clie
   return { method: 'none' }
 }
 
+function assertionSubject (assertion: string): string | undefined {
+  const payload = assertion.split('.')[1]
+  if (payload === undefined) return undefined
+  try {
+    const claims: unknown = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8'))
+    const sub = (claims as { sub?: unknown } | null)?.sub
+    return typeof sub === 'string' ? sub : undefined
+  } catch {
+    return undefined
+  }
+}
+
 interface ClientRow {
   client_id: string
-  client_secret_hash: string
+  client_secret_hash: string | null
   rate_limit: number | null
   name: string
   status: 'enabled' | 'disabled'
+  scopes: string[]
+  default_scopes: string[]
+  audiences: string[]
+  claims: Record<string, unknown>
+  jwks_uri: string | null
+  jwks: { keys: JsonWebKey[] } | null
+}
+
+const CLIENT_COLUMNS = 'client_id, client_secret_hash, rate_limit, name, status, scopes, default_scopes, audiences, claims, jwks_uri, jwks'
+
+export function clientFromRow (row: ClientRow): Client {
+  return {
+    id: row.client_id,
+    secretHash: row.client_secret_hash,
+    rateLimit: row.rate_limit,
+    name: row.name,
+    status: row.status,
+    scopes: row.scopes,
+    defaultScopes: row.default_scopes,
+    audiences: row.audiences,
+    claims: row.claims,
+    jwksUri: row.jwks_uri,
+    jwks: row.jwks
+  }
 }
 
 export interface Clients {
@@ -96,31 +171,24 @@ declare module 'fastify' {
 }
 
 export default fp(async (fastify) => {
-  const { config, pg, redis } = fastify
+  const { config, pg, redis, clientAssertions } = fastify
   const realm = config.issuer.replace(/["\\]/g, '')
   // Compared against when the client is unknown, so that an unknown id costs
   // the same bcrypt work as a wrong secret and the two cannot be told apart.
   const decoyHash = await bcrypt.hash(randomBytes(18).toString('base64'), 10)
 
-  const cacheKey = (clientId: string): string => `client:${clientId}`
+  // v2: the record gained scopes, audiences, claims and keys; instances of
+  // an older release keep reading their own entries during a rolling update.
+  const cacheKey = (clientId: string): string => `client:v2:${clientId}`
 
   async function find (clientId: string): Promise<Client | undefined> {
     if (clientId.length === 0 || clientId.length > MAX_CLIENT_ID_LENGTH) return undefined
     const cached = await guard('redis', redis.get(cacheKey(clientId)))
     if (cached !== null) return JSON.parse(cached) as Client
-    const { rows } = await guard('postgresql', pg.query<ClientRow>(
-      'SELECT client_id, client_secret_hash, rate_limit, name, status FROM clients WHERE client_id = $1',
-      [clientId]
-    ))
+    const { rows } = await guard('postgresql', pg.query<ClientRow>(`SELECT ${CLIENT_COLUMNS} FROM clients WHERE client_id = $1`, [clientId]))
     const row = rows[0]
     if (row === undefined) return undefined
-    const client: Client = {
-      id: row.client_id,
-      secretHash: row.client_secret_hash,
-      rateLimit: row.rate_limit,
-      name: row.name,
-      status: row.status
-    }
+    const client = clientFromRow(row)
     await guard('redis', redis.set(cacheKey(clientId), JSON.stringify(client), 'EX', config.clientCacheTtl))
     return client
   }
@@ -132,10 +200,20 @@ export default fp(async (fastify) => {
   }
 
   async function authenticate (request: FastifyRequest, credentials: PresentedCredentials): Promise<Client> {
-    const { clientId, clientSecret } = credentials
+    const { clientId, clientSecret, assertion } = credentials
+    if (credentials.method === 'private_key_jwt' && assertion !== undefined) {
+      const client = clientId === undefined ? undefined : await find(clientId)
+      if (client === undefined) throw rejected(request, credentials, 'unknown client')
+      if (client.jwksUri === null && client.jwks === null) throw rejected(request, credentials, 'no keys registered for private_key_jwt')
+      const problem = await clientAssertions.check(request, assertion, client)
+      if (problem !== undefined) throw rejected(request, credentials, problem)
+      return enabled(client)
+    }
     if (clientId === undefined || clientSecret === undefined) throw rejected(request, credentials, 'no credentials')
     if (Buffer.byteLength(clientSecret, 'utf8') > MAX_SECRET_BYTES) throw rejected(request, credentials, 'secret longer than 72 bytes')
     const client = await find(clientId)
+    // An unknown client, or one without a secret, costs the same bcrypt work
+    // as a wrong secret, so that none of the three can be told apart.
     const hash = client?.secretHash ?? decoyHash
     let matches = false
     try {
@@ -144,7 +222,12 @@ export default fp(async (fastify) => {
       request.log.warn({ clientId }, 'stored client secret hash is not a bcrypt hash')
     }
     if (client === undefined) throw rejected(request, credentials, 'unknown client')
+    if (client.secretHash === null) throw rejected(request, credentials, 'the client has no secret')
     if (!matches) throw rejected(request, credentials, 'wrong secret')
+    return enabled(client)
+  }
+
+  function enabled (client: Client): Client {
     if (client.status !== 'enabled') throw new OAuthError(400, 'unauthorized_client', 'the client is disabled')
     return client
   }
@@ -154,4 +237,4 @@ export default fp(async (fastify) => {
     forget: async (clientId: string) => { await guard('redis', redis.del(cacheKey(clientId))) },
     authenticate
   })
-}, { name: 'clients', dependencies: ['config', 'postgres', 'redis'] })
+}, { name: 'clients', dependencies: ['config', 'postgres', 'redis', 'client-assertions'] })

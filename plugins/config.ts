@@ -16,7 +16,15 @@ export class ConfigError extends Error {
   }
 }
 
-export type SigningAlgorithm = 'RS256'
+export type SigningAlgorithm = 'RS256' | 'ES256' | 'EdDSA'
+
+export const SIGNING_ALGORITHMS: readonly SigningAlgorithm[] = ['RS256', 'ES256', 'EdDSA']
+
+/** A public key that verifies tokens besides the signing key (the next key, or retired ones). */
+export interface AdditionalKey {
+  publicKey: KeyObject
+  algorithm: SigningAlgorithm
+}
 
 export interface Config {
   databaseUrl: string
@@ -25,10 +33,14 @@ export interface Config {
   privateKey: KeyObject
   publicKey: KeyObject
   algorithm: SigningAlgorithm
+  /** published in the JWKS and accepted for verification, never used to sign */
+  additionalKeys: AdditionalKey[]
   issuer: string
   /** Base URL of the endpoints in discovery documents; undefined: from each request's Host. */
   publicUrl: string | undefined
   audience: string
+  /** scopes listed as scopes_supported in the discovery documents */
+  scopesSupported: string[]
   /** access token lifetime, seconds */
   accessTokenTtl: number
   /** refresh token lifetime, seconds */
@@ -68,10 +80,13 @@ const schema = {
     JWT_PRIVATE_KEY_FILE: { type: 'string' },
     JWT_PUBLIC_KEY: { type: 'string' },
     JWT_PUBLIC_KEY_FILE: { type: 'string' },
-    JWT_ALGORITHM: { type: 'string', enum: ['RS256'], default: 'RS256' },
+    JWT_ADDITIONAL_PUBLIC_KEYS: { type: 'string' },
+    JWT_ADDITIONAL_PUBLIC_KEYS_FILE: { type: 'string' },
+    JWT_ALGORITHM: { type: 'string', enum: ['RS256', 'ES256', 'EdDSA'], default: 'RS256' },
     JWT_ISSUER: { type: 'string', minLength: 1, default: 'session-service' },
     JWT_AUDIENCE: { type: 'string', minLength: 1, default: 'api' },
     PUBLIC_URL: { type: 'string' },
+    SCOPES_SUPPORTED: { type: 'string', default: '', maxLength: 8192 },
     JWT_EXPIRY: { type: 'string', pattern: DURATION, default: '3600s' },
     REFRESH_TOKEN_EXPIRY: { type: 'string', pattern: DURATION, default: '604800s' },
     REFRESH_TOKEN_LENGTH: { type: 'integer', minimum: 16, maximum: 256, default: 32 },
@@ -102,6 +117,7 @@ interface RawEnv {
   JWT_ISSUER: string
   JWT_AUDIENCE: string
   PUBLIC_URL?: string
+  SCOPES_SUPPORTED: string
   JWT_EXPIRY: string
   REFRESH_TOKEN_EXPIRY: string
   REFRESH_TOKEN_LENGTH: number
@@ -160,6 +176,63 @@ function readPem (env: EnvSource, variable: string): { text: string, from: strin
   return undefined
 }
 
+// What each algorithm needs of a key: RS256 an RSA key of 2048 bits or more
+// (RFC 7518 §3.3), ES256 a P-256 key, EdDSA an Ed25519 key.
+function keyTypeProblem (key: KeyObject, algorithm: SigningAlgorithm): string | undefined {
+  const type = key.asymmetricKeyType ?? 'unknown'
+  switch (algorithm) {
+    case 'RS256': {
+      if (type !== 'rsa') return `is a ${type} key, but ${algorithm} needs an RSA key`
+      const bits = key.asymmetricKeyDetails?.modulusLength ?? 0
+      return bits < 2048 ? `is a ${bits}-bit RSA key; at least 2048 bits are required` : undefined
+    }
+    case 'ES256':
+      if (type !== 'ec') return `is a ${type} key, but ${algorithm} needs an EC P-256 key`
+      return key.asymmetricKeyDetails?.namedCurve === 'prime256v1' ? undefined : `is an EC key on ${key.asymmetricKeyDetails?.namedCurve ?? 'an unknown curve'}, but ${algorithm} needs P-256`
+    case 'EdDSA':
+      return type === 'ed25519' ? undefined : `is a ${type} key, but ${algorithm} needs an Ed25519 key`
+  }
+}
+
+/** The algorithm a public key signs with, from its type; undefined if none of ours. */
+export function algorithmForKey (key: KeyObject): SigningAlgorithm | undefined {
+  return SIGNING_ALGORITHMS.find((algorithm) => keyTypeProblem(key, algorithm) === undefined)
+}
+
+const PEM_BLOCK = /-----BEGIN ([A-Z0-9 ]+)-----[\s\S]*?-----END \1-----/g
+
+// Zero or more PEM public keys, concatenated. A private key here is refused:
+// this setting is published, and a private key must never be.
+function loadAdditionalKeys (env: EnvSource): AdditionalKey[] {
+  const pem = readPem(env, 'JWT_ADDITIONAL_PUBLIC_KEYS')
+  if (pem === undefined) return []
+  const blocks = [...pem.text.matchAll(PEM_BLOCK)]
+  if (blocks.length === 0) throw new ConfigError(pem.from, 'holds no PEM block (expected one or more -----BEGIN PUBLIC KEY----- blocks)')
+  return blocks.map((block, index) => {
+    if (/PRIVATE/.test(block[1] ?? '')) throw new ConfigError(pem.from, `key ${index + 1} is a private key; give public keys only`)
+    let publicKey: KeyObject
+    try {
+      publicKey = createPublicKey(block[0])
+    } catch {
+      throw new ConfigError(pem.from, `key ${index + 1} is not a PEM public key`)
+    }
+    const algorithm = algorithmForKey(publicKey)
+    if (algorithm === undefined) {
+      throw new ConfigError(pem.from, `key ${index + 1} is not an RSA (2048 bits or more), EC P-256 or Ed25519 key`)
+    }
+    return { publicKey, algorithm }
+  })
+}
+
+const SCOPE_TOKEN = /^[\x21\x23-\x5B\x5D-\x7E]+$/
+
+function parseScopes (variable: string, value: string): string[] {
+  const scopes = value.split(/[\s,]+/).filter((scope) => scope !== '')
+  const bad = scopes.find((scope) => !SCOPE_TOKEN.test(scope))
+  if (bad !== undefined) throw new ConfigError(variable, `"${bad}" is not a valid scope (RFC 6749 §3.3)`)
+  return [...new Set(scopes)]
+}
+
 function loadKeys (env: EnvSource, algorithm: SigningAlgorithm): { privateKey: KeyObject, publicKey: KeyObject } {
   const privatePem = readPem(env, 'JWT_PRIVATE_KEY')
   if (privatePem === undefined) throw new ConfigError('JWT_PRIVATE_KEY', 'is required (PEM text, or a path in JWT_PRIVATE_KEY_FILE)')
@@ -169,13 +242,8 @@ function loadKeys (env: EnvSource, algorithm: SigningAlgorithm): { privateKey: K
   } catch {
     throw new ConfigError(privatePem.from, 'is not a PEM private key')
   }
-  if (algorithm === 'RS256') {
-    if (privateKey.asymmetricKeyType !== 'rsa') {
-      throw new ConfigError(privatePem.from, `is a ${privateKey.asymmetricKeyType ?? 'unknown'} key, but JWT_ALGORITHM=${algorithm} needs an RSA key`)
-    }
-    const bits = privateKey.asymmetricKeyDetails?.modulusLength ?? 0
-    if (bits < 2048) throw new ConfigError(privatePem.from, `is a ${bits}-bit RSA key; at least 2048 bits are required`)
-  }
+  const problem = keyTypeProblem(privateKey, algorithm)
+  if (problem !== undefined) throw new ConfigError(privatePem.from, problem)
   const derived = createPublicKey(privateKey)
 
   const publicPem = readPem(env, 'JWT_PUBLIC_KEY')
@@ -257,9 +325,11 @@ export function loadConfig (env: EnvSource = process.env, options: { dotenv?: bo
     privateKey,
     publicKey,
     algorithm: raw.JWT_ALGORITHM,
+    additionalKeys: loadAdditionalKeys(source),
     issuer: raw.JWT_ISSUER,
     publicUrl: resolvePublicUrl(raw.PUBLIC_URL, raw.JWT_ISSUER),
     audience: raw.JWT_AUDIENCE,
+    scopesSupported: parseScopes('SCOPES_SUPPORTED', raw.SCOPES_SUPPORTED),
     accessTokenTtl: parseDuration('JWT_EXPIRY', raw.JWT_EXPIRY),
     refreshTokenTtl: parseDuration('REFRESH_TOKEN_EXPIRY', raw.REFRESH_TOKEN_EXPIRY),
     refreshTokenBytes: raw.REFRESH_TOKEN_LENGTH,

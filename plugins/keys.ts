@@ -1,7 +1,7 @@
 import { createHash, type JsonWebKey, type KeyObject } from 'node:crypto'
 import fp from 'fastify-plugin'
 import { createSigner, createVerifier, TokenError } from 'fast-jwt'
-import type { SigningAlgorithm } from './config.js'
+import { SIGNING_ALGORITHMS, type AdditionalKey, type SigningAlgorithm } from './config.js'
 
 export interface PublicJwk {
   kty: string
@@ -16,6 +16,7 @@ export type TokenRejection =
   | 'malformed'
   | 'invalid_algorithm'
   | 'invalid_header'
+  | 'invalid_type'
   | 'unknown_key'
   | 'invalid_signature'
   | 'expired'
@@ -97,62 +98,111 @@ export interface Keys {
   /** kid of the key that signs new tokens */
   readonly kid: string
   readonly algorithm: SigningAlgorithm
-  /** The JWKS document, serialized once. */
+  /** Algorithms of every published key: the signing key's first. */
+  readonly algorithms: SigningAlgorithm[]
+  /** The JWKS document, serialized once: the signing key, then the additional keys. */
   readonly jwksBody: string
-  /** Signs an access token; `claims` must carry every registered claim. */
+  /** Signs an access token (RFC 9068 header: typ at+jwt, kid); `claims` must carry every registered claim. */
   sign: (claims: AccessTokenClaims) => string
   /**
-   * Checks the signature, the header and the time claims of a token, and that
-   * its issuer and audience are ours. Revocation is checked elsewhere.
-   * With `ignoreExpiration`, an expired token of ours still passes.
+   * Checks the header, the signature with the published key its kid names,
+   * the time claims, the issuer and the audience. Revocation is checked
+   * elsewhere. `audience`: the one the token must carry (default: the
+   * service's), or null for any. With `ignoreExpiration`, an expired token of
+   * ours still passes.
    */
-  check: (token: string, options?: { ignoreExpiration?: boolean }) => TokenCheck
+  check: (token: string, options?: { audience?: string | null, ignoreExpiration?: boolean }) => TokenCheck
+}
+
+/** The media type of RFC 9068 access tokens, as the JOSE typ header gives it. */
+export const ACCESS_TOKEN_TYPE = 'at+jwt'
+
+// RFC 7515 §4.1.9: "application/" may be omitted and the comparison is case-insensitive.
+function isAccessTokenType (typ: unknown): boolean {
+  if (typeof typ !== 'string') return false
+  const type = typ.toLowerCase()
+  return type === ACCESS_TOKEN_TYPE || type === `application/${ACCESS_TOKEN_TYPE}`
+}
+
+const REQUIRED_CLAIMS = ['iss', 'sub', 'aud', 'exp', 'iat', 'jti']
+
+interface PublishedKey {
+  jwk: PublicJwk
+  algorithm: SigningAlgorithm
+  verify: (token: string) => unknown
+  verifyIgnoringExpiry: (token: string) => unknown
+}
+
+function publish (publicKey: KeyObject, algorithm: SigningAlgorithm): PublishedKey {
+  const jwk = publicJwk(publicKey, algorithm)
+  const pem = publicKey.export({ type: 'spki', format: 'pem' }).toString()
+  // Each key verifies only the algorithm it is published with: a token
+  // naming another algorithm for this kid was not made by us.
+  const base = { key: pem, algorithms: [algorithm], requiredClaims: REQUIRED_CLAIMS }
+  return {
+    jwk,
+    algorithm,
+    verify: createVerifier(base),
+    // Revocation reads expired tokens to learn their owner; nbf is still enforced.
+    verifyIgnoringExpiry: createVerifier({ ...base, ignoreExpiration: true })
+  }
 }
 
 export function createKeys (options: {
   privateKey: KeyObject
   publicKey: KeyObject
   algorithm: SigningAlgorithm
+  additionalKeys?: AdditionalKey[]
   issuer: string
   audience: string
 }): Keys {
-  const { algorithm, issuer, audience } = options
-  const jwk = publicJwk(options.publicKey, algorithm)
+  const { algorithm, issuer } = options
+  const signing = publish(options.publicKey, algorithm)
+  const published = new Map<string, PublishedKey>([[signing.jwk.kid, signing]])
+  for (const extra of options.additionalKeys ?? []) {
+    const key = publish(extra.publicKey, extra.algorithm)
+    // The same key given twice (say, the signing key also listed as retired) is published once.
+    if (!published.has(key.jwk.kid)) published.set(key.jwk.kid, key)
+  }
   const privatePem = options.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString()
-  const publicPem = options.publicKey.export({ type: 'spki', format: 'pem' }).toString()
-
-  const signer = createSigner({ key: privatePem, algorithm, kid: jwk.kid })
-  const requiredClaims = ['iss', 'sub', 'aud', 'exp', 'iat', 'jti']
-  const verifier = createVerifier({ key: publicPem, algorithms: [algorithm], requiredClaims })
-  const lenientVerifier = createVerifier({ key: publicPem, algorithms: [algorithm], requiredClaims, ignoreExpiration: true, ignoreNotBefore: true })
-  const verifiers = new Map([[jwk.kid, { verifier, lenientVerifier }]])
+  const signer = createSigner({ key: privatePem, algorithm, kid: signing.jwk.kid, header: { alg: algorithm, typ: ACCESS_TOKEN_TYPE } })
 
   const check: Keys['check'] = (token, checkOptions = {}) => {
     if (token.length === 0 || token.length > MAX_TOKEN_LENGTH) return { valid: false, error: 'malformed' }
     const header = decodeHeader(token)
     if (header === undefined) return { valid: false, error: 'malformed' }
-    if (header.alg !== algorithm) return { valid: false, error: 'invalid_algorithm' }
     if (KEY_LOCATING_HEADERS.some((name) => name in header)) return { valid: false, error: 'invalid_header' }
-    const entry = typeof header.kid === 'string' ? verifiers.get(header.kid) : undefined
-    if (entry === undefined) return { valid: false, error: 'unknown_key' }
+    const key = typeof header.kid === 'string' ? published.get(header.kid) : undefined
+    if (key === undefined) {
+      // alg none, HMAC and the like never name a kid of ours with its algorithm.
+      return { valid: false, error: SIGNING_ALGORITHMS.includes(header.alg as SigningAlgorithm) ? 'unknown_key' : 'invalid_algorithm' }
+    }
+    if (header.alg !== key.algorithm) return { valid: false, error: 'invalid_algorithm' }
+    // RFC 9068 §4: a JWT of another type (an ID token, a client assertion) is not an access token.
+    if (!isAccessTokenType(header.typ)) return { valid: false, error: 'invalid_type' }
     let claims: AccessTokenClaims
     try {
-      claims = (checkOptions.ignoreExpiration === true ? entry.lenientVerifier : entry.verifier)(token) as AccessTokenClaims
+      claims = (checkOptions.ignoreExpiration === true ? key.verifyIgnoringExpiry : key.verify)(token) as AccessTokenClaims
     } catch (err) {
       const code = (err as TokenError).code
       return { valid: false, error: REJECTION_BY_CODE[code] ?? 'malformed' }
     }
     if (claims.iss !== issuer) return { valid: false, error: 'invalid_issuer' }
-    const audiences = Array.isArray(claims.aud) ? claims.aud : [claims.aud]
-    if (!audiences.includes(audience)) return { valid: false, error: 'invalid_audience' }
+    const audience = checkOptions.audience === undefined ? options.audience : checkOptions.audience
+    if (audience !== null) {
+      const audiences = Array.isArray(claims.aud) ? claims.aud : [claims.aud]
+      if (!audiences.includes(audience)) return { valid: false, error: 'invalid_audience' }
+    }
     if (typeof claims.jti !== 'string' || typeof claims.sub !== 'string') return { valid: false, error: 'malformed' }
     return { valid: true, claims }
   }
 
+  const jwks = [...published.values()].map((key) => key.jwk)
   return {
-    kid: jwk.kid,
+    kid: signing.jwk.kid,
     algorithm,
-    jwksBody: JSON.stringify({ keys: [jwk] }),
+    algorithms: [...new Set([...published.values()].map((key) => key.algorithm))],
+    jwksBody: JSON.stringify({ keys: jwks }),
     sign: (claims) => signer(claims),
     check
   }
@@ -170,8 +220,12 @@ export default fp(async (fastify) => {
     privateKey: config.privateKey,
     publicKey: config.publicKey,
     algorithm: config.algorithm,
+    additionalKeys: config.additionalKeys,
     issuer: config.issuer,
     audience: config.audience
   }))
-  fastify.log.info({ kid: fastify.keys.kid, alg: config.algorithm }, 'signing key loaded')
+  fastify.log.info({ kid: fastify.keys.kid, alg: config.algorithm, published: config.additionalKeys.length + 1 }, 'signing key loaded')
+  if (config.algorithm !== 'RS256') {
+    fastify.log.warn({ alg: config.algorithm }, 'AWS API Gateway HTTP APIs accept RSA signatures only (RS256); REST APIs also accept ES256, and neither accepts EdDSA')
+  }
 }, { name: 'keys', dependencies: ['config'] })

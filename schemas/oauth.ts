@@ -14,16 +14,26 @@ export const oauthError = {
 
 const parameter = (maxLength: number) => ({ type: 'string', maxLength } as const)
 
+/** Client authentication parameters (RFC 6749 §2.3.1, RFC 7523 §2.2). */
+const credentialParameters = {
+  client_id: parameter(255),
+  client_secret: parameter(1024),
+  client_assertion_type: parameter(100),
+  client_assertion: parameter(8192)
+} as const
+
 /** POST /oauth/token form body. Unknown parameters are ignored (RFC 6749 §3.2). */
 export const tokenRequest = {
   type: 'object',
   required: ['grant_type'],
   properties: {
     grant_type: parameter(100),
-    client_id: parameter(255),
-    client_secret: parameter(1024),
     refresh_token: parameter(1024),
-    scope: parameter(2048)
+    scope: parameter(2048),
+    // RFC 8707 resource indicator, or the audience parameter many clients send.
+    audience: parameter(2048),
+    resource: parameter(2048),
+    ...credentialParameters
   }
 } as const
 
@@ -34,28 +44,39 @@ export const tokenResponse = {
     access_token: { type: 'string' },
     token_type: { type: 'string' },
     expires_in: { type: 'integer' },
-    refresh_token: { type: 'string' }
+    refresh_token: { type: 'string' },
+    scope: { type: 'string' }
   }
 } as const
 
-/** POST /oauth/revoke form body (RFC 7009 §2.1). */
-export const revokeRequest = {
+/** POST /oauth/revoke (RFC 7009 §2.1) and /oauth/introspect (RFC 7662 §2.1) form body. */
+export const tokenParameterRequest = {
   type: 'object',
   required: ['token'],
   properties: {
     token: parameter(16384),
     token_type_hint: parameter(100),
-    client_id: parameter(255),
-    client_secret: parameter(1024)
+    ...credentialParameters
   }
 } as const
+
+export interface TokenParameterBody {
+  token: string
+  token_type_hint?: string
+  client_id?: string
+  client_secret?: string
+  client_assertion_type?: string
+  client_assertion?: string
+}
 
 /** POST /oauth/verify JSON body. */
 export const verifyRequest = {
   type: 'object',
   required: ['token'],
   properties: {
-    token: { type: 'string' }
+    token: { type: 'string' },
+    // The audience the caller expects (its own identifier); default JWT_AUDIENCE.
+    audience: { type: 'string', minLength: 1, maxLength: 2048 }
   }
 } as const
 

@@ -116,13 +116,15 @@ test('rotation: each refresh returns new tokens, the previous refresh token fail
   t.not(third.refresh_token, second.refresh_token)
   t.not(third.refresh_token, first.refresh_token)
 
-  // Used refresh tokens are dead, whichever auth method presents them.
+  // The latest one works.
+  const fourth = assertTokens(t, await refreshPost(app, third.refresh_token, 'svc-rotate', 'rotate-secret'))
+
+  // Used refresh tokens are dead, whichever auth method presents them; and
+  // presenting one is taken as theft (RFC 9700 §4.14.2): the whole session,
+  // the latest refresh token included, is revoked.
   assertOAuthError(t, await refreshPost(app, first.refresh_token, 'svc-rotate', 'rotate-secret'), 400, 'invalid_grant')
   assertOAuthError(t, await refreshBasic(app, second.refresh_token, 'svc-rotate', 'rotate-secret'), 400, 'invalid_grant')
-  assertOAuthError(t, await refreshPost(app, second.refresh_token, 'svc-rotate', 'rotate-secret'), 400, 'invalid_grant')
-
-  // The latest one still works.
-  assertTokens(t, await refreshPost(app, third.refresh_token, 'svc-rotate', 'rotate-secret'))
+  assertOAuthError(t, await refreshPost(app, fourth.refresh_token, 'svc-rotate', 'rotate-secret'), 400, 'invalid_grant')
 })
 
 test('a refreshed access token verifies and names the client', async (t) => {
@@ -144,7 +146,7 @@ test('a refreshed access token verifies and names the client', async (t) => {
 
   const { header } = decodeJwt(refreshed.access_token)
   t.equal(header.alg, 'RS256')
-  t.equal(header.typ, 'JWT')
+  t.equal(header.typ, 'at+jwt')
 })
 
 test('client authentication is required by default', async (t) => {
@@ -201,10 +203,12 @@ test('concurrent refreshes with one token: exactly one succeeds', async (t) => {
   t.equal(failed.length, N - 1)
   for (const res of failed) assertOAuthError(t, res, 400, 'invalid_grant')
 
-  // The winner's refresh token is the one alive.
+  // The losers presented a used token, which revokes the session (RFC 9700
+  // §4.14.2): a client that races itself cannot tell itself from a thief.
   const winner = ok[0]
   if (winner === undefined) return
-  assertTokens(t, await refreshPost(app, winner.json().refresh_token, 'svc-race', 'race-secret'))
+  assertOAuthError(t, await refreshPost(app, winner.json().refresh_token, 'svc-race', 'race-secret'), 400, 'invalid_grant')
+  t.equal((await verify(app, winner.json().access_token)).json().error, 'revoked', 'its access token too')
 })
 
 test('concurrent refreshes across two instances sharing database and Redis: exactly one succeeds', async (t) => {
@@ -223,10 +227,15 @@ test('concurrent refreshes across two instances sharing database and Redis: exac
   t.equal(failed.length, N - 1)
   for (const res of failed) assertOAuthError(t, res, 400, 'invalid_grant')
 
-  // A refresh token issued by one instance is honoured by the other.
+  // The session is revoked on both instances.
   const winner = ok[0]
   if (winner === undefined) return
-  const next = assertTokens(t, await refreshPost(two.app, winner.json().refresh_token, 'svc-race2', 'race2-secret'))
+  assertOAuthError(t, await refreshPost(two.app, winner.json().refresh_token, 'svc-race2', 'race2-secret'), 400, 'invalid_grant')
+  assertOAuthError(t, await refreshPost(one.app, winner.json().refresh_token, 'svc-race2', 'race2-secret'), 400, 'invalid_grant')
+
+  // Without a race, a refresh token issued by one instance is honoured by the other.
+  const fresh = await issueTokens(one.app, 'svc-race2', 'race2-secret')
+  const next = assertTokens(t, await refreshPost(two.app, fresh.refresh_token, 'svc-race2', 'race2-secret'))
   assertTokens(t, await refreshPost(one.app, next.refresh_token, 'svc-race2', 'race2-secret'))
 })
 
@@ -242,8 +251,8 @@ test('REFRESH_TOKEN_CLIENT_AUTH=optional', async (t) => {
     const res = await verify(app, refreshed.access_token)
     t.equal(res.json().valid, true)
     t.equal(res.json().claims.sub, 'svc-opt')
-    assertOAuthError(t, await tokenRequest(app, { grant_type: 'refresh_token', refresh_token: tokens.refresh_token }), 400, 'invalid_grant')
     assertTokens(t, await tokenRequest(app, { grant_type: 'refresh_token', refresh_token: refreshed.refresh_token }))
+    assertOAuthError(t, await tokenRequest(app, { grant_type: 'refresh_token', refresh_token: tokens.refresh_token }), 400, 'invalid_grant')
   })
 
   await t.test('client_id without secret matching the owner: accepted', async (t) => {
@@ -365,7 +374,14 @@ test('refresh tokens are stored hashed in Redis, never in clear', async (t) => {
 
   const keys = new Set(entries.map((entry) => entry.key))
   t.ok(keys.has(`${redisPrefix}refresh:${sha256Base64url(second.refresh_token)}`), 'the live refresh token is stored under its SHA-256')
-  t.notOk(keys.has(`${redisPrefix}refresh:${sha256Base64url(first.refresh_token)}`), 'the used refresh token is gone')
+  // The used one stays, marked used, until it would have expired: that is how
+  // its reuse is recognised (RFC 9700 §4.14.2).
+  const used = entries.find((entry) => entry.key === `${redisPrefix}refresh:${sha256Base64url(first.refresh_token)}`)
+  t.equal(JSON.parse(used?.values[0] ?? '{}').used, true, 'the used refresh token is marked used')
   const refreshKeys = [...keys].filter((key) => key.startsWith(`${redisPrefix}refresh:`))
-  t.equal(refreshKeys.length, 1, 'one live refresh token')
+  t.equal(refreshKeys.length, 2, 'the live token and the used one')
+  const redis = new Redis(TEST_REDIS_URL)
+  t.teardown(async () => await redis.quit())
+  const ttl = await redis.ttl(`${redisPrefix}refresh:${sha256Base64url(first.refresh_token)}`)
+  t.ok(ttl > 604700 && ttl <= 604800, 'the used record keeps the token\'s own expiry')
 })

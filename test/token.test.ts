@@ -101,7 +101,7 @@ test('the access token header names RS256 and the kid published in the JWKS', as
   const tokens = await issueTokens(app, 'svc-header', 'secret')
   const jwk = await publishedKey(app)
   const { header } = decodeJwt(tokens.access_token)
-  t.same(header, { alg: 'RS256', typ: 'JWT', kid: jwk.kid }, 'header is exactly alg, typ and the published kid')
+  t.same(header, { alg: 'RS256', typ: 'at+jwt', kid: jwk.kid }, 'header is exactly alg, typ and the published kid')
 
   // The signature verifies with the published public key.
   const [h, p, s] = tokens.access_token.split('.')

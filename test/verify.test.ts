@@ -104,12 +104,12 @@ test('a genuine token verifies with exactly its claims', async (t) => {
   const kid = await ourKid(app)
   const tokens = await issueTokens(app, CLIENT_ID, CLIENT_SECRET)
   const { header, payload } = decodeJwt(tokens.access_token)
-  t.strictSame(header, { alg: 'RS256', typ: 'JWT', kid }, 'header {alg, typ, kid}')
+  t.strictSame(header, { alg: 'RS256', typ: 'at+jwt', kid }, 'header {alg, typ, kid}')
 
   const res = await verify(app, tokens.access_token)
   assertValid(t, res, payload)
   const returned = res.json().claims
-  t.strictSame(Object.keys(returned).sort(), ['aud', 'client_id', 'exp', 'iat', 'iss', 'jti', 'sub'])
+  t.strictSame(Object.keys(returned).sort(), ['aud', 'client_id', 'exp', 'iat', 'iss', 'jti', 'sid', 'sub'])
   t.equal(returned.iss, 'session-service')
   t.equal(returned.sub, CLIENT_ID)
   t.equal(returned.client_id, CLIENT_ID)
@@ -131,7 +131,7 @@ test('hostile tokens', async (t) => {
   const { app, databaseUrl } = await build(t)
   await insertClient(databaseUrl, { id: CLIENT_ID, secret: CLIENT_SECRET })
   const kid = await ourKid(app)
-  const header = { alg: 'RS256', typ: 'JWT', kid }
+  const header = { alg: 'RS256', typ: 'at+jwt', kid }
 
   t.test('control: a token forged the way the others are, but right in every respect, is valid', async (t) => {
     const payload = claims()

@@ -1,25 +1,18 @@
 import type { FastifyPluginAsync } from 'fastify'
 import { readCredentials } from '../../plugins/clients.js'
-import { errorResponses, revokeRequest } from '../../schemas/oauth.js'
-
-interface RevokeRequestBody {
-  token: string
-  token_type_hint?: string
-  client_id?: string
-  client_secret?: string
-}
+import { errorResponses, tokenParameterRequest, type TokenParameterBody } from '../../schemas/oauth.js'
 
 const revokeRoute: FastifyPluginAsync = async (fastify) => {
   const { clients, tokens, config } = fastify
 
-  fastify.post<{ Body: RevokeRequestBody }>('/oauth/revoke', {
+  fastify.post<{ Body: TokenParameterBody }>('/oauth/revoke', {
     bodyLimit: config.bodyLimit,
     preParsing: fastify.requireMediaType('application/x-www-form-urlencoded'),
     // RFC 6749 §5.1: no caching, errors included (they may concern credentials).
     onRequest: fastify.noStore,
     preValidation: fastify.normalizeFormParameters,
     schema: {
-      body: revokeRequest,
+      body: tokenParameterRequest,
       response: { 200: { type: 'null' }, 401: { $ref: 'oauthError#' }, ...errorResponses }
     }
   }, async (request, reply) => {

@@ -4,7 +4,7 @@ import { errorResponses, verifyRequest, verifyResponse } from '../../schemas/oau
 const verifyRoute: FastifyPluginAsync = async (fastify) => {
   const { tokens, config } = fastify
 
-  fastify.post<{ Body: { token: string } }>('/oauth/verify', {
+  fastify.post<{ Body: { token: string, audience?: string } }>('/oauth/verify', {
     bodyLimit: config.bodyLimit,
     preParsing: fastify.requireMediaType('application/json'),
     schema: {
@@ -12,7 +12,7 @@ const verifyRoute: FastifyPluginAsync = async (fastify) => {
       response: { 200: verifyResponse, ...errorResponses }
     }
   }, async (request) => {
-    const result = await tokens.verify(request.body.token)
+    const result = await tokens.verify(request.body.token, request.body.audience)
     return result.valid ? { valid: true, claims: result.claims } : { valid: false, error: result.error }
   })
 }

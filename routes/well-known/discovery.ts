@@ -1,9 +1,13 @@
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
+import { ASSERTION_ALGORITHMS } from '../../plugins/client-assertions.js'
 
 // One document answers both RFC 8414 and OpenID Connect Discovery 1.0: a
 // gateway reads the OpenID path, OAuth client libraries either one.
 const discoveryRoute: FastifyPluginAsync = async (fastify) => {
   const { config, keys } = fastify
+
+  const authMethods = ['client_secret_basic', 'client_secret_post', 'private_key_jwt']
+  const assertionAlgorithms = [...ASSERTION_ALGORITHMS]
 
   function describe (base: string): string {
     return JSON.stringify({
@@ -13,9 +17,16 @@ const discoveryRoute: FastifyPluginAsync = async (fastify) => {
       revocation_endpoint: `${base}/oauth/revoke`,
       introspection_endpoint: `${base}/oauth/introspect`,
       grant_types_supported: ['client_credentials', 'refresh_token'],
-      token_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post'],
-      revocation_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post'],
-      introspection_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post'],
+      token_endpoint_auth_methods_supported: authMethods,
+      token_endpoint_auth_signing_alg_values_supported: assertionAlgorithms,
+      revocation_endpoint_auth_methods_supported: authMethods,
+      revocation_endpoint_auth_signing_alg_values_supported: assertionAlgorithms,
+      introspection_endpoint_auth_methods_supported: authMethods,
+      introspection_endpoint_auth_signing_alg_values_supported: assertionAlgorithms,
+      ...(config.scopesSupported.length > 0 ? { scopes_supported: config.scopesSupported } : {}),
+      // RFC 9068 access tokens, signed with the active key's algorithm (the
+      // published additional keys may use others while a rotation is underway).
+      access_token_signing_alg_values_supported: keys.algorithms,
       // OpenID Connect Discovery requires these three; this service issues no
       // ID tokens and has no authorization endpoint, so no response types.
       response_types_supported: [],
