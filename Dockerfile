@@ -10,6 +10,7 @@ COPY tsconfig.json tsconfig.build.json app.ts server.ts ./
 COPY plugins ./plugins
 COPY routes ./routes
 COPY schemas ./schemas
+COPY workers ./workers
 COPY cli ./cli
 RUN npm run build && npm prune --omit=dev
 

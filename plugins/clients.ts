@@ -171,7 +171,7 @@ declare module 'fastify' {
 }
 
 export default fp(async (fastify) => {
-  const { config, pg, redis, clientAssertions } = fastify
+  const { config, pg, redis, clientAssertions, secrets } = fastify
   const realm = config.issuer.replace(/["\\]/g, '')
   // Compared against when the client is unknown, so that an unknown id costs
   // the same bcrypt work as a wrong secret and the two cannot be told apart.
@@ -215,15 +215,11 @@ export default fp(async (fastify) => {
     // An unknown client, or one without a secret, costs the same bcrypt work
     // as a wrong secret, so that none of the three can be told apart.
     const hash = client?.secretHash ?? decoyHash
-    let matches = false
-    try {
-      matches = await bcrypt.compare(clientSecret, hash)
-    } catch {
-      request.log.warn({ clientId }, 'stored client secret hash is not a bcrypt hash')
-    }
+    const matches = await secrets.matches(clientSecret, hash)
+    if (matches === null) request.log.warn({ clientId }, 'stored client secret hash is not a bcrypt hash')
     if (client === undefined) throw rejected(request, credentials, 'unknown client')
     if (client.secretHash === null) throw rejected(request, credentials, 'the client has no secret')
-    if (!matches) throw rejected(request, credentials, 'wrong secret')
+    if (matches !== true) throw rejected(request, credentials, 'wrong secret')
     return enabled(client)
   }
 
@@ -237,4 +233,4 @@ export default fp(async (fastify) => {
     forget: async (clientId: string) => { await guard('redis', redis.del(cacheKey(clientId))) },
     authenticate
   })
-}, { name: 'clients', dependencies: ['config', 'postgres', 'redis', 'client-assertions'] })
+}, { name: 'clients', dependencies: ['config', 'postgres', 'redis', 'client-assertions', 'secrets'] })

@@ -50,6 +50,10 @@ export interface Config {
   refreshTokenClientAuth: 'required' | 'optional'
   /** how long a client record may be served from the Redis cache, seconds */
   clientCacheTtl: number
+  /** how long a verified client secret is remembered in process, seconds (0: never) */
+  secretCacheTtl: number
+  /** worker threads for bcrypt (0: on the main thread) */
+  bcryptWorkers: number
   /** token requests per minute for a client without its own rate_limit */
   rateLimitDefault: number
   migrateOnStart: boolean
@@ -92,6 +96,8 @@ const schema = {
     REFRESH_TOKEN_LENGTH: { type: 'integer', minimum: 16, maximum: 256, default: 32 },
     REFRESH_TOKEN_CLIENT_AUTH: { type: 'string', enum: ['required', 'optional'], default: 'required' },
     CLIENT_CACHE_TTL: { type: 'string', pattern: DURATION, default: '30s' },
+    SECRET_CACHE_TTL: { type: 'string', pattern: DURATION, default: '300s' },
+    BCRYPT_WORKERS: { type: 'integer', minimum: 0, maximum: 64, default: 1 },
     RATE_LIMIT_DEFAULT: { type: 'integer', minimum: 1, default: 60 },
     MIGRATE_ON_START: { type: 'boolean', default: true },
     DEPENDENCY_TIMEOUT: { type: 'string', pattern: DURATION_MS, default: '2s' },
@@ -123,6 +129,8 @@ interface RawEnv {
   REFRESH_TOKEN_LENGTH: number
   REFRESH_TOKEN_CLIENT_AUTH: 'required' | 'optional'
   CLIENT_CACHE_TTL: string
+  SECRET_CACHE_TTL: string
+  BCRYPT_WORKERS: number
   RATE_LIMIT_DEFAULT: number
   MIGRATE_ON_START: boolean
   DEPENDENCY_TIMEOUT: string
@@ -138,11 +146,11 @@ interface RawEnv {
 const UNIT_SECONDS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 }
 
 /** `3600s`, `15m`, `1h`, `7d` or bare seconds, to seconds. */
-export function parseDuration (variable: string, value: string): number {
+export function parseDuration (variable: string, value: string, options: { allowZero?: boolean } = {}): number {
   const match = /^\s*(\d+)\s*([smhd])?\s*$/.exec(value)
   if (match === null) throw new ConfigError(variable, `"${value}" is not a duration (use 3600s, 15m, 1h, 7d or seconds)`)
   const seconds = Number(match[1]) * (UNIT_SECONDS[match[2] ?? 's'] ?? 1)
-  if (!Number.isSafeInteger(seconds) || seconds < 1) throw new ConfigError(variable, 'must be at least one second')
+  if (!Number.isSafeInteger(seconds) || seconds < (options.allowZero === true ? 0 : 1)) throw new ConfigError(variable, 'must be at least one second')
   return seconds
 }
 
@@ -335,6 +343,8 @@ export function loadConfig (env: EnvSource = process.env, options: { dotenv?: bo
     refreshTokenBytes: raw.REFRESH_TOKEN_LENGTH,
     refreshTokenClientAuth: raw.REFRESH_TOKEN_CLIENT_AUTH,
     clientCacheTtl: parseDuration('CLIENT_CACHE_TTL', raw.CLIENT_CACHE_TTL),
+    secretCacheTtl: parseDuration('SECRET_CACHE_TTL', raw.SECRET_CACHE_TTL, { allowZero: true }),
+    bcryptWorkers: raw.BCRYPT_WORKERS,
     rateLimitDefault: raw.RATE_LIMIT_DEFAULT,
     migrateOnStart: raw.MIGRATE_ON_START,
     dependencyTimeoutMs: parseDurationMs('DEPENDENCY_TIMEOUT', raw.DEPENDENCY_TIMEOUT),

@@ -1,0 +1,75 @@
+// Client secret checks: bcrypt on worker threads (or the main thread), and
+// the in-process memory of verified secrets, which must never outlive a
+// rotated or disabled secret.
+import { setTimeout as sleep } from 'node:timers/promises'
+import { test } from 'tap'
+import bcrypt from 'bcryptjs'
+import { basicAuth, build, insertClient, sql, tokenRequest } from './helper.js'
+
+const settings: Array<Record<string, string>> = [{}, { BCRYPT_WORKERS: '0' }, { BCRYPT_WORKERS: '2' }, { SECRET_CACHE_TTL: '0' }]
+for (const env of settings) {
+  test(`secrets are checked alike with ${JSON.stringify(env)}`, async (t) => {
+    const { app, databaseUrl } = await build(t, { env })
+    await insertClient(databaseUrl, { id: 'svc-secret', secret: 'right secret' })
+    // Several at once: the pool serves them all, in any order.
+    const answers = await Promise.all(['right secret', 'wrong secret', 'right secret', 'Right secret', 'right secret'].map(async (secret) =>
+      (await tokenRequest(app, { grant_type: 'client_credentials' }, { authorization: basicAuth('svc-secret', secret) })).statusCode))
+    t.same(answers, [200, 401, 200, 401, 200])
+    const unknown = await tokenRequest(app, { grant_type: 'client_credentials' }, { authorization: basicAuth('svc-nobody', 'right secret') })
+    t.equal(unknown.statusCode, 401)
+  })
+}
+
+test('a rotated secret takes effect within CLIENT_CACHE_TTL although the old one was verified and remembered', async (t) => {
+  const { app, databaseUrl } = await build(t, { env: { CLIENT_CACHE_TTL: '1s', SECRET_CACHE_TTL: '1h' } })
+  await insertClient(databaseUrl, { id: 'svc-rotate', secret: 'old secret' })
+  const auth = (secret: string): Record<string, string> => ({ authorization: basicAuth('svc-rotate', secret) })
+  t.equal((await tokenRequest(app, { grant_type: 'client_credentials' }, auth('old secret'))).statusCode, 200)
+  t.equal((await tokenRequest(app, { grant_type: 'client_credentials' }, auth('old secret'))).statusCode, 200, 'remembered')
+
+  await sql(databaseUrl, 'UPDATE clients SET client_secret_hash = $2 WHERE client_id = $1', ['svc-rotate', await bcrypt.hash('new secret', 10)])
+  await sleep(1200)
+  t.equal((await tokenRequest(app, { grant_type: 'client_credentials' }, auth('old secret'))).statusCode, 401, 'the old secret is refused')
+  t.equal((await tokenRequest(app, { grant_type: 'client_credentials' }, auth('new secret'))).statusCode, 200, 'the new one works')
+
+  // Rotating back to the old secret's hash is a new hash too (new salt): checked again, and it works.
+  await sql(databaseUrl, 'UPDATE clients SET client_secret_hash = $2 WHERE client_id = $1', ['svc-rotate', await bcrypt.hash('old secret', 10)])
+  await sleep(1200)
+  t.equal((await tokenRequest(app, { grant_type: 'client_credentials' }, auth('new secret'))).statusCode, 401)
+  t.equal((await tokenRequest(app, { grant_type: 'client_credentials' }, auth('old secret'))).statusCode, 200)
+})
+
+test('a disabled client is refused although its secret was remembered', async (t) => {
+  const { app, databaseUrl } = await build(t, { env: { CLIENT_CACHE_TTL: '1s' } })
+  await insertClient(databaseUrl, { id: 'svc-off', secret: 'off secret' })
+  const auth = { authorization: basicAuth('svc-off', 'off secret') }
+  t.equal((await tokenRequest(app, { grant_type: 'client_credentials' }, auth)).statusCode, 200)
+  await sql(databaseUrl, "UPDATE clients SET status = 'disabled' WHERE client_id = 'svc-off'")
+  await sleep(1200)
+  const res = await tokenRequest(app, { grant_type: 'client_credentials' }, auth)
+  t.equal(res.statusCode, 400)
+  t.equal(res.json().error, 'unauthorized_client')
+})
+
+test('nothing of a secret is written to Redis', async (t) => {
+  const { app, databaseUrl, redisPrefix } = await build(t)
+  await insertClient(databaseUrl, { id: 'svc-redis', secret: 'a-secret-that-stays-in-process' })
+  t.equal((await tokenRequest(app, { grant_type: 'client_credentials' }, { authorization: basicAuth('svc-redis', 'a-secret-that-stays-in-process') })).statusCode, 200)
+  const redis = app.redis
+  const keys = await redis.keys('*')
+  t.ok(keys.length > 0)
+  for (const key of keys.filter((name) => name.startsWith(redisPrefix))) {
+    const type = await redis.type(key.slice(redisPrefix.length))
+    if (type !== 'string') continue
+    const value = await redis.get(key.slice(redisPrefix.length)) ?? ''
+    t.notOk(value.includes('a-secret-that-stays-in-process'), `${key} holds no secret`)
+  }
+})
+
+test('BCRYPT_WORKERS and SECRET_CACHE_TTL are validated', async (t) => {
+  const { loadConfig } = await import('../plugins/config.js')
+  const { testEnv } = await import('./helper.js')
+  t.throws(() => loadConfig(testEnv('postgres://x/y', 'p:', { BCRYPT_WORKERS: '-1' })), /^BCRYPT_WORKERS/)
+  t.throws(() => loadConfig(testEnv('postgres://x/y', 'p:', { SECRET_CACHE_TTL: 'soon' })), /^SECRET_CACHE_TTL/)
+  t.equal(loadConfig(testEnv('postgres://x/y', 'p:', { SECRET_CACHE_TTL: '0' })).secretCacheTtl, 0)
+})
