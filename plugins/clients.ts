@@ -151,6 +151,39 @@ export function clientFromRow (row: ClientRow): Client {
   }
 }
 
+/** A client to register; every field but the id has the table's default. */
+export interface NewClient {
+  id: string
+  /** hashed with bcrypt here; the secret itself is never stored */
+  secret?: string
+  name?: string
+  rateLimit?: number | null
+  scopes?: string[]
+  defaultScopes?: string[]
+  audiences?: string[]
+  claims?: Record<string, unknown>
+  jwksUri?: string | null
+  jwks?: { keys: JsonWebKey[] } | null
+}
+
+/** bcrypt cost of the secrets this service hashes (10 is the floor it accepts). */
+export const BCRYPT_COST = 12
+
+/** Inserts a client row through any pg-style query function (a pool, a client). */
+export async function insertClientRow (db: { query: (text: string, values: unknown[]) => Promise<unknown> }, client: NewClient, cost: number = BCRYPT_COST): Promise<void> {
+  if (client.secret !== undefined && Buffer.byteLength(client.secret, 'utf8') > MAX_SECRET_BYTES) {
+    throw new Error(`a client secret may be at most ${MAX_SECRET_BYTES} bytes`)
+  }
+  const hash = client.secret === undefined ? null : await bcrypt.hash(client.secret, cost)
+  await db.query(
+    `INSERT INTO clients (client_id, client_secret_hash, name, rate_limit, scopes, default_scopes, audiences, claims, jwks_uri, jwks)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+    [client.id, hash, client.name ?? '', client.rateLimit ?? null, client.scopes ?? [], client.defaultScopes ?? [],
+      client.audiences ?? [], JSON.stringify(client.claims ?? {}), client.jwksUri ?? null,
+      client.jwks === undefined || client.jwks === null ? null : JSON.stringify(client.jwks)]
+  )
+}
+
 export interface Clients {
   /** The client record, from the Redis cache or PostgreSQL; undefined if unknown. */
   find: (clientId: string) => Promise<Client | undefined>

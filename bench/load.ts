@@ -1,0 +1,100 @@
+// The load generator, run as a process of its own so that its CPU is not the
+// service's. Reads one scenario (JSON) from BENCH_SCENARIO, drives it with
+// autocannon, and prints one JSON line with the figures.
+import { readFileSync } from 'node:fs'
+import autocannon from 'autocannon'
+
+export interface Scenario {
+  url: string
+  connections: number
+  /** seconds; ignored when `amount` is set */
+  duration: number
+  /** total requests instead of a duration */
+  amount?: number
+  kind: 'get' | 'form' | 'verify' | 'introspect' | 'refresh'
+  path: string
+  /** form body for 'form' */
+  body?: string
+  headers?: Record<string, string>
+  /** file with a JSON array of tokens for 'verify', 'introspect' and 'refresh' */
+  tokensFile?: string
+}
+
+export interface LoadResult {
+  requests: number
+  rps: number
+  p50: number
+  p99: number
+  errors: number
+  timeouts: number
+  non2xx: number
+}
+
+const FORM = 'application/x-www-form-urlencoded'
+
+function requestsFor (scenario: Scenario): autocannon.Request[] {
+  const headers = scenario.headers ?? {}
+  const tokens: string[] = scenario.tokensFile === undefined ? [] : JSON.parse(readFileSync(scenario.tokensFile, 'utf8'))
+  let next = 0
+  const take = (): string => {
+    const token = tokens[next % tokens.length] ?? ''
+    next++
+    return token
+  }
+  switch (scenario.kind) {
+    case 'get':
+      return [{ method: 'GET', path: scenario.path, headers }]
+    case 'form':
+      return [{ method: 'POST', path: scenario.path, headers: { ...headers, 'content-type': FORM }, body: scenario.body ?? '' }]
+    case 'verify':
+      // Each request a different token, drawn in turn from the whole pool.
+      return [{
+        method: 'POST',
+        path: scenario.path,
+        headers: { ...headers, 'content-type': 'application/json' },
+        setupRequest: (request) => ({ ...request, body: JSON.stringify({ token: take() }) })
+      }]
+    case 'introspect':
+      return [{
+        method: 'POST',
+        path: scenario.path,
+        headers: { ...headers, 'content-type': FORM },
+        setupRequest: (request) => ({ ...request, body: `token=${encodeURIComponent(take())}` })
+      }]
+    case 'refresh':
+      // Every connection is a client holding one session: it sends the
+      // refresh token it got last; after a failure it takes a fresh one from
+      // the pool, as a client would start a new session.
+      return [{
+        method: 'POST',
+        path: scenario.path,
+        headers: { ...headers, 'content-type': FORM },
+        setupRequest: (request, context: { refreshToken?: string }) => {
+          const token = context.refreshToken ?? take()
+          return { ...request, body: `grant_type=refresh_token&refresh_token=${encodeURIComponent(token)}` }
+        },
+        onResponse: (status: number, body: string, context: { refreshToken?: string }) => {
+          context.refreshToken = status === 200 ? (JSON.parse(body) as { refresh_token: string }).refresh_token : undefined
+        }
+      }]
+  }
+}
+
+const scenario = JSON.parse(process.env.BENCH_SCENARIO ?? '{}') as Scenario
+const result = await autocannon({
+  url: scenario.url,
+  connections: scenario.connections,
+  ...(scenario.amount === undefined ? { duration: scenario.duration } : { amount: scenario.amount }),
+  requests: requestsFor(scenario),
+  timeout: 10
+})
+const summary: LoadResult = {
+  requests: result.requests.total,
+  rps: result.requests.average,
+  p50: result.latency.p50,
+  p99: result.latency.p99,
+  errors: result.errors,
+  timeouts: result.timeouts,
+  non2xx: result.non2xx
+}
+process.stdout.write(JSON.stringify(summary) + '\n')
