@@ -50,6 +50,8 @@ export interface CredentialParameters {
 /** bcrypt reads only the first 72 bytes; a longer secret would be truncated silently. */
 export const MAX_SECRET_BYTES = 72
 const MAX_CLIENT_ID_LENGTH = 255
+/** Client records each process keeps in memory (besides the Redis cache). */
+const MAX_LOCAL_CLIENTS = 10_000
 
 // RFC 6749 appendix B: application/x-www-form-urlencoded, '+' is a space.
 function formDecode (value: string): string {
@@ -214,15 +216,44 @@ export default fp(async (fastify) => {
   // an older release keep reading their own entries during a rolling update.
   const cacheKey = (clientId: string): string => `client:v2:${clientId}`
 
+  // Two cache levels, one lifetime. A record read from PostgreSQL is stamped
+  // with the time it was read and shared through Redis for CLIENT_CACHE_TTL;
+  // each process also keeps it in memory, but only until that same stamp plus
+  // CLIENT_CACHE_TTL, so a change in PostgreSQL reaches every instance within
+  // CLIENT_CACHE_TTL whichever level serves it. The memory level saves a
+  // Redis round trip on every authenticated request.
+  const ttlMs = config.clientCacheTtl * 1000
+  const local = new Map<string, { client: Client, expires: number }>()
+
+  function remember (client: Client, readAt: number): void {
+    local.delete(client.id)
+    local.set(client.id, { client, expires: readAt + ttlMs })
+    if (local.size > MAX_LOCAL_CLIENTS) {
+      const oldest = local.keys().next().value
+      if (oldest !== undefined) local.delete(oldest)
+    }
+  }
+
   async function find (clientId: string): Promise<Client | undefined> {
     if (clientId.length === 0 || clientId.length > MAX_CLIENT_ID_LENGTH) return undefined
+    const now = Date.now()
+    const inMemory = local.get(clientId)
+    if (inMemory !== undefined) {
+      if (inMemory.expires > now) return inMemory.client
+      local.delete(clientId)
+    }
     const cached = await guard('redis', redis.get(cacheKey(clientId)))
-    if (cached !== null) return JSON.parse(cached) as Client
+    if (cached !== null) {
+      const { readAt, ...client } = JSON.parse(cached) as Client & { readAt?: number }
+      remember(client, readAt ?? now)
+      return client
+    }
     const { rows } = await guard('postgresql', pg.query<ClientRow>(`SELECT ${CLIENT_COLUMNS} FROM clients WHERE client_id = $1`, [clientId]))
     const row = rows[0]
     if (row === undefined) return undefined
     const client = clientFromRow(row)
-    await guard('redis', redis.set(cacheKey(clientId), JSON.stringify(client), 'EX', config.clientCacheTtl))
+    await guard('redis', redis.set(cacheKey(clientId), JSON.stringify({ ...client, readAt: now }), 'PX', ttlMs))
+    remember(client, now)
     return client
   }
 
@@ -263,7 +294,10 @@ export default fp(async (fastify) => {
 
   fastify.decorate('clients', {
     find,
-    forget: async (clientId: string) => { await guard('redis', redis.del(cacheKey(clientId))) },
+    forget: async (clientId: string) => {
+      local.delete(clientId)
+      await guard('redis', redis.del(cacheKey(clientId)))
+    },
     authenticate
   })
 }, { name: 'clients', dependencies: ['config', 'postgres', 'redis', 'client-assertions', 'secrets'] })

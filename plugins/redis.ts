@@ -23,6 +23,9 @@ export default fp(async (fastify) => {
     // While Redis is unreachable, commands fail at once (and become 503s)
     // instead of queueing until the connection returns.
     enableOfflineQueue: false,
+    // Commands issued in the same tick (many concurrent requests) go out in
+    // one write and come back in one read.
+    enableAutoPipelining: true,
     maxRetriesPerRequest: 1,
     retryStrategy: (attempt: number) => Math.min(attempt * 200, 2000)
   })
