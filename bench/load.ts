@@ -61,22 +61,27 @@ function requestsFor (scenario: Scenario): autocannon.Request[] {
         headers: { ...headers, 'content-type': FORM },
         setupRequest: (request) => ({ ...request, body: `token=${encodeURIComponent(take())}` })
       }]
-    case 'refresh':
-      // Every connection is a client holding one session: it sends the
-      // refresh token it got last; after a failure it takes a fresh one from
-      // the pool, as a client would start a new session.
+    case 'refresh': {
+      // Each refresh token is sent once, as a client would: the pool at
+      // first, then the tokens the responses return. (autocannon's
+      // per-connection context is reset after every request when the
+      // scenario has a single request, so it cannot carry them.)
+      const fresh = [...tokens]
+      let head = 0
       return [{
         method: 'POST',
         path: scenario.path,
         headers: { ...headers, 'content-type': FORM },
-        setupRequest: (request, context: { refreshToken?: string }) => {
-          const token = context.refreshToken ?? take()
+        setupRequest: (request) => {
+          const token = fresh[head] ?? ''
+          head++
           return { ...request, body: `grant_type=refresh_token&refresh_token=${encodeURIComponent(token)}` }
         },
-        onResponse: (status: number, body: string, context: { refreshToken?: string }) => {
-          context.refreshToken = status === 200 ? (JSON.parse(body) as { refresh_token: string }).refresh_token : undefined
+        onResponse: (status: number, body: string) => {
+          if (status === 200) fresh.push((JSON.parse(body) as { refresh_token: string }).refresh_token)
         }
       }]
+    }
   }
 }
 

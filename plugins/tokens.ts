@@ -91,13 +91,15 @@ declare module 'fastify' {
 // Exchanges a refresh token, in one round trip. KEYS[1]: the token's record.
 // ARGV: the client that must own it, the key prefix, the
 // requested scopes (space-delimited, '' for none), how long a revoked session
-// stays revoked, and the requested audience ('' for the session's). Outcomes:
+// stays revoked, the requested audience ('' for the session's), and the
+// audiences the client may still use (a JSON array). Outcomes:
 //   missing  no such token (unknown, expired, or its session was revoked by revocation)
 //   foreign  another client's token; left as it is
 //   revoked  the token's session is revoked
 //   reused   the token was exchanged before: its session is revoked now (RFC 9700 §4.14.2)
 //   scope    a scope beyond the session's was asked for; the token stays usable
 //   target   another audience than the session's was asked for; the token stays usable
+//   lost     the client may no longer use the session's audience; the token is left as it is
 //   ok       the token is marked used, and its record returned
 const EXCHANGE_REFRESH_TOKEN = `
 local value = redis.call('GET', KEYS[1])
@@ -119,6 +121,11 @@ if ARGV[3] ~= '' then
   end
 end
 if ARGV[5] ~= '' and ARGV[5] ~= record.aud then return {'target'} end
+local allowed = false
+for _, audience in ipairs(cjson.decode(ARGV[6])) do
+  if audience == record.aud then allowed = true end
+end
+if not allowed then return {'lost'} end
 record.used = true
 redis.call('SET', KEYS[1], cjson.encode(record), 'KEEPTTL')
 return {'ok', value}
@@ -139,7 +146,7 @@ return 'revoked'
 `
 
 interface RedisWithScripts extends Redis {
-  exchangeRefreshToken: (key: string, clientId: string, prefix: string, scope: string, ttl: number, audience: string) => Promise<[string, string?]>
+  exchangeRefreshToken: (key: string, clientId: string, prefix: string, scope: string, ttl: number, audience: string, allowedAudiences: string) => Promise<[string, string?]>
   revokeRefreshToken: (key: string, clientId: string, prefix: string, ttl: number) => Promise<string>
 }
 
@@ -235,9 +242,11 @@ export default fp(async (fastify) => {
       // Scopes the client has lost since the session began are not granted again.
       const requested = request.scope === undefined ? undefined : grantScope(client, request.scope, client.scopes)
       const [status, value] = await guard('redis', redis.exchangeRefreshToken(
-        refreshKey(refreshToken), client.id, prefix, requested?.join(' ') ?? '', sessionRevocationTtl, request.audience ?? ''))
+        refreshKey(refreshToken), client.id, prefix, requested?.join(' ') ?? '', sessionRevocationTtl, request.audience ?? '',
+        JSON.stringify([config.audience, ...client.audiences])))
       if (status === 'scope') throw new OAuthError(400, 'invalid_scope', 'a refresh may narrow the scope, never widen it')
       if (status === 'target') throw new OAuthError(400, 'invalid_target', 'a refresh keeps the audience of its session')
+      if (status === 'lost') throw invalidGrant('the client may no longer obtain tokens for this session\'s audience; request a new grant')
       if (status === 'reused') fastify.log.warn({ clientId: client.id }, 'a used refresh token was presented again; its session is revoked')
       if (status !== 'ok' || value === undefined) throw invalidGrant(INVALID_REFRESH_TOKEN)
       const record = JSON.parse(value) as RefreshTokenRecord

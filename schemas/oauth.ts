@@ -54,7 +54,9 @@ export const tokenParameterRequest = {
   type: 'object',
   required: ['token'],
   properties: {
-    token: parameter(16384),
+    // As long as the longest token that is looked at (MAX_TOKEN_LENGTH), and
+    // well under the body limit, so a long token is invalid_request, not 413.
+    token: parameter(8192),
     token_type_hint: parameter(100),
     ...credentialParameters
   }

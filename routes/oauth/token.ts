@@ -59,12 +59,14 @@ const tokenRoute: FastifyPluginAsync = async (fastify) => {
       throw new OAuthError(400, 'unsupported_grant_type', `grant_type ${body.grant_type.slice(0, 40)} is not supported; use client_credentials or refresh_token`)
     }
     const credentials = readCredentials(request.headers.authorization, body)
-    const requested: TokenRequest = { scope: parseScope(body.scope), audience: parseAudience(body) }
+    // Parsed only once the client is known: a caller with bad credentials
+    // learns that (401) before anything about its scope or audience.
+    const requested = (): TokenRequest => ({ scope: parseScope(body.scope), audience: parseAudience(body) })
 
     if (body.grant_type === 'client_credentials') {
       const client = await clients.authenticate(request, credentials)
       await fastify.limitTokenRequests(request, reply, client)
-      return await tokens.issueForClient(client, requested)
+      return await tokens.issueForClient(client, requested())
     }
 
     const refreshToken = body.refresh_token
@@ -84,7 +86,7 @@ const tokenRoute: FastifyPluginAsync = async (fastify) => {
       client = owner
     }
     await fastify.limitTokenRequests(request, reply, client)
-    return await tokens.refresh(refreshToken, client, requested)
+    return await tokens.refresh(refreshToken, client, requested())
   })
 }
 

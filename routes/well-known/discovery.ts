@@ -1,5 +1,11 @@
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
 import { ASSERTION_ALGORITHMS } from '../../plugins/client-assertions.js'
+import { invalidRequest } from '../../plugins/errors.js'
+
+// A host name or IPv4 address, or a bracketed IPv6 address, with an optional
+// port: anything else in Host would turn the advertised endpoints into
+// something other than URLs.
+const HOST_HEADER = /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$/
 
 // One document answers both RFC 8414 and OpenID Connect Discovery 1.0: a
 // gateway reads the OpenID path, OAuth client libraries either one.
@@ -41,6 +47,9 @@ const discoveryRoute: FastifyPluginAsync = async (fastify) => {
 
   function documentFor (request: FastifyRequest): string {
     if (fixed !== undefined) return fixed
+    if (!HOST_HEADER.test(request.host)) {
+      throw invalidRequest('the Host header is not a host name; set PUBLIC_URL to publish fixed endpoint URLs')
+    }
     const base = `${request.protocol}://${request.host}`
     let body = byHost.get(base)
     if (body === undefined) {
