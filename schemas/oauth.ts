@@ -54,9 +54,10 @@ export const tokenParameterRequest = {
   type: 'object',
   required: ['token'],
   properties: {
-    // As long as the longest token that is looked at (MAX_TOKEN_LENGTH), and
-    // well under the body limit, so a long token is invalid_request, not 413.
-    token: parameter(8192),
+    // Longer than any token looked at (8192), so that an over-long token is
+    // simply not active (RFC 7662 §2.2) or ignored (RFC 7009 §2.2); a body
+    // over BODY_LIMIT is 413 before this is checked.
+    token: parameter(16384),
     token_type_hint: parameter(100),
     ...credentialParameters
   }
