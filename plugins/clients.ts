@@ -197,6 +197,8 @@ export interface Clients {
    * unauthorized_client for a disabled client.
    */
   authenticate: (request: FastifyRequest, credentials: PresentedCredentials) => Promise<Client>
+  /** Lookups since start, by the level that answered them (for metrics). */
+  cacheStats: { memoryHits: number, sharedHits: number, misses: number }
 }
 
 declare module 'fastify' {
@@ -224,6 +226,7 @@ export default fp(async (fastify) => {
   // Redis round trip on every authenticated request.
   const ttlMs = config.clientCacheTtl * 1000
   const local = new Map<string, { client: Client, expires: number }>()
+  const cacheStats = { memoryHits: 0, sharedHits: 0, misses: 0 }
 
   function remember (client: Client, readAt: number): void {
     local.delete(client.id)
@@ -239,15 +242,20 @@ export default fp(async (fastify) => {
     const now = Date.now()
     const inMemory = local.get(clientId)
     if (inMemory !== undefined) {
-      if (inMemory.expires > now) return inMemory.client
+      if (inMemory.expires > now) {
+        cacheStats.memoryHits++
+        return inMemory.client
+      }
       local.delete(clientId)
     }
     const cached = await guard('redis', redis.get(cacheKey(clientId)))
     if (cached !== null) {
       const { readAt, ...client } = JSON.parse(cached) as Client & { readAt?: number }
       remember(client, readAt ?? now)
+      cacheStats.sharedHits++
       return client
     }
+    cacheStats.misses++
     const { rows } = await guard('postgresql', pg.query<ClientRow>(`SELECT ${CLIENT_COLUMNS} FROM clients WHERE client_id = $1`, [clientId]))
     const row = rows[0]
     if (row === undefined) return undefined
@@ -298,6 +306,7 @@ export default fp(async (fastify) => {
       local.delete(clientId)
       await guard('redis', redis.del(cacheKey(clientId)))
     },
-    authenticate
+    authenticate,
+    cacheStats
   })
 }, { name: 'clients', dependencies: ['config', 'postgres', 'redis', 'client-assertions', 'secrets'] })
