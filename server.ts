@@ -2,19 +2,7 @@ import Fastify from 'fastify'
 import closeWithGrace from 'close-with-grace'
 import app, { options } from './app.js'
 import { ConfigError, loadConfig, type Config } from './plugins/config.js'
-
-// Pino paths that must never reach a log line, whatever a serializer adds.
-export const REDACTED_PATHS = [
-  'req.headers.authorization',
-  'req.headers.cookie',
-  'req.body',
-  'body.client_secret',
-  'body.refresh_token',
-  'body.token',
-  'client_secret',
-  'refresh_token',
-  'access_token'
-]
+import { REDACTED_PATHS } from './logging.js'
 
 function fail (message: string): never {
   process.stderr.write(`session-service: ${message}\n`)

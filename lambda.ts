@@ -1,0 +1,31 @@
+import Fastify from 'fastify'
+import awsLambdaFastify from '@fastify/aws-lambda'
+import serviceApp, { options } from './app.js'
+import { loadConfig } from './plugins/config.js'
+import { REDACTED_PATHS } from './logging.js'
+
+// Read once per execution environment, from the function's environment only
+// (no .env file in a Lambda package). A bad setting throws its ConfigError
+// here, during init, so Lambda reports the message that names the variable.
+const config = loadConfig(process.env)
+
+/** The instance behind the handler; exported so that tests can close it. */
+export const app = Fastify({
+  ...options,
+  logger: {
+    level: config.logLevel,
+    redact: { paths: REDACTED_PATHS, censor: '[redacted]' }
+  },
+  trustProxy: config.trustProxy,
+  bodyLimit: config.bodyLimit
+})
+
+await app.register(serviceApp, { config })
+
+// Turns API Gateway (HTTP API payload 2.0 or REST API) events into injected
+// requests; it decorates the request, so it is created before ready().
+export const handler = awsLambdaFastify(app)
+
+// Connections to PostgreSQL and Redis, migrations and keys are set up once,
+// during init: no invocation waits for them, and a failure fails the init.
+await app.ready()
