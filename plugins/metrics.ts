@@ -1,0 +1,144 @@
+import fp from 'fastify-plugin'
+import fastifyMetricsModule from 'fastify-metrics'
+import { Counter, Gauge, Registry } from 'prom-client'
+import type { FastifyReply, FastifyRequest } from 'fastify'
+
+/** Each ping of a scrape gives up after this long, so a scrape never hangs on a dead dependency. */
+const SCRAPE_PING_TIMEOUT_MS = 500
+
+/** The route label of requests that matched no route (one series, whatever the URL). */
+const UNMATCHED_ROUTE = '__unknown__'
+
+const GRANT_TYPES = ['client_credentials', 'refresh_token'] as const
+
+// Error codes are the service's own, but the body is only parsed, not
+// trusted: anything unexpected is left out rather than becoming a label.
+const ERROR_CODE = /^[a-z_]{1,64}$/
+
+/** The `error` member of an OAuth error body as sent, or undefined for any other answer. */
+function answeredErrorCode (reply: FastifyReply, payload: unknown): string | undefined {
+  if (typeof payload !== 'string' || !String(reply.getHeader('content-type') ?? '').includes('json')) return undefined
+  try {
+    const error = (JSON.parse(payload) as { error?: unknown } | null)?.error
+    return typeof error === 'string' && ERROR_CODE.test(error) ? error : undefined
+  } catch {
+    return undefined
+  }
+}
+
+// A CommonJS package whose plugin is its `default` export.
+const fastifyMetrics = fastifyMetricsModule.default
+
+function routeLabel (request: FastifyRequest): string {
+  return request.routeOptions.url ?? UNMATCHED_ROUTE
+}
+
+export default fp(async (fastify) => {
+  // A registry of this instance, not prom-client's global one: several apps
+  // in one process (the tests) would otherwise register the same names twice.
+  const registry = new Registry()
+
+  await fastify.register(fastifyMetrics, {
+    // Served by the route below, which can hide itself from the API docs.
+    endpoint: null,
+    defaultMetrics: { enabled: true, register: registry },
+    routeMetrics: {
+      // Summaries cannot be aggregated across instances; histograms can.
+      enabled: { histogram: true, summary: false },
+      // Label by route pattern; requests matching no route are not timed, so
+      // scanners cannot create series.
+      registeredRoutesOnly: true,
+      routeBlacklist: [/^\/docs(\/|$)/],
+      overrides: {
+        histogram: {
+          registers: [registry],
+          // From sub-millisecond verifications to bcrypt-bound token requests.
+          buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]
+        },
+        // fastify-metrics builds the summary even when disabled; in no registry, it is never scraped.
+        summary: { registers: [] }
+      }
+    }
+  })
+
+  const tokensIssued = new Counter({
+    name: 'session_service_tokens_issued_total',
+    help: 'Token responses (200) of POST /oauth/token, by grant type',
+    labelNames: ['grant_type'] as const,
+    registers: [registry]
+  })
+  // Both series exist from the start, so rate() sees the first token too.
+  for (const grantType of GRANT_TYPES) tokensIssued.inc({ grant_type: grantType }, 0)
+
+  const oauthErrors = new Counter({
+    name: 'session_service_oauth_errors_total',
+    help: 'Error answers (RFC 6749 section 5.2 body), by route pattern and error code',
+    labelNames: ['route', 'error'] as const,
+    registers: [registry]
+  })
+
+  const { cacheStats } = fastify.clients
+  // Cumulative counts, so a counter: rate() then survives restarts.
+  new Counter({ // eslint-disable-line no-new
+    name: 'session_service_client_cache_lookups_total',
+    help: 'Client record lookups since start, by the level that answered: memory, shared (Redis) or miss (PostgreSQL)',
+    labelNames: ['result'] as const,
+    registers: [registry],
+    collect () {
+      this.reset()
+      this.inc({ result: 'memory' }, cacheStats.memoryHits)
+      this.inc({ result: 'shared' }, cacheStats.sharedHits)
+      this.inc({ result: 'miss' }, cacheStats.misses)
+    }
+  })
+  new Gauge({ // eslint-disable-line no-new
+    name: 'session_service_client_cache_hit_ratio',
+    help: 'Share of client lookups since start answered by a cache level (NaN before the first lookup)',
+    registers: [registry],
+    collect () {
+      const hits = cacheStats.memoryHits + cacheStats.sharedHits
+      const total = hits + cacheStats.misses
+      this.set(total === 0 ? Number.NaN : hits / total)
+    }
+  })
+  new Gauge({ // eslint-disable-line no-new
+    name: 'session_service_dependency_up',
+    help: `1 when the dependency answered a ping within ${SCRAPE_PING_TIMEOUT_MS} ms at scrape time, else 0`,
+    labelNames: ['dependency'] as const,
+    registers: [registry],
+    async collect () {
+      const [postgresql, redis] = await Promise.allSettled([
+        fastify.pingPostgres(SCRAPE_PING_TIMEOUT_MS),
+        fastify.pingRedis(SCRAPE_PING_TIMEOUT_MS)
+      ])
+      this.set({ dependency: 'postgresql' }, postgresql.status === 'fulfilled' ? 1 : 0)
+      this.set({ dependency: 'redis' }, redis.status === 'fulfilled' ? 1 : 0)
+    }
+  })
+
+  // onSend sees the answer as it goes out, whichever handler produced it
+  // (a route, the error handler, the not-found handler).
+  fastify.addHook('onSend', async (request, reply, payload) => {
+    const status = reply.statusCode
+    if (status === 200 && request.method === 'POST' && request.routeOptions.url === '/oauth/token') {
+      const grantType = (request.body as { grant_type?: unknown } | undefined)?.grant_type
+      if (grantType === 'client_credentials' || grantType === 'refresh_token') tokensIssued.inc({ grant_type: grantType })
+    } else if (status >= 400) {
+      const error = answeredErrorCode(reply, payload)
+      if (error !== undefined) oauthErrors.inc({ route: routeLabel(request), error })
+    }
+    return payload
+  })
+
+  // Plain text for Prometheus; hidden from the API docs and from the latency
+  // histogram, since it is not part of the API.
+  fastify.get('/metrics', {
+    logLevel: 'warn',
+    exposeHeadRoute: false,
+    config: { disableMetrics: true },
+    schema: { hide: true }
+  }, async (request, reply) => {
+    const text = await registry.metrics()
+    return reply.header('cache-control', 'no-store').type(registry.contentType).send(text)
+  })
+}, { name: 'metrics', dependencies: ['clients', 'postgres', 'redis'] })

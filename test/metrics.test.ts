@@ -1,0 +1,85 @@
+import { createServer } from 'node:net'
+import { test } from 'tap'
+import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
+import { basicAuth, build, insertClient, issueTokens, tokenRequest, verify } from './helper.js'
+
+async function scrape (app: FastifyInstance): Promise<LightMyRequestResponse> {
+  return await app.inject({ method: 'GET', url: '/metrics' })
+}
+
+/** The value of one sample line (`name{labels} value`), or undefined if absent. */
+function sample (text: string, series: string): number | undefined {
+  const line = text.split('\n').find((candidate) => candidate.startsWith(series + ' '))
+  return line === undefined ? undefined : Number(line.slice(series.length + 1))
+}
+
+async function closedPort (): Promise<number> {
+  return await new Promise((resolve, reject) => {
+    const server = createServer()
+    server.on('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address()
+      const port = typeof address === 'object' && address !== null ? address.port : 0
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+test('GET /metrics: counters, cache lookups, dependency gauges and route latency', async (t) => {
+  const { app, databaseUrl } = await build(t)
+  await insertClient(databaseUrl, { id: 'svc-metrics', secret: 'metrics-secret' })
+
+  const tokens = await issueTokens(app, 'svc-metrics', 'metrics-secret')
+  const refused = await tokenRequest(app, { grant_type: 'client_credentials' }, { authorization: basicAuth('svc-metrics', 'wrong-secret') })
+  t.equal(refused.statusCode, 401, 'the wrong secret is refused')
+  t.equal((await verify(app, tokens.access_token)).json().valid, true, 'the token verifies')
+  t.equal((await app.inject({ method: 'GET', url: '/no/such/path/42' })).statusCode, 404)
+
+  const res = await scrape(app)
+  t.equal(res.statusCode, 200)
+  t.equal(res.headers['content-type'], 'text/plain; version=0.0.4; charset=utf-8')
+  t.equal(res.headers['cache-control'], 'no-store')
+  const text = res.body
+
+  t.equal(sample(text, 'session_service_tokens_issued_total{grant_type="client_credentials"}'), 1, 'one client_credentials token')
+  t.equal(sample(text, 'session_service_tokens_issued_total{grant_type="refresh_token"}'), 0, 'the refresh series exists at 0')
+  t.equal(sample(text, 'session_service_oauth_errors_total{route="/oauth/token",error="invalid_client"}'), 1, 'the failed authentication')
+  t.equal(sample(text, 'session_service_oauth_errors_total{route="__unknown__",error="not_found"}'), 1, 'an unknown URL is one series')
+  t.notMatch(text, /no\/such\/path/, 'the raw URL never becomes a label')
+
+  // The token request read PostgreSQL; the refused one found the record in memory.
+  t.equal(sample(text, 'session_service_client_cache_lookups_total{result="memory"}'), 1)
+  t.equal(sample(text, 'session_service_client_cache_lookups_total{result="shared"}'), 0)
+  t.equal(sample(text, 'session_service_client_cache_lookups_total{result="miss"}'), 1)
+  t.equal(sample(text, 'session_service_client_cache_hit_ratio'), 0.5)
+
+  t.equal(sample(text, 'session_service_dependency_up{dependency="postgresql"}'), 1)
+  t.equal(sample(text, 'session_service_dependency_up{dependency="redis"}'), 1)
+
+  t.equal(sample(text, 'http_request_duration_seconds_count{method="POST",route="/oauth/token",status_code="200"}'), 1)
+  t.equal(sample(text, 'http_request_duration_seconds_count{method="POST",route="/oauth/token",status_code="401"}'), 1)
+  t.equal(sample(text, 'http_request_duration_seconds_count{method="POST",route="/oauth/verify",status_code="200"}'), 1)
+  t.notMatch(text, /route="\/metrics"/, 'scrapes are not timed')
+  t.match(text, /^process_cpu_user_seconds_total \d/m, 'process metrics are included')
+  t.notMatch(text, /access_token|metrics-secret|eyJ/, 'no token or secret in the scrape')
+
+  const again = await scrape(app)
+  t.equal(sample(again.body, 'session_service_tokens_issued_total{grant_type="client_credentials"}'), 1, 'a scrape counts nothing')
+})
+
+test('every app instance has its own registry; a dead PostgreSQL shows as 0', async (t) => {
+  const port = await closedPort()
+  const { app } = await build(t, {
+    databaseUrl: `postgres://postgres@127.0.0.1:${port}/postgres`,
+    env: { MIGRATE_ON_START: 'false' }
+  })
+  const started = Date.now()
+  const res = await scrape(app)
+  const ms = Date.now() - started
+  t.equal(res.statusCode, 200)
+  t.equal(sample(res.body, 'session_service_dependency_up{dependency="postgresql"}'), 0)
+  t.equal(sample(res.body, 'session_service_dependency_up{dependency="redis"}'), 1)
+  // prom-client writes "Nan"; Prometheus parses NaN in any case.
+  t.match(res.body, /^session_service_client_cache_hit_ratio nan$/im, 'no ratio before the first lookup')
+  t.ok(ms < 1500, `scraped in ${ms} ms`)
+})
