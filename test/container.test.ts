@@ -9,13 +9,12 @@ import { execFile, spawn, type ChildProcessWithoutNullStreams } from 'node:child
 import { createPublicKey, verify as verifySignature, type JsonWebKey } from 'node:crypto'
 import { existsSync, readFileSync, readdirSync } from 'node:fs'
 import { cp, mkdir, mkdtemp, rm, stat, symlink } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { basename, join, posix, relative } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
 import t from 'tap'
-import { basicAuth, createDatabase, createRedisPrefix, decodeJwt, insertClient, TEST_REDIS_URL, testKeys, type TestContext } from './helper.js'
+import { basicAuth, createDatabase, createRedisPrefix, decodeJwt, freePort, insertClient, TEST_REDIS_URL, testKeys, type TestContext } from './helper.js'
 
 const PROJECT_DIR = join(import.meta.dirname, '..')
 // Every path the Dockerfile names inside the image must lie under its WORKDIR.
@@ -274,18 +273,6 @@ async function buildImage (root: string, stages: Stage[]): Promise<Image> {
   }
   if (image === undefined) throw new Error('the Dockerfile has no stage')
   return image
-}
-
-async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const server = createServer()
-    server.on('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      const port = typeof address === 'object' && address !== null ? address.port : 0
-      server.close(() => resolve(port))
-    })
-  })
 }
 
 interface Exit {

@@ -3,23 +3,19 @@
 // carry it, absolute endpoint URLs, the JWKS reached through jwks_uri, and
 // the start-up warning for an issuer a gateway would refuse.
 import { createPublicKey, generateKeyPairSync, verify as verifySignature } from 'node:crypto'
-import { Writable } from 'node:stream'
 import { test } from 'tap'
-import Fastify, { type FastifyInstance, type LightMyRequestResponse } from 'fastify'
-import app, { options } from '../app.js'
+import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { ConfigError, loadConfig } from '../plugins/config.js'
 import {
   build,
-  createDatabase,
-  createRedisPrefix,
+  buildLogged,
   decodeJwt,
   generateRsaKeyPair,
   insertClient,
   issueTokens,
   sql,
   testEnv,
-  verify,
-  type TestContext
+  verify
 } from './helper.js'
 
 const CLIENT_ID = 'svc-discovery'
@@ -195,25 +191,6 @@ test('a Host header that is not a host name never yields endpoint URLs that are 
     t.same(notUrls, [], `${JSON.stringify(host)}: every endpoint is an absolute URL without query or fragment`)
   }
 })
-
-/** The app with a warn-level logger whose lines are collected in `lines`. */
-async function buildLogged (t: TestContext, env: Record<string, string>): Promise<{ instance: FastifyInstance, lines: Array<Record<string, unknown>> }> {
-  const lines: Array<Record<string, unknown>> = []
-  const stream = new Writable({
-    write (chunk: Buffer, _encoding, callback) {
-      for (const line of chunk.toString().split('\n')) {
-        if (line.trim() !== '') lines.push(JSON.parse(line))
-      }
-      callback()
-    }
-  })
-  const config = loadConfig(testEnv(await createDatabase(t), createRedisPrefix(t), env))
-  const instance = Fastify({ ...options, logger: { level: 'warn', stream } })
-  await instance.register(app, { config })
-  t.teardown(async () => await instance.close())
-  await instance.ready()
-  return { instance, lines }
-}
 
 function issuerWarnings (lines: Array<Record<string, unknown>>): Array<Record<string, unknown>> {
   return lines.filter((line) => typeof line.msg === 'string' && /issuer/i.test(line.msg))

@@ -1,80 +1,12 @@
-import { spawn, type ChildProcess } from 'node:child_process'
-import { createConnection, createServer } from 'node:net'
-import { tmpdir } from 'node:os'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { build, insertClient, issueTokens, tokenRequest, verify, type TestContext } from './helper.js'
-
-async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const server = createServer()
-    server.on('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      const port = typeof address === 'object' && address !== null ? address.port : 0
-      server.close(() => resolve(port))
-    })
-  })
-}
+import { build, freePort, insertClient, issueTokens, PrivateRedis, tokenRequest, verify } from './helper.js'
 
 async function health (app: FastifyInstance): Promise<{ res: LightMyRequestResponse, ms: number }> {
   const started = Date.now()
   const res = await app.inject({ method: 'GET', url: '/health' })
   return { res, ms: Date.now() - started }
-}
-
-// Whether a Redis server answers PING on the port (one attempt, bounded).
-async function redisAnswers (port: number): Promise<boolean> {
-  return await new Promise((resolve) => {
-    const socket = createConnection({ host: '127.0.0.1', port })
-    const done = (answer: boolean): void => { socket.destroy(); resolve(answer) }
-    socket.setTimeout(500, () => done(false))
-    socket.on('error', () => done(false))
-    socket.on('connect', () => socket.write('PING\r\n'))
-    socket.on('data', (data) => done(data.toString().startsWith('+PONG')))
-  })
-}
-
-/**
- * A Redis server of this test only, on its own port, so that it can be
- * stopped and started again without touching the shared one. Stopped at
- * teardown (register it before build() so that the app closes first).
- */
-class PrivateRedis {
-  readonly port: number
-  #child: ChildProcess | undefined
-
-  constructor (t: TestContext, port: number) {
-    this.port = port
-    t.teardown(async () => await this.stop())
-  }
-
-  get url (): string {
-    return `redis://127.0.0.1:${this.port}`
-  }
-
-  async start (): Promise<void> {
-    const child = spawn('redis-server', [
-      '--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
-      '--daemonize', 'no', '--dir', tmpdir()
-    ], { stdio: 'ignore' })
-    this.#child = child
-    const deadline = Date.now() + 10_000
-    while (!(await redisAnswers(this.port))) {
-      if (child.exitCode !== null || Date.now() > deadline) throw new Error(`private redis-server on port ${this.port} did not start`)
-      await sleep(50)
-    }
-  }
-
-  async stop (): Promise<void> {
-    const child = this.#child
-    this.#child = undefined
-    if (child === undefined || child.exitCode !== null || child.signalCode !== null) return
-    const exited = new Promise((resolve) => child.once('exit', resolve))
-    child.kill('SIGTERM')
-    await exited
-  }
 }
 
 const UP = { status: 'up' }

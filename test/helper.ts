@@ -1,7 +1,12 @@
 // Builds the real app against the real PostgreSQL and Redis. Every call to
 // build() gets a database of its own (created here, dropped at teardown) and
 // a Redis key prefix of its own, so test files run in parallel safely.
+import { spawn, type ChildProcess } from 'node:child_process'
 import { generateKeyPairSync, randomBytes } from 'node:crypto'
+import { createConnection, createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { Writable } from 'node:stream'
+import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify, { type FastifyInstance, type LightMyRequestResponse } from 'fastify'
 import pg from 'pg'
 import { Redis } from 'ioredis'
@@ -182,4 +187,89 @@ export function decodeJwt (token: string): { header: Record<string, unknown>, pa
     header: JSON.parse(Buffer.from(header ?? '', 'base64url').toString()),
     payload: JSON.parse(Buffer.from(payload ?? '', 'base64url').toString())
   }
+}
+
+/** A TCP port that was free a moment ago (nothing listens on it). */
+export async function freePort (): Promise<number> {
+  return await new Promise((resolve, reject) => {
+    const server = createServer()
+    server.on('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address()
+      const port = typeof address === 'object' && address !== null ? address.port : 0
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+/** Whether a Redis server answers PING on the port (one attempt, bounded). */
+export async function redisAnswers (port: number): Promise<boolean> {
+  return await new Promise((resolve) => {
+    const socket = createConnection({ host: '127.0.0.1', port })
+    const done = (answer: boolean): void => { socket.destroy(); resolve(answer) }
+    socket.setTimeout(500, () => done(false))
+    socket.on('error', () => done(false))
+    socket.on('connect', () => socket.write('PING\r\n'))
+    socket.on('data', (data) => done(data.toString().startsWith('+PONG')))
+  })
+}
+
+/**
+ * A Redis server of one test only, on its own port, so that it can be
+ * stopped and started again without touching the shared one. Stopped at
+ * teardown (create it before build() so that the app closes first).
+ */
+export class PrivateRedis {
+  readonly port: number
+  #child: ChildProcess | undefined
+
+  constructor (t: TestContext, port: number) {
+    this.port = port
+    t.teardown(async () => await this.stop())
+  }
+
+  get url (): string {
+    return `redis://127.0.0.1:${this.port}`
+  }
+
+  async start (): Promise<void> {
+    const child = spawn('redis-server', [
+      '--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+      '--daemonize', 'no', '--dir', tmpdir()
+    ], { stdio: 'ignore' })
+    this.#child = child
+    const deadline = Date.now() + 10_000
+    while (!(await redisAnswers(this.port))) {
+      if (child.exitCode !== null || Date.now() > deadline) throw new Error(`private redis-server on port ${this.port} did not start`)
+      await sleep(50)
+    }
+  }
+
+  async stop (): Promise<void> {
+    const child = this.#child
+    this.#child = undefined
+    if (child === undefined || child.exitCode !== null || child.signalCode !== null) return
+    const exited = new Promise((resolve) => child.once('exit', resolve))
+    child.kill('SIGTERM')
+    await exited
+  }
+}
+
+/** The app with a warn-level logger whose lines are collected in `lines`. */
+export async function buildLogged (t: TestContext, env: Record<string, string>): Promise<{ instance: FastifyInstance, lines: Array<Record<string, unknown>> }> {
+  const lines: Array<Record<string, unknown>> = []
+  const stream = new Writable({
+    write (chunk: Buffer, _encoding, callback) {
+      for (const line of chunk.toString().split('\n')) {
+        if (line.trim() !== '') lines.push(JSON.parse(line))
+      }
+      callback()
+    }
+  })
+  const config = loadConfig(testEnv(await createDatabase(t), createRedisPrefix(t), env))
+  const instance = Fastify({ ...options, logger: { level: 'warn', stream } })
+  await instance.register(app, { config })
+  t.teardown(async () => await instance.close())
+  await instance.ready()
+  return { instance, lines }
 }

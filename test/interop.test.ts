@@ -3,22 +3,10 @@
 // the grants, introspection and revocation; jose for validating access tokens
 // the way a gateway does (discovery, jwks_uri, signature, iss, aud, exp, kid,
 // scope).
-import { createServer } from 'node:net'
 import { test } from 'tap'
 import * as oauth from 'openid-client'
 import { createRemoteJWKSet, exportJWK, generateKeyPair, jwtVerify, errors as joseErrors } from 'jose'
-import { build, insertClient, sql, type TestContext } from './helper.js'
-
-async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      server.close(() => resolve(typeof address === 'object' && address !== null ? address.port : 0))
-    })
-  })
-}
+import { build, freePort, insertClient, sql, type TestContext } from './helper.js'
 
 /** The service listening on loopback, its issuer being its own URL. */
 async function serve (t: TestContext, env: Record<string, string> = {}): Promise<{ issuer: string, databaseUrl: string }> {

@@ -6,16 +6,13 @@ import { createHash, createPublicKey, generateKeyPairSync, randomUUID, sign, ver
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { Writable } from 'node:stream'
 import { test } from 'tap'
-import Fastify, { type FastifyInstance, type LightMyRequestResponse } from 'fastify'
-import app, { options } from '../app.js'
+import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { ConfigError, loadConfig } from '../plugins/config.js'
 import {
   basicAuth,
   build,
-  createDatabase,
-  createRedisPrefix,
+  buildLogged,
   decodeJwt,
   form,
   FORM,
@@ -26,8 +23,7 @@ import {
   testKeys,
   tokenRequest,
   verify,
-  type KeyPair,
-  type TestContext
+  type KeyPair
 } from './helper.js'
 
 const CLIENT_ID = 'svc-keys'
@@ -139,25 +135,6 @@ async function refresh (instance: FastifyInstance, refreshToken: string): Promis
   return await tokenRequest(instance, { grant_type: 'refresh_token', refresh_token: refreshToken }, { authorization: basicAuth(CLIENT_ID, CLIENT_SECRET) })
 }
 
-/** The app with a warn-level logger whose lines are collected. */
-async function buildLogged (t: TestContext, env: Record<string, string>): Promise<Array<Record<string, unknown>>> {
-  const lines: Array<Record<string, unknown>> = []
-  const stream = new Writable({
-    write (chunk: Buffer, _encoding, callback) {
-      for (const line of chunk.toString().split('\n')) {
-        if (line.trim() !== '') lines.push(JSON.parse(line))
-      }
-      callback()
-    }
-  })
-  const config = loadConfig(testEnv(await createDatabase(t), createRedisPrefix(t), env))
-  const instance = Fastify({ ...options, logger: { level: 'warn', stream } })
-  await instance.register(app, { config })
-  t.teardown(async () => await instance.close())
-  await instance.ready()
-  return lines
-}
-
 const ALGORITHMS = [
   { algorithm: 'ES256', pair: p256, kty: 'EC', crv: 'P-256' },
   { algorithm: 'EdDSA', pair: ed25519, kty: 'OKP', crv: 'Ed25519' }
@@ -195,12 +172,12 @@ for (const { algorithm, pair, kty, crv } of ALGORITHMS) {
 test('a signing algorithm other than RS256 is warned about at start', async (t) => {
   // HTTP APIs accept RSA signatures only; the operator should hear of it.
   for (const { algorithm, pair } of ALGORITHMS) {
-    const lines = await buildLogged(t, signingEnv(pair, algorithm, { JWT_ISSUER: 'https://auth.example.com' }))
+    const { lines } = await buildLogged(t, signingEnv(pair, algorithm, { JWT_ISSUER: 'https://auth.example.com' }))
     const warnings = lines.filter((line) => typeof line.msg === 'string' && /RS256/.test(line.msg))
     t.equal(warnings.length, 1, `${algorithm}: one warning`)
     t.match(warnings[0]?.msg, /API Gateway/)
   }
-  const lines = await buildLogged(t, { JWT_ISSUER: 'https://auth.example.com' })
+  const { lines } = await buildLogged(t, { JWT_ISSUER: 'https://auth.example.com' })
   t.same(lines, [], 'RS256 with an https issuer: no warning at all')
 })
 

@@ -1,7 +1,6 @@
-import { createServer } from 'node:net'
 import { test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { basicAuth, build, insertClient, issueTokens, tokenRequest, verify } from './helper.js'
+import { basicAuth, build, freePort, insertClient, issueTokens, tokenRequest, verify } from './helper.js'
 
 async function scrape (app: FastifyInstance): Promise<LightMyRequestResponse> {
   return await app.inject({ method: 'GET', url: '/metrics' })
@@ -11,18 +10,6 @@ async function scrape (app: FastifyInstance): Promise<LightMyRequestResponse> {
 function sample (text: string, series: string): number | undefined {
   const line = text.split('\n').find((candidate) => candidate.startsWith(series + ' '))
   return line === undefined ? undefined : Number(line.slice(series.length + 1))
-}
-
-async function closedPort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const server = createServer()
-    server.on('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      const port = typeof address === 'object' && address !== null ? address.port : 0
-      server.close(() => resolve(port))
-    })
-  })
 }
 
 test('GET /metrics: counters, cache lookups, dependency gauges and route latency', async (t) => {
@@ -68,7 +55,7 @@ test('GET /metrics: counters, cache lookups, dependency gauges and route latency
 })
 
 test('every app instance has its own registry; a dead PostgreSQL shows as 0', async (t) => {
-  const port = await closedPort()
+  const port = await freePort()
   const { app } = await build(t, {
     databaseUrl: `postgres://postgres@127.0.0.1:${port}/postgres`,
     env: { MIGRATE_ON_START: 'false' }

@@ -1,12 +1,11 @@
 import { spawn } from 'node:child_process'
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { test } from 'tap'
 import pg from 'pg'
 import bcrypt from 'bcryptjs'
 import { applyMigrations, MIGRATIONS_DIR, type MigrationLog } from '../plugins/migrations.js'
-import { basicAuth, build, createDatabase, insertClient, issueTokens, sql, tokenRequest, verify } from './helper.js'
+import { basicAuth, build, createDatabase, freePort, insertClient, issueTokens, sql, tokenRequest, verify } from './helper.js'
 
 const PROJECT_DIR = join(import.meta.dirname, '..')
 const MIGRATION_FILES = readdirSync(MIGRATIONS_DIR).filter((name) => /^\d+_[\w-]+\.sql$/.test(name)).sort()
@@ -38,18 +37,6 @@ function migrationsCopy (t: { testdir: (fixture: Record<string, string>) => stri
   const files: Record<string, string> = {}
   for (const name of MIGRATION_FILES) files[name] = readFileSync(join(MIGRATIONS_DIR, name), 'utf8')
   return t.testdir({ ...files, ...extra })
-}
-
-async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const server = createServer()
-    server.on('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      const port = typeof address === 'object' && address !== null ? address.port : 0
-      server.close(() => resolve(port))
-    })
-  })
 }
 
 // Settings of the test runner's TypeScript loader (which execArgv names), so

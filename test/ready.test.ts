@@ -1,71 +1,12 @@
-import { spawn, type ChildProcess } from 'node:child_process'
-import { createConnection, createServer } from 'node:net'
-import { tmpdir } from 'node:os'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { build, type TestContext } from './helper.js'
-
-async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const server = createServer()
-    server.on('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      const port = typeof address === 'object' && address !== null ? address.port : 0
-      server.close(() => resolve(port))
-    })
-  })
-}
+import { build, freePort, PrivateRedis } from './helper.js'
 
 async function ready (app: FastifyInstance): Promise<{ res: LightMyRequestResponse, ms: number }> {
   const started = Date.now()
   const res = await app.inject({ method: 'GET', url: '/ready' })
   return { res, ms: Date.now() - started }
-}
-
-async function redisAnswers (port: number): Promise<boolean> {
-  return await new Promise((resolve) => {
-    const socket = createConnection({ host: '127.0.0.1', port })
-    const done = (answer: boolean): void => { socket.destroy(); resolve(answer) }
-    socket.setTimeout(500, () => done(false))
-    socket.on('error', () => done(false))
-    socket.on('connect', () => socket.write('PING\r\n'))
-    socket.on('data', (data) => done(data.toString().startsWith('+PONG')))
-  })
-}
-
-/**
- * A redis-server of this test only, on a port of its own, so it can be
- * stopped and started again. The app cannot boot against a closed Redis port
- * (@fastify/redis waits for the first connection), so Redis is stopped after
- * boot instead. Registered before build() so the app closes first.
- */
-async function privateRedis (t: TestContext): Promise<{ url: string, start: () => Promise<void>, stop: () => Promise<void> }> {
-  const port = await freePort()
-  let child: ChildProcess | undefined
-  const stop = async (): Promise<void> => {
-    const running = child
-    child = undefined
-    if (running === undefined || running.exitCode !== null || running.signalCode !== null) return
-    const exited = new Promise((resolve) => running.once('exit', resolve))
-    running.kill('SIGTERM')
-    await exited
-  }
-  const start = async (): Promise<void> => {
-    const started = spawn('redis-server', [
-      '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', tmpdir()
-    ], { stdio: 'ignore' })
-    child = started
-    const deadline = Date.now() + 10_000
-    while (!(await redisAnswers(port))) {
-      if (started.exitCode !== null || Date.now() > deadline) throw new Error(`private redis-server on port ${port} did not start`)
-      await sleep(50)
-    }
-  }
-  t.teardown(stop)
-  await start()
-  return { url: `redis://127.0.0.1:${port}`, start, stop }
 }
 
 test('GET /ready: 200 when PostgreSQL and Redis answer and the key is loaded', async (t) => {
@@ -78,7 +19,10 @@ test('GET /ready: 200 when PostgreSQL and Redis answer and the key is loaded', a
 })
 
 test('GET /ready: 503 with Retry-After once Redis is unreachable', async (t) => {
-  const redis = await privateRedis(t)
+  // The app cannot boot against a closed Redis port (@fastify/redis waits
+  // for the first connection), so its own Redis is stopped after boot.
+  const redis = new PrivateRedis(t, await freePort())
+  await redis.start()
   const { app } = await build(t, { env: { REDIS_URL: redis.url, DEPENDENCY_TIMEOUT: '500ms' } })
   t.equal((await ready(app)).res.statusCode, 200, 'ready while Redis runs')
 

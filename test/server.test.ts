@@ -1,23 +1,10 @@
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
-import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
-import { basicAuth, createDatabase, createRedisPrefix, generateRsaKeyPair, insertClient, testEnv, type TestContext } from './helper.js'
+import { basicAuth, createDatabase, createRedisPrefix, freePort, generateRsaKeyPair, insertClient, testEnv, type TestContext } from './helper.js'
 
 const PROJECT_DIR = join(import.meta.dirname, '..')
-
-async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const server = createServer()
-    server.on('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      const port = typeof address === 'object' && address !== null ? address.port : 0
-      server.close(() => resolve(port))
-    })
-  })
-}
 
 // PATH and HOME, and the settings of the test runner's TypeScript loader
 // (which execArgv names) so that server.ts runs as the tests do. Nothing of
