@@ -29,7 +29,12 @@ const server = Fastify({
   connectionTimeout: 30_000
 })
 
-await server.register(app, { config })
+try {
+  await server.register(app, { config })
+} catch (err) {
+  // A data directory held by another process, a plugin that cannot start.
+  fail((err as Error).message)
+}
 
 // Once closing has begun, answers ask the client to close its connection:
 // otherwise a keep-alive connection whose request was in flight stays open

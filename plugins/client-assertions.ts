@@ -59,7 +59,7 @@ const REASON_BY_CODE: Partial<Record<string, string>> = {
 }
 
 export default fp(async (fastify) => {
-  const { config, redis } = fastify
+  const { config, store } = fastify
 
   // get-jwks reads `${domain}${jwksPath}`; a jwks_uri is split into those two,
   // with one fetcher (and its cache) per distinct path.
@@ -140,10 +140,10 @@ export default fp(async (fastify) => {
     // Single use (RFC 7523 §3, item 7): the first presentation records the
     // jti until the assertion expires; any later one finds it.
     const marker = `assertion:${createHash('sha256').update(`${client.id}\0${claims.jti}`).digest('base64url')}`
-    const recorded = await guard('redis', redis.set(marker, '1', 'EXAT', exp, 'NX'))
-    if (recorded === null) return 'the assertion was already used'
+    const recorded = await guard(store.dependency, store.recordOnce(marker, exp))
+    if (!recorded) return 'the assertion was already used'
     return undefined
   }
 
   fastify.decorate('clientAssertions', { check })
-}, { name: 'client-assertions', dependencies: ['config', 'redis'] })
+}, { name: 'client-assertions', dependencies: ['config', 'store'] })

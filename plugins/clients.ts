@@ -168,6 +168,16 @@ export interface NewClient {
   jwks?: { keys: JsonWebKey[] } | null
 }
 
+/**
+ * The shared-cache key of a client record (before the Redis key prefix).
+ * v2: the record gained scopes, audiences, claims and keys; instances of an
+ * older release keep reading their own entries during a rolling update.
+ */
+export const clientCacheKey = (clientId: string): string => `client:v2:${clientId}`
+
+/** Redis channel (after the key prefix) on which the CLI announces a changed client's id. */
+export const CLIENT_CHANGES_CHANNEL = 'clients:changed'
+
 /** bcrypt cost of the secrets this service hashes (10 is the floor it accepts). */
 export const BCRYPT_COST = 12
 
@@ -208,15 +218,14 @@ declare module 'fastify' {
 }
 
 export default fp(async (fastify) => {
-  const { config, pg, redis, clientAssertions, secrets } = fastify
+  const { config, db, store, clientAssertions, secrets } = fastify
+  const shared = store.sharedCache
   const realm = config.issuer.replace(/["\\]/g, '')
   // Compared against when the client is unknown, so that an unknown id costs
   // the same bcrypt work as a wrong secret and the two cannot be told apart.
   const decoyHash = await bcrypt.hash(randomBytes(18).toString('base64'), 10)
 
-  // v2: the record gained scopes, audiences, claims and keys; instances of
-  // an older release keep reading their own entries during a rolling update.
-  const cacheKey = (clientId: string): string => `client:v2:${clientId}`
+  const cacheKey = clientCacheKey
 
   // Two cache levels, one lifetime. A record read from PostgreSQL is stamped
   // with the time it was read and shared through Redis for CLIENT_CACHE_TTL;
@@ -248,7 +257,7 @@ export default fp(async (fastify) => {
       }
       local.delete(clientId)
     }
-    const cached = await guard('redis', redis.get(cacheKey(clientId)))
+    const cached = shared === undefined ? null : await guard('redis', shared.get(cacheKey(clientId)))
     if (cached !== null) {
       const { readAt, ...client } = JSON.parse(cached) as Client & { readAt?: number }
       remember(client, readAt ?? now)
@@ -256,11 +265,11 @@ export default fp(async (fastify) => {
       return client
     }
     cacheStats.misses++
-    const { rows } = await guard('postgresql', pg.query<ClientRow>(`SELECT ${CLIENT_COLUMNS} FROM clients WHERE client_id = $1`, [clientId]))
+    const { rows } = await guard('postgresql', db.query<ClientRow>(`SELECT ${CLIENT_COLUMNS} FROM clients WHERE client_id = $1`, [clientId]))
     const row = rows[0]
     if (row === undefined) return undefined
     const client = clientFromRow(row)
-    await guard('redis', redis.set(cacheKey(clientId), JSON.stringify({ ...client, readAt: now }), 'PX', ttlMs))
+    if (shared !== undefined) await guard('redis', shared.set(cacheKey(clientId), JSON.stringify({ ...client, readAt: now }), ttlMs))
     remember(client, now)
     return client
   }
@@ -300,13 +309,25 @@ export default fp(async (fastify) => {
     return client
   }
 
+  // With Redis, a change announced by the CLI drops the record from every
+  // instance's memory at once, instead of after CLIENT_CACHE_TTL.
+  if (config.redisUrl !== undefined) {
+    const subscriber = fastify.redis.duplicate({ enableOfflineQueue: true, connectionName: 'session-service-sub' })
+    subscriber.on('error', () => {}) // the main connection reports Redis trouble
+    subscriber.on('message', (_channel: string, clientId: string) => { local.delete(clientId) })
+    await subscriber.subscribe(`${config.redisKeyPrefix}${CLIENT_CHANGES_CHANNEL}`)
+    fastify.addHook('onClose', async () => {
+      subscriber.disconnect()
+    })
+  }
+
   fastify.decorate('clients', {
     find,
     forget: async (clientId: string) => {
       local.delete(clientId)
-      await guard('redis', redis.del(cacheKey(clientId)))
+      if (shared !== undefined) await guard('redis', shared.del(cacheKey(clientId)))
     },
     authenticate,
     cacheStats
   })
-}, { name: 'clients', dependencies: ['config', 'postgres', 'redis', 'client-assertions', 'secrets'] })
+}, { name: 'clients', dependencies: ['config', 'postgres', 'store', 'client-assertions', 'secrets'] })

@@ -107,12 +107,14 @@ export default fp(async (fastify) => {
     labelNames: ['dependency'] as const,
     registers: [registry],
     async collect () {
+      const { pingRedis } = fastify
       const [postgresql, redis] = await Promise.allSettled([
         fastify.pingPostgres(SCRAPE_PING_TIMEOUT_MS),
-        fastify.pingRedis(SCRAPE_PING_TIMEOUT_MS)
+        pingRedis === null ? Promise.resolve() : pingRedis(SCRAPE_PING_TIMEOUT_MS)
       ])
       this.set({ dependency: 'postgresql' }, postgresql.status === 'fulfilled' ? 1 : 0)
-      this.set({ dependency: 'redis' }, redis.status === 'fulfilled' ? 1 : 0)
+      // No series for a Redis that is not configured.
+      if (pingRedis !== null) this.set({ dependency: 'redis' }, redis.status === 'fulfilled' ? 1 : 0)
     }
   })
 

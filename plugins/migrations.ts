@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto'
 import { readdir, readFile } from 'node:fs/promises'
 import { existsSync } from 'node:fs'
 import { dirname, join } from 'node:path'
-import type { Pool } from 'pg'
+import type { Database } from '../storage/database.js'
 import fp from 'fastify-plugin'
 
 // The folder holding package.json, found from this file both when it runs as
@@ -31,51 +31,54 @@ export interface MigrationLog {
  * Applies the SQL files of `dir` (named NNN_description.sql) that are not yet
  * recorded in schema_migrations, in order, each in its own transaction.
  * Returns the names applied. A recorded file whose content changed is an error.
+ *
+ * Each transaction first takes a transaction-scoped advisory lock, so that
+ * instances starting together apply each file once; the lock goes with the
+ * transaction, so it is never left behind by a connection that dies.
  */
-export async function applyMigrations (pool: Pool, log: MigrationLog, dir: string = MIGRATIONS_DIR): Promise<string[]> {
+export async function applyMigrations (db: Database, log: MigrationLog, dir: string = MIGRATIONS_DIR): Promise<string[]> {
   const files = (await readdir(dir)).filter((name) => /^\d+_[\w-]+\.sql$/.test(name)).sort()
-  const client = await pool.connect()
+  const recorded = await db.transaction(async (tx) => {
+    await tx.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK_KEY])
+    await tx.exec(`CREATE TABLE IF NOT EXISTS schema_migrations (
+      name text PRIMARY KEY,
+      checksum text NOT NULL,
+      applied_at timestamptz NOT NULL DEFAULT now()
+    )`)
+    const { rows } = await tx.query<{ name: string, checksum: string }>('SELECT name, checksum FROM schema_migrations')
+    return new Map(rows.map((row) => [row.name, row.checksum]))
+  })
   const applied: string[] = []
-  try {
-    await client.query('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK_KEY])
-    try {
-      await client.query(`CREATE TABLE IF NOT EXISTS schema_migrations (
-        name text PRIMARY KEY,
-        checksum text NOT NULL,
-        applied_at timestamptz NOT NULL DEFAULT now()
-      )`)
-      const { rows } = await client.query<{ name: string, checksum: string }>('SELECT name, checksum FROM schema_migrations')
-      const recorded = new Map(rows.map((row) => [row.name, row.checksum]))
-      for (const name of files) {
-        const sql = await readFile(join(dir, name), 'utf8')
-        const checksum = createHash('sha256').update(sql).digest('hex')
-        const previous = recorded.get(name)
-        if (previous !== undefined) {
-          if (previous !== checksum) throw new Error(`migration ${name} was changed after it was applied; add a new file instead`)
-          continue
-        }
-        await client.query('BEGIN')
-        try {
-          await client.query(sql)
-          await client.query('INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)', [name, checksum])
-          await client.query('COMMIT')
-        } catch (err) {
-          await client.query('ROLLBACK')
-          throw new Error(`migration ${name} failed: ${(err as Error).message}`)
-        }
-        log.info({ migration: name }, 'migration applied')
-        applied.push(name)
-      }
-    } finally {
-      await client.query('SELECT pg_advisory_unlock($1)', [MIGRATION_LOCK_KEY])
+  for (const name of files) {
+    const sql = await readFile(join(dir, name), 'utf8')
+    const checksum = createHash('sha256').update(sql).digest('hex')
+    const previous = recorded.get(name)
+    if (previous !== undefined) {
+      if (previous !== checksum) throw new Error(`migration ${name} was changed after it was applied; add a new file instead`)
+      continue
     }
-  } finally {
-    client.release()
+    const done = await db.transaction(async (tx) => {
+      await tx.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK_KEY])
+      // Another instance may have applied it while this one waited for the lock.
+      const { rows } = await tx.query<{ checksum: string }>('SELECT checksum FROM schema_migrations WHERE name = $1', [name])
+      if (rows[0] !== undefined) return false
+      try {
+        await tx.exec(sql)
+      } catch (err) {
+        throw new Error(`migration ${name} failed: ${(err as Error).message}`)
+      }
+      await tx.query('INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)', [name, checksum])
+      return true
+    })
+    if (done) {
+      log.info({ migration: name }, 'migration applied')
+      applied.push(name)
+    }
   }
   return applied
 }
 
 export default fp(async (fastify) => {
   if (!fastify.config.migrateOnStart) return
-  await applyMigrations(fastify.pg.pool, fastify.log)
+  await applyMigrations(fastify.db, fastify.log)
 }, { name: 'migrations', dependencies: ['config', 'postgres'] })

@@ -28,7 +28,8 @@ export default fp(async (fastify) => {
   const { config } = fastify
   await fastify.register(rateLimit, {
     global: false,
-    redis: fastify.redis,
+    // Shared by every instance through Redis; in process without it.
+    ...(config.redisUrl === undefined ? {} : { redis: fastify.redis }),
     nameSpace: 'rate-limit:',
     skipOnError: false
   })

@@ -4,13 +4,17 @@ import { guard, withTimeout } from './errors.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
-    /** Resolves when Redis answers PING within the given time. */
-    pingRedis: (timeoutMs: number) => Promise<void>
+    /** Resolves when Redis answers PING within the given time; null without REDIS_URL. */
+    pingRedis: ((timeoutMs: number) => Promise<void>) | null
   }
 }
 
 export default fp(async (fastify) => {
   const { config } = fastify
+  if (config.redisUrl === undefined) {
+    fastify.decorate('pingRedis', null)
+    return
+  }
   let lastErrorLog = 0
   await fastify.register(fastifyRedis, {
     url: config.redisUrl,

@@ -1,25 +1,11 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto'
 import fp from 'fastify-plugin'
-import type { Redis } from 'ioredis'
+import type { RefreshTokenRecord } from '../storage/store.js'
 import { guard, invalidGrant, OAuthError } from './errors.js'
 import type { AccessTokenClaims, TokenCheck } from './keys.js'
 import type { Client } from './clients.js'
 
-/** What Redis keeps for a refresh token, under the SHA-256 of the token. */
-export interface RefreshTokenRecord {
-  client_id: string
-  /** the session: one client_credentials grant and every refresh from it */
-  sid: string
-  /** the session's scope, space-delimited ('' for none); a refresh may narrow its access token, never this */
-  scope: string
-  /** the session's audience */
-  aud: string
-  /** seconds since epoch */
-  iat: number
-  exp: number
-  /** set when the token has been exchanged; presenting it again revokes the session */
-  used?: boolean
-}
+export type { RefreshTokenRecord } from '../storage/store.js'
 
 export interface TokenResponse {
   access_token: string
@@ -88,68 +74,6 @@ declare module 'fastify' {
   }
 }
 
-// Exchanges a refresh token, in one round trip. KEYS[1]: the token's record.
-// ARGV: the client that must own it, the key prefix, the
-// requested scopes (space-delimited, '' for none), how long a revoked session
-// stays revoked, the requested audience ('' for the session's), and the
-// audiences the client may still use (a JSON array). Outcomes:
-//   missing  no such token (unknown, expired, or its session was revoked by revocation)
-//   foreign  another client's token; left as it is
-//   revoked  the token's session is revoked
-//   reused   the token was exchanged before: its session is revoked now (RFC 9700 §4.14.2)
-//   scope    a scope beyond the session's was asked for; the token stays usable
-//   target   another audience than the session's was asked for; the token stays usable
-//   lost     the client may no longer use the session's audience; the token is left as it is
-//   ok       the token is marked used, and its record returned
-const EXCHANGE_REFRESH_TOKEN = `
-local value = redis.call('GET', KEYS[1])
-if not value then return {'missing'} end
-local ok, record = pcall(cjson.decode, value)
-if not ok or type(record) ~= 'table' or type(record.sid) ~= 'string' then return {'missing'} end
-if record.client_id ~= ARGV[1] then return {'foreign'} end
-local session = ARGV[2] .. 'revoked-session:' .. record.sid
-if redis.call('EXISTS', session) == 1 then return {'revoked'} end
-if record.used then
-  redis.call('SET', session, '1', 'EX', ARGV[4])
-  return {'reused'}
-end
-if ARGV[3] ~= '' then
-  local granted = {}
-  for scope in string.gmatch(record.scope, '%S+') do granted[scope] = true end
-  for scope in string.gmatch(ARGV[3], '%S+') do
-    if not granted[scope] then return {'scope'} end
-  end
-end
-if ARGV[5] ~= '' and ARGV[5] ~= record.aud then return {'target'} end
-local allowed = false
-for _, audience in ipairs(cjson.decode(ARGV[6])) do
-  if audience == record.aud then allowed = true end
-end
-if not allowed then return {'lost'} end
-record.used = true
-redis.call('SET', KEYS[1], cjson.encode(record), 'KEEPTTL')
-return {'ok', value}
-`
-
-// Revokes the session of a refresh token. KEYS[1]: the token's record. ARGV:
-// the client that must own it, the key prefix, and the session's revocation
-// lifetime. Returns 'missing', 'foreign' or 'revoked'.
-const REVOKE_REFRESH_TOKEN = `
-local value = redis.call('GET', KEYS[1])
-if not value then return 'missing' end
-local ok, record = pcall(cjson.decode, value)
-if not ok or type(record) ~= 'table' or type(record.sid) ~= 'string' then return 'missing' end
-if record.client_id ~= ARGV[1] then return 'foreign' end
-redis.call('SET', ARGV[2] .. 'revoked-session:' .. record.sid, '1', 'EX', ARGV[3])
-redis.call('DEL', KEYS[1])
-return 'revoked'
-`
-
-interface RedisWithScripts extends Redis {
-  exchangeRefreshToken: (key: string, clientId: string, prefix: string, scope: string, ttl: number, audience: string, allowedAudiences: string) => Promise<[string, string?]>
-  revokeRefreshToken: (key: string, clientId: string, prefix: string, ttl: number) => Promise<string>
-}
-
 function looksLikeJwt (token: string): boolean {
   return token.split('.').length === 3
 }
@@ -164,17 +88,13 @@ export function customClaims (claims: Record<string, unknown>): Record<string, u
 const INVALID_REFRESH_TOKEN = 'the refresh token is invalid, expired, revoked or already used'
 
 export default fp(async (fastify) => {
-  const { config, keys } = fastify
-  const redis = fastify.redis as unknown as RedisWithScripts
-  redis.defineCommand('exchangeRefreshToken', { numberOfKeys: 1, lua: EXCHANGE_REFRESH_TOKEN })
-  redis.defineCommand('revokeRefreshToken', { numberOfKeys: 1, lua: REVOKE_REFRESH_TOKEN })
+  const { config, keys, store } = fastify
+  const dependency = store.dependency
 
-  const prefix = config.redisKeyPrefix
   // A session's last token expires at most this long after its revocation.
   const sessionRevocationTtl = Math.max(config.accessTokenTtl, config.refreshTokenTtl)
-  const refreshKey = (token: string): string => `refresh:${createHash('sha256').update(token).digest('base64url')}`
-  const denyKey = (jti: string): string => `deny:${jti}`
-  const sessionKey = (sid: string): string => `revoked-session:${sid}`
+  // Refresh tokens are kept under their hash: a copy of the store holds no usable token.
+  const tokenHash = (token: string): string => createHash('sha256').update(token).digest('base64url')
 
   /** The scope to grant, as a list; throws invalid_scope for a scope the client may not have. */
   function grantScope (client: Client, requested: string[] | undefined, ceiling: string[]): string[] {
@@ -209,7 +129,7 @@ export default fp(async (fastify) => {
     }
     const accessToken = keys.sign(claims)
     // Stored before it is handed out: a token the client holds always exists.
-    await guard('redis', redis.set(refreshKey(refreshToken), JSON.stringify(record), 'EXAT', record.exp))
+    await guard(dependency, store.putRefreshToken(tokenHash(refreshToken), record))
     const response: TokenResponse = {
       access_token: accessToken,
       token_type: 'Bearer',
@@ -221,14 +141,11 @@ export default fp(async (fastify) => {
   }
 
   async function isRevoked (jti: string, sid: unknown): Promise<boolean> {
-    const names = typeof sid === 'string' ? [denyKey(jti), sessionKey(sid)] : [denyKey(jti)]
-    return (await guard('redis', redis.exists(...names))) > 0
+    return await guard(dependency, store.isRevoked(jti, typeof sid === 'string' ? sid : undefined))
   }
 
   async function readRefreshToken (token: string): Promise<RefreshTokenRecord | undefined> {
-    const value = await guard('redis', redis.get(refreshKey(token)))
-    if (value === null) return undefined
-    return JSON.parse(value) as RefreshTokenRecord
+    return await guard(dependency, store.getRefreshToken(tokenHash(token)))
   }
 
   const tokens: Tokens = {
@@ -241,15 +158,20 @@ export default fp(async (fastify) => {
     async refresh (refreshToken, client, request) {
       // Scopes the client has lost since the session began are not granted again.
       const requested = request.scope === undefined ? undefined : grantScope(client, request.scope, client.scopes)
-      const [status, value] = await guard('redis', redis.exchangeRefreshToken(
-        refreshKey(refreshToken), client.id, prefix, requested?.join(' ') ?? '', sessionRevocationTtl, request.audience ?? '',
-        JSON.stringify([config.audience, ...client.audiences])))
+      const outcome = await guard(dependency, store.exchangeRefreshToken(tokenHash(refreshToken), {
+        clientId: client.id,
+        scope: requested?.join(' ') ?? '',
+        audience: request.audience ?? '',
+        allowedAudiences: [config.audience, ...client.audiences],
+        sessionTtl: sessionRevocationTtl
+      }))
+      const status = outcome.status
       if (status === 'scope') throw new OAuthError(400, 'invalid_scope', 'a refresh may narrow the scope, never widen it')
       if (status === 'target') throw new OAuthError(400, 'invalid_target', 'a refresh keeps the audience of its session')
       if (status === 'lost') throw invalidGrant('the client may no longer obtain tokens for this session\'s audience; request a new grant')
       if (status === 'reused') fastify.log.warn({ clientId: client.id }, 'a used refresh token was presented again; its session is revoked')
-      if (status !== 'ok' || value === undefined) throw invalidGrant(INVALID_REFRESH_TOKEN)
-      const record = JSON.parse(value) as RefreshTokenRecord
+      if (outcome.status !== 'ok') throw invalidGrant(INVALID_REFRESH_TOKEN)
+      const record = outcome.record
       const session = { sid: record.sid, scope: record.scope, aud: record.aud }
       const accessScope = requested ?? grantScope(client, undefined, record.scope.split(' ').filter((scope) => scope !== ''))
       return await issueTokens(client, session, accessScope.join(' '), request)
@@ -288,7 +210,7 @@ export default fp(async (fastify) => {
       }
       const record = await readRefreshToken(token)
       if (record === undefined || record.client_id !== clientId || record.used === true) return { active: false }
-      if (await guard('redis', redis.exists(sessionKey(record.sid))) > 0) return { active: false }
+      if (await guard(dependency, store.isSessionRevoked(record.sid))) return { active: false }
       return {
         active: true,
         token_type: 'refresh_token',
@@ -315,14 +237,14 @@ export default fp(async (fastify) => {
         const { jti, exp } = result.claims
         // The entry lives as long as the token could: after that the token
         // fails on its own expiry and the entry is dead weight.
-        if (exp * 1000 > Date.now()) await guard('redis', redis.set(denyKey(jti), '1', 'EXAT', exp))
+        if (exp * 1000 > Date.now()) await guard(dependency, store.denyAccessToken(jti, exp))
         return
       }
-      const outcome = await guard('redis', redis.revokeRefreshToken(refreshKey(token), clientId, prefix, sessionRevocationTtl))
+      const outcome = await guard(dependency, store.revokeRefreshToken(tokenHash(token), clientId, sessionRevocationTtl))
       if (outcome === 'foreign') {
         throw new OAuthError(400, 'unauthorized_client', 'the token was not issued to this client')
       }
     }
   }
   fastify.decorate('tokens', tokens)
-}, { name: 'tokens', dependencies: ['config', 'redis', 'keys'] })
+}, { name: 'tokens', dependencies: ['config', 'store', 'keys'] })

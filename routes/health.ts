@@ -7,7 +7,7 @@ const CHECK_TIMEOUT_MS = 800
 const state = {
   type: 'object',
   required: ['status'],
-  properties: { status: { type: 'string', enum: ['up', 'down'] }, error: { type: 'string' } }
+  properties: { status: { type: 'string', enum: ['up', 'down', 'unused'] }, error: { type: 'string' } }
 } as const
 
 const healthResponse = {
@@ -16,7 +16,7 @@ const healthResponse = {
   properties: { status: { type: 'string', enum: ['ok', 'unavailable'] }, postgresql: state, redis: state }
 } as const
 
-type State = { status: 'up' } | { status: 'down', error: string }
+type State = { status: 'up' | 'unused' } | { status: 'down', error: string }
 
 const healthRoute: FastifyPluginAsync = async (fastify) => {
   // The cause goes to the log; the body says only what kind of failure it is,
@@ -38,9 +38,10 @@ const healthRoute: FastifyPluginAsync = async (fastify) => {
   }, async (request, reply) => {
     const [postgresql, redis] = await Promise.all([
       probe('postgresql', fastify.pingPostgres(CHECK_TIMEOUT_MS)),
-      probe('redis', fastify.pingRedis(CHECK_TIMEOUT_MS))
+      // Without REDIS_URL there is no Redis to ask: 'unused'.
+      fastify.pingRedis === null ? { status: 'unused' } as const : probe('redis', fastify.pingRedis(CHECK_TIMEOUT_MS))
     ])
-    const ok = postgresql.status === 'up' && redis.status === 'up'
+    const ok = postgresql.status === 'up' && redis.status !== 'down'
     reply.header('cache-control', 'no-store')
     if (!ok) reply.header('retry-after', String(RETRY_AFTER_SECONDS))
     return reply.code(ok ? 200 : 503).send({ status: ok ? 'ok' : 'unavailable', postgresql, redis })

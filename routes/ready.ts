@@ -4,9 +4,9 @@ import { RETRY_AFTER_SECONDS } from '../plugins/errors.js'
 // Answered within a second even when a dependency hangs.
 const CHECK_TIMEOUT_MS = 800
 
-type DependencyState = 'up' | 'timeout' | 'unreachable'
+type DependencyState = 'up' | 'timeout' | 'unreachable' | 'unused'
 
-const dependencyState = { type: 'string', enum: ['up', 'timeout', 'unreachable'] } as const
+const dependencyState = { type: 'string', enum: ['up', 'timeout', 'unreachable', 'unused'] } as const
 
 const readyResponse = {
   type: 'object',
@@ -51,13 +51,14 @@ const readyRoute: FastifyPluginAsync = async (fastify) => {
   }, async (request, reply) => {
     const [postgresql, redis] = await Promise.all([
       probe('postgresql', fastify.pingPostgres(CHECK_TIMEOUT_MS)),
-      probe('redis', fastify.pingRedis(CHECK_TIMEOUT_MS))
+      // Without REDIS_URL there is no Redis to wait for.
+      fastify.pingRedis === null ? 'unused' as const : probe('redis', fastify.pingRedis(CHECK_TIMEOUT_MS))
     ])
     // The keys plugin refuses to boot without a key; checked anyway so that
     // readiness never claims more than it verified.
     const signingKey = fastify.hasDecorator('keys') && fastify.keys.kid !== '' ? 'loaded' : 'missing'
     reply.header('cache-control', 'no-store')
-    if (postgresql === 'up' && redis === 'up' && signingKey === 'loaded') {
+    if (postgresql === 'up' && (redis === 'up' || redis === 'unused') && signingKey === 'loaded') {
       return reply.code(200).send({ status: 'ready' })
     }
     reply.header('retry-after', String(RETRY_AFTER_SECONDS))

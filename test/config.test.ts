@@ -1,4 +1,5 @@
 import { createPublicKey, generateKeyPairSync } from 'node:crypto'
+import { existsSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'tap'
 import { ConfigError, loadConfig, type Config } from '../plugins/config.js'
@@ -87,16 +88,38 @@ test('an invalid duration names JWT_EXPIRY', async (t) => {
   }
 })
 
-test('a missing required variable is named first in the message', async (t) => {
-  for (const name of ['DATABASE_URL', 'REDIS_URL', 'JWT_PRIVATE_KEY']) {
-    const env = minimalEnv()
-    Reflect.deleteProperty(env, name)
-    const err = configError(env)
-    t.equal(err.variable, name, `${name}: variable`)
-    t.ok(err.message.startsWith(`${name}: `), `${name}: message starts with the name (${err.message})`)
-  }
-  const err = configError(minimalEnv({ DATABASE_URL: '' }))
-  t.equal(err.variable, 'DATABASE_URL', 'an empty DATABASE_URL is refused too')
+test('with DATABASE_URL, a missing JWT_PRIVATE_KEY is named first in the message', async (t) => {
+  const env = minimalEnv()
+  Reflect.deleteProperty(env, 'JWT_PRIVATE_KEY')
+  const err = configError(env)
+  t.equal(err.variable, 'JWT_PRIVATE_KEY')
+  t.ok(err.message.startsWith('JWT_PRIVATE_KEY: '), `message starts with the name (${err.message})`)
+  t.match(err.message, /keys generate/, 'and says how to make one')
+})
+
+test('without DATABASE_URL and REDIS_URL: the embedded mode, with a key generated once in DATA_DIR', async (t) => {
+  const dataDir = join(t.testdir({}), 'data')
+  const first = loadConfig({ DATA_DIR: dataDir, DATABASE_URL: '', REDIS_URL: '  ' })
+  t.equal(first.databaseUrl, undefined, 'an empty DATABASE_URL means none')
+  t.equal(first.redisUrl, undefined, 'a blank REDIS_URL means none')
+  t.equal(first.dataDir, dataDir)
+  t.same(first.signingKeySource, { kind: 'data-dir', path: join(dataDir, 'signing-key.pem'), generated: true })
+  t.equal(statSync(dataDir).mode & 0o777, 0o700, 'the data directory is owner-only')
+  t.equal(statSync(join(dataDir, 'signing-key.pem')).mode & 0o777, 0o600, 'the key file is owner-only')
+  t.equal(first.privateKey.asymmetricKeyDetails?.modulusLength, 2048, 'an RSA 2048 key for RS256')
+
+  const second = loadConfig({ DATA_DIR: dataDir })
+  t.same(second.signingKeySource, { kind: 'data-dir', path: join(dataDir, 'signing-key.pem'), generated: false }, 'reused, not generated again')
+  t.equal(pkcs8(second.privateKey), pkcs8(first.privateKey), 'the same key')
+
+  const err = configError({ DATA_DIR: dataDir, JWT_ALGORITHM: 'ES256' })
+  t.match(err.message, /ES256 needs an EC P-256 key/, 'a saved key of another algorithm is refused, not replaced')
+
+  const es = loadConfig({ DATA_DIR: join(dataDir, 'es'), JWT_ALGORITHM: 'ES256' })
+  t.equal(es.privateKey.asymmetricKeyDetails?.namedCurve, 'prime256v1', 'ES256 gets a P-256 key')
+  const configured = loadConfig({ DATA_DIR: join(dataDir, 'configured'), JWT_PRIVATE_KEY: testKeys.privateKey })
+  t.same(configured.signingKeySource, { kind: 'environment' }, 'a configured key wins')
+  t.notOk(existsSync(join(dataDir, 'configured', 'signing-key.pem')), 'and nothing is written')
 })
 
 test('PEM text with literal \\n sequences is accepted', async (t) => {

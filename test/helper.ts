@@ -5,6 +5,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { generateKeyPairSync, randomBytes } from 'node:crypto'
 import { createConnection, createServer } from 'node:net'
 import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify, { type FastifyInstance, type LightMyRequestResponse } from 'fastify'
@@ -13,9 +14,68 @@ import { Redis } from 'ioredis'
 import bcrypt from 'bcryptjs'
 import app, { options } from '../app.js'
 import { loadConfig, type Config } from '../plugins/config.js'
+import { TEST_DATABASE_URL, TEST_REDIS_URL } from './backends.js'
 
-export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
-export const TEST_REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
+export { TEST_DATABASE_URL, TEST_REDIS_URL }
+
+/** The project folder (entry points are spawned from here). */
+export const PROJECT_DIR = join(import.meta.dirname, '..')
+
+/**
+ * Settings of the test runner's TypeScript loader (which execArgv names), so
+ * that a spawned entry point runs as the tests do; nothing of the service's
+ * own configuration.
+ */
+export function runnerEnv (): Record<string, string> {
+  const env: Record<string, string> = {}
+  for (const [name, value] of Object.entries(process.env)) {
+    if (value === undefined) continue
+    if (name === 'PATH' || name === 'HOME' || name === 'FASTIFY_AUTOLOAD_TYPESCRIPT' || name === 'TAP_TYPE_STRIP_ONLY' ||
+      name.startsWith('TS_NODE_') || name.startsWith('_TAPJS_PROCESSINFO_')) env[name] = value
+  }
+  return env
+}
+
+export interface RunResult {
+  code: number | null
+  signal: NodeJS.Signals | null
+  stdout: string
+  stderr: string
+  ms: number
+}
+
+export interface RunOptions {
+  /** exactly these variables (plus the loader settings) */
+  env?: Record<string, string>
+  /** written to the child's standard input, which is then closed */
+  stdin?: string
+  cwd?: string
+  /** killed (SIGKILL) after this long; default 60 s */
+  timeoutMs?: number
+}
+
+/** Runs a TypeScript entry point of the project (`cli/index.ts`, say) to its end. */
+export async function runEntry (entry: string, args: string[], options: RunOptions = {}): Promise<RunResult> {
+  const started = Date.now()
+  const child = spawn(process.execPath, [...process.execArgv, join(PROJECT_DIR, entry), ...args], {
+    cwd: options.cwd ?? PROJECT_DIR,
+    env: { ...runnerEnv(), ...options.env },
+    stdio: ['pipe', 'pipe', 'pipe']
+  })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => { stdout += chunk })
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
+  child.stdin.end(options.stdin ?? '')
+  const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 60_000)
+  return await new Promise((resolve, reject) => {
+    child.on('error', reject)
+    child.on('close', (code, signal) => {
+      clearTimeout(timer)
+      resolve({ code, signal, stdout, stderr, ms: Date.now() - started })
+    })
+  })
+}
 
 /** The part of a tap Test that the helpers use. */
 export interface TestContext {

@@ -1,13 +1,11 @@
-import { spawn } from 'node:child_process'
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'tap'
-import pg from 'pg'
 import bcrypt from 'bcryptjs'
+import { serverDatabase, type Database } from '../storage/database.js'
 import { applyMigrations, MIGRATIONS_DIR, type MigrationLog } from '../plugins/migrations.js'
-import { basicAuth, build, createDatabase, freePort, insertClient, issueTokens, sql, tokenRequest, verify } from './helper.js'
+import { basicAuth, build, createDatabase, freePort, runEntry, type RunResult, insertClient, issueTokens, sql, tokenRequest, verify } from './helper.js'
 
-const PROJECT_DIR = join(import.meta.dirname, '..')
 const MIGRATION_FILES = readdirSync(MIGRATIONS_DIR).filter((name) => /^\d+_[\w-]+\.sql$/.test(name)).sort()
 
 // A log that keeps what it is told, for applyMigrations.
@@ -16,10 +14,10 @@ function memoryLog (): MigrationLog & { entries: Array<{ obj: object, msg: strin
   return { entries, info: (obj, msg) => { entries.push({ obj, msg }) } }
 }
 
-function pool (t: { teardown: (fn: () => unknown) => void }, databaseUrl: string): pg.Pool {
-  const p = new pg.Pool({ connectionString: databaseUrl, max: 2 })
-  t.teardown(async () => await p.end())
-  return p
+function pool (t: { teardown: (fn: () => unknown) => void }, databaseUrl: string): Database {
+  const db = serverDatabase({ connectionString: databaseUrl, max: 2 })
+  t.teardown(async () => await db.close())
+  return db
 }
 
 async function tableExists (databaseUrl: string, table: string): Promise<boolean> {
@@ -39,47 +37,9 @@ function migrationsCopy (t: { testdir: (fixture: Record<string, string>) => stri
   return t.testdir({ ...files, ...extra })
 }
 
-// Settings of the test runner's TypeScript loader (which execArgv names), so
-// that a spawned entry point runs as the tests do; nothing of the service's
-// own configuration.
-function runnerEnv (): Record<string, string> {
-  const env: Record<string, string> = {}
-  for (const [name, value] of Object.entries(process.env)) {
-    if (value === undefined) continue
-    if (name === 'PATH' || name === 'HOME' || name === 'FASTIFY_AUTOLOAD_TYPESCRIPT' || name === 'TAP_TYPE_STRIP_ONLY' ||
-      name.startsWith('TS_NODE_') || name.startsWith('_TAPJS_PROCESSINFO_')) env[name] = value
-  }
-  return env
-}
-
-interface RunResult {
-  code: number | null
-  signal: NodeJS.Signals | null
-  stdout: string
-  stderr: string
-  ms: number
-}
-
 // Runs cli/migrate.ts with exactly `env` (plus the loader settings); killed after timeoutMs.
 async function runMigrate (env: Record<string, string>, timeoutMs = 20_000): Promise<RunResult> {
-  const started = Date.now()
-  const child = spawn(process.execPath, [...process.execArgv, 'cli/migrate.ts'], {
-    cwd: PROJECT_DIR,
-    env: { ...runnerEnv(), ...env },
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
-  let stdout = ''
-  let stderr = ''
-  child.stdout.setEncoding('utf8').on('data', (chunk: string) => { stdout += chunk })
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
-  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs)
-  return await new Promise((resolve, reject) => {
-    child.on('error', reject)
-    child.on('close', (code, signal) => {
-      clearTimeout(timer)
-      resolve({ code, signal, stdout, stderr, ms: Date.now() - started })
-    })
-  })
+  return await runEntry('cli/migrate.ts', [], { env, timeoutMs })
 }
 
 test('two concurrent runs on a fresh database apply each file once', async (t) => {
@@ -199,11 +159,15 @@ test('cli/migrate.ts applies pending migrations and exits 0', async (t) => {
   t.notMatch(again.stdout, /001_clients\.sql/)
 })
 
-test('cli/migrate.ts without DATABASE_URL exits 1 with one line', async (t) => {
-  const result = await runMigrate({})
-  t.equal(result.code, 1)
-  t.match(result.stderr, /^[^\n]*DATABASE_URL[^\n]*\n$/, 'one line naming DATABASE_URL')
-  t.notMatch(result.stdout + result.stderr, /^\s+at /m, 'no stack trace')
+test('cli/migrate.ts without DATABASE_URL migrates the embedded database in DATA_DIR', async (t) => {
+  const dataDir = t.testdir({})
+  const first = await runMigrate({ DATA_DIR: dataDir }, 60_000)
+  t.equal(first.code, 0, `exit code (stderr: ${first.stderr})`)
+  t.match(first.stdout, /migrate: applied|nothing to apply/)
+  t.ok(existsSync(join(dataDir, 'pgdata')), 'the embedded database is created in DATA_DIR')
+  const again = await runMigrate({ DATA_DIR: dataDir }, 60_000)
+  t.equal(again.code, 0)
+  t.match(again.stdout, /nothing to apply/, 'every migration is recorded')
 })
 
 test('cli/migrate.ts with an unreachable database exits 1 with one line, in bounded time', async (t) => {
@@ -211,7 +175,7 @@ test('cli/migrate.ts with an unreachable database exits 1 with one line, in boun
   const result = await runMigrate({ DATABASE_URL: `postgres://postgres@127.0.0.1:${port}/postgres` })
   t.equal(result.code, 1)
   t.equal(result.signal, null, 'not killed by the test timeout')
-  t.match(result.stderr, /^migrate: [^\n]+\n$/, 'one line')
+  t.match(result.stderr, /^session-service: cannot reach PostgreSQL[^\n]+\n$/, 'one line')
   t.notMatch(result.stdout + result.stderr, /^\s+at /m, 'no stack trace')
   t.ok(result.ms < 15_000, `exited in ${result.ms} ms`)
 })

@@ -1,0 +1,26 @@
+import { join } from 'node:path'
+import fp from 'fastify-plugin'
+import { CONTROL_SOCKET } from '../storage/data-dir.js'
+import { MAX_SOCKET_PATH, startControlServer } from '../storage/control.js'
+import { applyMigrations } from './migrations.js'
+
+// Embedded mode only: the CLI reaches the embedded database through this
+// process (see storage/control.ts). With a PostgreSQL server the CLI connects
+// to it directly.
+export default fp(async (fastify) => {
+  const { config } = fastify
+  if (config.databaseUrl !== undefined) return
+  const path = join(config.dataDir, CONTROL_SOCKET)
+  if (Buffer.byteLength(path) > MAX_SOCKET_PATH) {
+    fastify.log.warn({ path }, 'the data directory path is too long for a Unix socket: the CLI cannot reach this process while it runs')
+    return
+  }
+  const server = await startControlServer(path, {
+    db: fastify.db,
+    migrate: async () => await applyMigrations(fastify.db, fastify.log),
+    forget: async (clientId) => await fastify.clients.forget(clientId)
+  })
+  fastify.addHook('onClose', async () => {
+    await new Promise<void>((resolve) => server.close(() => resolve()))
+  })
+}, { name: 'control', dependencies: ['config', 'postgres', 'migrations', 'clients'] })

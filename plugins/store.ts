@@ -1,0 +1,24 @@
+import fp from 'fastify-plugin'
+import { databaseStore, redisStore, type Store } from '../storage/store.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** Refresh tokens, revocations and markers: in Redis, or in the SQL database without REDIS_URL. */
+    store: Store
+  }
+}
+
+export default fp(async (fastify) => {
+  const { config } = fastify
+  let store: Store
+  if (config.redisUrl !== undefined) {
+    store = redisStore(fastify.redis, config.redisKeyPrefix)
+  } else {
+    store = databaseStore(fastify.db, (err) => fastify.log.warn({ cause: err.message }, 'could not delete expired tokens'))
+    // Said once, at start: rate limits and the client cache are per process
+    // without Redis, so several instances would not add up to one service.
+    fastify.log.warn('no REDIS_URL: refresh tokens and revocations are kept in the database, rate limits in this process; run a single instance in this mode')
+  }
+  fastify.addHook('onClose', async () => store.close())
+  fastify.decorate('store', store)
+}, { name: 'store', dependencies: ['config', 'postgres', 'redis'] })

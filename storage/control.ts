@@ -1,0 +1,193 @@
+// The control socket of the embedded mode. The embedded database admits one
+// process, so while the service runs, the CLI does not open the files: it
+// sends its statements to the service over a Unix socket in the data
+// directory (owner-only, like the database files themselves), one JSON object
+// per line each way.
+import { createConnection, createServer, type Server, type Socket } from 'node:net'
+import { chmodSync, rmSync } from 'node:fs'
+import type { Database, Queryable } from './database.js'
+
+export type ControlRequest =
+  | { id: number, op: 'query', text: string, values?: unknown[] }
+  | { id: number, op: 'exec', script: string }
+  | { id: number, op: 'migrate' }
+  | { id: number, op: 'forget', clientId: string }
+
+export type ControlResponse =
+  | { id: number, rows: unknown[] }
+  | { id: number, applied: string[] }
+  | { id: number, done: true }
+  | { id: number, error: string, code?: string }
+
+export interface ControlHandlers {
+  db: Database
+  migrate: () => Promise<string[]>
+  /** a client record changed: drop what is cached of it */
+  forget: (clientId: string) => Promise<void>
+}
+
+/** Longest request line accepted, bytes. */
+const MAX_LINE = 1024 * 1024
+/** Unix socket paths are limited to about 104 bytes (108 on Linux). */
+export const MAX_SOCKET_PATH = 100
+
+function answer (socket: Socket, response: ControlResponse): void {
+  if (!socket.destroyed) socket.write(`${JSON.stringify(response)}\n`)
+}
+
+async function handle (request: ControlRequest, handlers: ControlHandlers): Promise<ControlResponse> {
+  switch (request.op) {
+    case 'query': {
+      if (typeof request.text !== 'string' || (request.values !== undefined && !Array.isArray(request.values))) {
+        return { id: request.id, error: 'a query needs text and an array of values' }
+      }
+      const { rows } = await handlers.db.query(request.text, request.values ?? [])
+      return { id: request.id, rows }
+    }
+    case 'exec':
+      await handlers.db.exec(String(request.script))
+      return { id: request.id, done: true }
+    case 'migrate':
+      return { id: request.id, applied: await handlers.migrate() }
+    case 'forget':
+      await handlers.forget(String(request.clientId))
+      return { id: request.id, done: true }
+    default:
+      return { id: (request as { id: number }).id, error: 'unknown operation' }
+  }
+}
+
+/** Listens on `path` (replacing a stale socket file), owner-only. */
+export async function startControlServer (path: string, handlers: ControlHandlers): Promise<Server> {
+  rmSync(path, { force: true })
+  const server = createServer((socket) => {
+    let buffered = ''
+    socket.setEncoding('utf8')
+    socket.on('error', () => socket.destroy())
+    socket.on('data', (chunk: string) => {
+      buffered += chunk
+      if (buffered.length > MAX_LINE) {
+        answer(socket, { id: 0, error: 'request too large' })
+        socket.destroy()
+        return
+      }
+      let newline: number
+      while ((newline = buffered.indexOf('\n')) >= 0) {
+        const line = buffered.slice(0, newline)
+        buffered = buffered.slice(newline + 1)
+        let request: ControlRequest
+        try {
+          request = JSON.parse(line) as ControlRequest
+        } catch {
+          answer(socket, { id: 0, error: 'not JSON' })
+          continue
+        }
+        handle(request, handlers).then(
+          (response) => answer(socket, response),
+          (err: unknown) => answer(socket, {
+            id: request.id,
+            error: (err as Error).message,
+            ...(typeof (err as { code?: unknown }).code === 'string' ? { code: (err as { code: string }).code } : {})
+          })
+        )
+      }
+    })
+  })
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(path, () => { server.off('error', reject); resolve() })
+  })
+  chmodSync(path, 0o600)
+  return server
+}
+
+/** An error the service's database reported, with PostgreSQL's SQLSTATE when there is one. */
+export class RemoteDatabaseError extends Error {
+  readonly code: string | undefined
+  constructor (message: string, code: string | undefined) {
+    super(message)
+    this.name = 'RemoteDatabaseError'
+    this.code = code
+  }
+}
+
+/** The running service's database, through its control socket. */
+export interface ControlClient extends Database {
+  migrate: () => Promise<string[]>
+  forget: (clientId: string) => Promise<void>
+}
+
+/** Connects to the control socket; rejects when nothing listens there. */
+export async function connectControl (path: string, timeoutMs = 5000): Promise<ControlClient> {
+  const socket = createConnection(path)
+  socket.setEncoding('utf8')
+  await new Promise<void>((resolve, reject) => {
+    socket.once('connect', resolve)
+    socket.once('error', reject)
+  })
+  const pending = new Map<number, { resolve: (response: ControlResponse) => void, reject: (err: Error) => void }>()
+  let nextId = 1
+  let buffered = ''
+  const failAll = (err: Error): void => {
+    for (const waiter of pending.values()) waiter.reject(err)
+    pending.clear()
+  }
+  socket.on('error', (err) => failAll(err))
+  socket.on('close', () => failAll(new Error('the service closed the control connection')))
+  socket.on('data', (chunk: string) => {
+    buffered += chunk
+    let newline: number
+    while ((newline = buffered.indexOf('\n')) >= 0) {
+      const response = JSON.parse(buffered.slice(0, newline)) as ControlResponse
+      buffered = buffered.slice(newline + 1)
+      const waiter = pending.get(response.id)
+      pending.delete(response.id)
+      waiter?.resolve(response)
+    }
+  })
+
+  async function send (request: ControlRequest extends infer R ? R extends ControlRequest ? Omit<R, 'id'> : never : never): Promise<ControlResponse> {
+    const id = nextId++
+    const response = await new Promise<ControlResponse>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        pending.delete(id)
+        reject(new Error(`the service did not answer within ${timeoutMs} ms`))
+      }, timeoutMs)
+      pending.set(id, {
+        resolve: (value) => { clearTimeout(timer); resolve(value) },
+        reject: (err) => { clearTimeout(timer); reject(err) }
+      })
+      socket.write(`${JSON.stringify({ ...request, id })}\n`)
+    })
+    if ('error' in response) throw new RemoteDatabaseError(response.error, response.code)
+    return response
+  }
+
+  const queryable: Queryable = {
+    query: async <R>(text: string, values?: unknown[]) => {
+      const response = await send({ op: 'query', text, values: values ?? [] })
+      return { rows: ('rows' in response ? response.rows : []) as R[] }
+    },
+    exec: async (script: string) => { await send({ op: 'exec', script }) }
+  }
+  return {
+    kind: 'embedded',
+    ...queryable,
+    // Each statement commits on its own on the service's side: the CLI's
+    // changes are single statements, and a transaction held open across a
+    // socket would stall the service's single database connection.
+    transaction: async () => { throw new Error('transactions are not available through the control socket') },
+    migrate: async () => {
+      const response = await send({ op: 'migrate' })
+      return 'applied' in response ? response.applied : []
+    },
+    forget: async (clientId) => { await send({ op: 'forget', clientId }) },
+    close: async () => {
+      await new Promise<void>((resolve) => {
+        if (socket.destroyed) { resolve(); return }
+        socket.once('close', () => resolve())
+        socket.end()
+      })
+    }
+  }
+}
