@@ -40,6 +40,13 @@ COPY package.json ./
 # dist/workers/bcrypt.js is loaded at run time beside dist/plugins/.
 COPY --from=build /app/dist ./dist
 COPY migrations ./migrations
+# Without DATABASE_URL the service runs embedded (one process) and keeps its
+# database and generated key in DATA_DIR: a folder the node user owns, meant
+# to be a volume (docker run -v session-data:/data ...). docker-compose.yml
+# sets DATABASE_URL and REDIS_URL, and the folder stays empty.
+ENV DATA_DIR=/data
+RUN mkdir -p /data && chown node:node /data && chmod 700 /data
+VOLUME ["/data"]
 USER node
 EXPOSE 8080
 # /health answers 503 when PostgreSQL or Redis is unreachable. No curl in a

@@ -19,7 +19,11 @@ export const options: FastifyServerOptions = {
     // where a token string is expected is an error, not the string "123".
     customOptions: { coerceTypes: false, allErrors: false }
   },
-  return503OnClosing: true
+  return503OnClosing: true,
+  // The first start of the embedded database creates it (initdb in
+  // WebAssembly), which can take longer than Fastify's default 10 s on a
+  // loaded machine. Unreachable servers fail sooner, on their own timeouts.
+  pluginTimeout: 60_000
 }
 
 // The service as a plugin: every concern from plugins/ (ordered by their

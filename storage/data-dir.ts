@@ -106,7 +106,13 @@ export function lockDataDir (dir: string): () => void {
       heldHere.add(root)
       return () => {
         heldHere.delete(root)
-        if (readFileSync(path, 'utf8').trim() === String(process.pid)) rmSync(path, { force: true })
+        let holder: string
+        try {
+          holder = readFileSync(path, 'utf8').trim()
+        } catch {
+          return // removed while held: nothing to give back
+        }
+        if (holder === String(process.pid)) rmSync(path, { force: true })
       }
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err

@@ -8,8 +8,14 @@
 // backends the run uses at the top of the output, and fails the run under CI
 // when a server does not answer. Each test file asks again through the helper
 // (the answer does not change during a run).
+import { createHash, randomBytes } from 'node:crypto'
+import { existsSync, readdirSync, readFileSync } from 'node:fs'
+import { rename, rm } from 'node:fs/promises'
 import { createConnection } from 'node:net'
-import { resolve } from 'node:path'
+import { tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
+import { embeddedDatabase } from '../storage/database.js'
+import { applyMigrations, MIGRATIONS_DIR } from '../plugins/migrations.js'
 
 export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 export const TEST_REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
@@ -57,9 +63,36 @@ export async function testBackends (): Promise<Backends> {
   return found
 }
 
+/**
+ * A migrated embedded database that test databases are copied from: creating
+ * one from nothing (initdb in WebAssembly) takes seconds, a copy a fraction of
+ * that. One per set of migrations, shared by every test process; created
+ * under a temporary name and renamed, so concurrent creators do not collide.
+ */
+export async function embeddedTemplate (): Promise<string> {
+  const hash = createHash('sha256')
+  for (const name of readdirSync(MIGRATIONS_DIR).sort()) hash.update(name).update(readFileSync(join(MIGRATIONS_DIR, name)))
+  const dir = join(tmpdir(), `ss-test-template-${hash.digest('hex').slice(0, 16)}`)
+  if (existsSync(dir)) return dir
+  const building = `${dir}.${process.pid}.${randomBytes(4).toString('hex')}`
+  const db = await embeddedDatabase(building)
+  try {
+    await applyMigrations(db, { info: () => {} })
+  } finally {
+    await db.close()
+  }
+  try {
+    await rename(building, dir)
+  } catch {
+    await rm(building, { recursive: true, force: true }) // another process was first
+  }
+  return dir
+}
+
 if (process.argv[1] !== undefined && resolve(process.argv[1]) === import.meta.filename) {
   try {
     const { postgres, redis } = await testBackends()
+    if (!postgres) await embeddedTemplate()
     const line = (name: string, real: boolean, where: string, instead: string): string =>
       `#   ${name}: ${real ? `the real server at ${where}` : `none answers at ${where}; ${instead}`}`
     process.stdout.write([

@@ -8,13 +8,13 @@
 import { execFile, spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
 import { createPublicKey, verify as verifySignature, type JsonWebKey } from 'node:crypto'
 import { existsSync, readFileSync, readdirSync } from 'node:fs'
-import { cp, mkdir, mkdtemp, rm, stat, symlink } from 'node:fs/promises'
+import { chmod, cp, mkdir, mkdtemp, rm, stat, symlink } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { basename, join, posix, relative } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
 import t from 'tap'
-import { basicAuth, createDatabase, createRedisPrefix, decodeJwt, freePort, insertClient, TEST_REDIS_URL, testKeys, type TestContext } from './helper.js'
+import { basicAuth, createDatabase, createRedisPrefix, decodeJwt, freePort, insertClient, needs, TEST_REDIS_URL, testKeys, type TestContext } from './helper.js'
 
 const PROJECT_DIR = join(import.meta.dirname, '..')
 // Every path the Dockerfile names inside the image must lie under its WORKDIR.
@@ -168,6 +168,24 @@ function buildEnv (stageEnv: Record<string, string>): Record<string, string> {
 }
 
 /**
+ * `mkdir -p`, `chown` and `chmod` on absolute paths (a folder the image makes
+ * for a volume): replayed under the stage's `rootfs/` folder, the owner left
+ * as it is (this test does not run as the image's user). False for any other step.
+ */
+async function replayFolderStep (stageDir: string, words: string[]): Promise<boolean> {
+  const [command, ...args] = words
+  if (command !== 'mkdir' && command !== 'chown' && command !== 'chmod') return false
+  const paths = command === 'mkdir' ? args.filter((arg) => arg !== '-p') : args.slice(1)
+  if (paths.length === 0 || !paths.every((path) => path.startsWith('/') && !path.includes('..'))) return false
+  for (const path of paths) {
+    const target = join(stageDir, 'rootfs', path)
+    if (command === 'mkdir') await mkdir(target, { recursive: true })
+    if (command === 'chmod') await chmod(target, Number.parseInt(args[0] ?? '', 8))
+  }
+  return true
+}
+
+/**
  * A RUN line, step by step. Only npm steps are replayed: `npm ci` (with
  * --omit=dev for real, from the npm cache; a full one by linking the
  * project's node_modules, which CI installed from the same lock file) and
@@ -177,6 +195,7 @@ async function replayRun (stageDir: string, args: string, stageEnv: Record<strin
   const { rest } = splitOptions(args)
   for (const step of rest.split('&&').map((part) => part.trim())) {
     const words = step.split(/\s+/)
+    if (await replayFolderStep(stageDir, words)) continue
     if (/[;|<>$`'"\\]/.test(step) || words[0] !== 'npm' || (words[1] !== 'ci' && words[1] !== 'run')) {
       throw new Error(`RUN ${step}: not replayed by this test; teach replayRun this step`)
     }
@@ -264,7 +283,8 @@ async function buildImage (root: string, stages: Stage[]): Promise<Image> {
           healthcheck = execForm(rest.replace(/^CMD\s+/i, '')) ?? ['/bin/sh', '-c', rest.replace(/^CMD\s+/i, '')]
           break
         }
-        case 'ARG': case 'EXPOSE': case 'LABEL': case 'STOPSIGNAL': break
+        // A volume is a mount point at run time; the folder itself is made by a RUN.
+        case 'ARG': case 'EXPOSE': case 'LABEL': case 'STOPSIGNAL': case 'VOLUME': break
         default: throw new Error(`${keyword}: not replayed by this test`)
       }
     }
@@ -341,7 +361,7 @@ t.test('the Dockerfile: multi-stage on the Node.js LTS, non-root, exec-form CMD,
   t.match(healthcheck, /\/health\b/, 'that asks /health')
 })
 
-t.test('the image, replayed: migrate, serve tokens as the CMD, answer the HEALTHCHECK, exit 0 on SIGTERM', async (t) => {
+t.test('the image, replayed: migrate, serve tokens as the CMD, answer the HEALTHCHECK, exit 0 on SIGTERM', { skip: needs.postgres || needs.redis }, async (t) => {
   const started = Date.now()
   const root = await mkdtemp(join(tmpdir(), 'session-service-image-'))
   t.teardown(async () => await rm(root, { recursive: true, force: true }))

@@ -1,9 +1,16 @@
 // Builds the real app against the real PostgreSQL and Redis. Every call to
 // build() gets a database of its own (created here, dropped at teardown) and
 // a Redis key prefix of its own, so test files run in parallel safely.
+//
+// Where no PostgreSQL server answers (never under CI: see backends.ts), a
+// "database" is an embedded one in a folder of its own, named by a URL of the
+// form embedded:<folder>; where no Redis answers, the app keeps its state in
+// the database. Tests that need a real server skip with `needs.postgres` or
+// `needs.redis` as their reason.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { generateKeyPairSync, randomBytes } from 'node:crypto'
 import { createConnection, createServer } from 'node:net'
+import { cp, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Writable } from 'node:stream'
@@ -14,9 +21,31 @@ import { Redis } from 'ioredis'
 import bcrypt from 'bcryptjs'
 import app, { options } from '../app.js'
 import { loadConfig, type Config } from '../plugins/config.js'
-import { TEST_DATABASE_URL, TEST_REDIS_URL } from './backends.js'
+import { embeddedDatabase, type Database } from '../storage/database.js'
+import { lockDataDir, PGDATA } from '../storage/data-dir.js'
+import { embeddedTemplate, TEST_DATABASE_URL, TEST_REDIS_URL, testBackends } from './backends.js'
 
 export { TEST_DATABASE_URL, TEST_REDIS_URL }
+
+/** Which real servers this run has (both, under CI). */
+export const backends = await testBackends()
+
+/** Skip reasons for tests that need a real server: false when it is there. */
+export const needs = {
+  postgres: backends.postgres ? false : 'needs a PostgreSQL server (none answers; the suite runs on the embedded database)',
+  redis: backends.redis ? false : 'needs a Redis server (none answers; the suite runs on the in-database store)'
+} as const
+
+const EMBEDDED_PREFIX = 'embedded:'
+
+/** The folder of an embedded test database, or undefined for a server URL. */
+export function embeddedDir (databaseUrl: string): string | undefined {
+  return databaseUrl.startsWith(EMBEDDED_PREFIX) ? databaseUrl.slice(EMBEDDED_PREFIX.length) : undefined
+}
+
+// The open database of each running embedded app, by folder: the embedded
+// database admits one opener, so sql() goes through the app while it runs.
+const openEmbedded = new Map<string, Database>()
 
 /** The project folder (entry points are spawned from here). */
 export const PROJECT_DIR = join(import.meta.dirname, '..')
@@ -106,6 +135,12 @@ function databaseUrlFor (name: string): string {
 
 /** A new empty database, dropped when the test ends. */
 export async function createDatabase (t: TestContext): Promise<string> {
+  if (!backends.postgres) {
+    const dir = await mkdtemp(join(tmpdir(), 'ss-test-'))
+    t.teardown(async () => await rm(dir, { recursive: true, force: true }))
+    await cp(await embeddedTemplate(), join(dir, PGDATA), { recursive: true })
+    return `${EMBEDDED_PREFIX}${dir}`
+  }
   const name = `ss_test_${process.pid}_${randomBytes(4).toString('hex')}`
   const admin = new pg.Client({ connectionString: TEST_DATABASE_URL })
   await admin.connect()
@@ -123,6 +158,7 @@ export async function createDatabase (t: TestContext): Promise<string> {
 /** A Redis key prefix of its own; its keys are deleted when the test ends. */
 export function createRedisPrefix (t: TestContext): string {
   const prefix = `ss-test:${process.pid}:${randomBytes(4).toString('hex')}:`
+  if (!backends.redis) return prefix
   t.teardown(async () => {
     const redis = new Redis(TEST_REDIS_URL)
     let cursor = '0'
@@ -153,9 +189,10 @@ export interface TestApp {
 }
 
 export function testEnv (databaseUrl: string, redisPrefix: string, env: Record<string, string> = {}): Record<string, string> {
+  const dir = embeddedDir(databaseUrl)
   return {
-    DATABASE_URL: databaseUrl,
-    REDIS_URL: TEST_REDIS_URL,
+    ...(dir === undefined ? { DATABASE_URL: databaseUrl } : { DATA_DIR: dir }),
+    ...(backends.redis ? { REDIS_URL: TEST_REDIS_URL } : {}),
     REDIS_KEY_PREFIX: redisPrefix,
     JWT_PRIVATE_KEY: testKeys.privateKey,
     JWT_PUBLIC_KEY: testKeys.publicKey,
@@ -172,6 +209,7 @@ export async function build (t: TestContext, buildOptions: BuildOptions = {}): P
   const instance = Fastify({ ...options, logger: false })
   await instance.register(app, { config })
   t.teardown(async () => await instance.close())
+  trackEmbedded(instance, databaseUrl)
   await instance.ready()
   return { app: instance, config, databaseUrl, redisPrefix }
 }
@@ -190,8 +228,44 @@ export async function insertClient (databaseUrl: string, spec: ClientSpec): Prom
   if (spec.status === 'disabled') await sql(databaseUrl, "UPDATE clients SET status = 'disabled' WHERE client_id = $1", [spec.id])
 }
 
-/** Runs one statement on a database with a connection of its own. */
+// Called before ready(): once ready, the app's database serves sql() for its
+// folder, until the app closes.
+function trackEmbedded (instance: FastifyInstance, databaseUrl: string): void {
+  const dir = embeddedDir(databaseUrl)
+  if (dir === undefined) return
+  instance.addHook('onReady', async () => { openEmbedded.set(dir, instance.db) })
+  instance.addHook('onClose', async () => { if (openEmbedded.get(dir) === instance.db) openEmbedded.delete(dir) })
+}
+
+/** For an app built elsewhere (the Lambda module's): sql() on its embedded database goes through it. */
+export function attachEmbedded (instance: FastifyInstance, databaseUrl: string): void {
+  const dir = embeddedDir(databaseUrl)
+  if (dir !== undefined) openEmbedded.set(dir, instance.db)
+}
+
+/**
+ * Runs one statement on a database with a connection of its own (an embedded
+ * database: through the app that has it open, or opened for the statement).
+ */
 export async function sql<R extends pg.QueryResultRow = Record<string, unknown>> (databaseUrl: string, text: string, values: unknown[] = []): Promise<R[]> {
+  const dir = embeddedDir(databaseUrl)
+  if (dir !== undefined) {
+    const running = openEmbedded.get(dir)
+    if (running !== undefined) return (await running.query<R>(text, values)).rows
+    // Nobody has it open: open it for the statement, under the same lock as
+    // the service (which refuses a second opener, in this process or another).
+    const release = lockDataDir(dir)
+    try {
+      const db = await embeddedDatabase(join(dir, PGDATA))
+      try {
+        return (await db.query<R>(text, values)).rows
+      } finally {
+        await db.close()
+      }
+    } finally {
+      release()
+    }
+  }
   const client = new pg.Client({ connectionString: databaseUrl })
   await client.connect()
   try {
@@ -326,10 +400,12 @@ export async function buildLogged (t: TestContext, env: Record<string, string>):
       callback()
     }
   })
-  const config = loadConfig(testEnv(await createDatabase(t), createRedisPrefix(t), env))
+  const databaseUrl = await createDatabase(t)
+  const config = loadConfig(testEnv(databaseUrl, createRedisPrefix(t), env))
   const instance = Fastify({ ...options, logger: { level: 'warn', stream } })
   await instance.register(app, { config })
   t.teardown(async () => await instance.close())
+  trackEmbedded(instance, databaseUrl)
   await instance.ready()
   return { instance, lines }
 }

@@ -4,7 +4,7 @@
 // gateway turns into HTTP answers.
 import { randomUUID } from 'node:crypto'
 import t from 'tap'
-import { basicAuth, createDatabase, createRedisPrefix, decodeJwt, form, insertClient, testEnv } from './helper.js'
+import { attachEmbedded, basicAuth, createDatabase, createRedisPrefix, decodeJwt, form, insertClient, testEnv } from './helper.js'
 
 const ISSUER = 'https://auth.example.com'
 const API_ID = 'a1b2c3d4e5'
@@ -131,6 +131,8 @@ Object.assign(process.env, testEnv(databaseUrl, redisPrefix, { JWT_ISSUER: ISSUE
 const lambda = await import('../lambda.js')
 // Registered last, so run first: the app closes before its database is dropped.
 t.teardown(async () => await lambda.app.close())
+
+attachEmbedded(lambda.app, databaseUrl)
 
 // The schema exists once the import has returned: migrations ran during init.
 await insertClient(databaseUrl, { id: CLIENT_ID, secret: CLIENT_SECRET })

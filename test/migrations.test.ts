@@ -4,7 +4,7 @@ import { test } from 'tap'
 import bcrypt from 'bcryptjs'
 import { serverDatabase, type Database } from '../storage/database.js'
 import { applyMigrations, MIGRATIONS_DIR, type MigrationLog } from '../plugins/migrations.js'
-import { basicAuth, build, createDatabase, freePort, runEntry, type RunResult, insertClient, issueTokens, sql, tokenRequest, verify } from './helper.js'
+import { basicAuth, build, createDatabase, freePort, needs, runEntry, type RunResult, insertClient, issueTokens, sql, tokenRequest, verify } from './helper.js'
 
 const MIGRATION_FILES = readdirSync(MIGRATIONS_DIR).filter((name) => /^\d+_[\w-]+\.sql$/.test(name)).sort()
 
@@ -42,7 +42,7 @@ async function runMigrate (env: Record<string, string>, timeoutMs = 20_000): Pro
   return await runEntry('cli/migrate.ts', [], { env, timeoutMs })
 }
 
-test('two concurrent runs on a fresh database apply each file once', async (t) => {
+test('two concurrent runs on a fresh database apply each file once', { skip: needs.postgres }, async (t) => {
   const databaseUrl = await createDatabase(t)
   const [first, second] = await Promise.all([
     applyMigrations(pool(t, databaseUrl), memoryLog()),
@@ -58,14 +58,14 @@ test('two concurrent runs on a fresh database apply each file once', async (t) =
   t.strictSame(log.entries, [], 'and logs nothing applied')
 })
 
-test('a run logs each file it applies', async (t) => {
+test('a run logs each file it applies', { skip: needs.postgres }, async (t) => {
   const databaseUrl = await createDatabase(t)
   const log = memoryLog()
   t.strictSame(await applyMigrations(pool(t, databaseUrl), log), MIGRATION_FILES)
   t.strictSame(log.entries.map((entry) => entry.obj), MIGRATION_FILES.map((migration) => ({ migration })))
 })
 
-test('a recorded migration whose content changed is refused', async (t) => {
+test('a recorded migration whose content changed is refused', { skip: needs.postgres }, async (t) => {
   const databaseUrl = await createDatabase(t)
   const dir = migrationsCopy(t)
   const db = pool(t, databaseUrl)
@@ -76,7 +76,7 @@ test('a recorded migration whose content changed is refused', async (t) => {
   t.strictSame(await recordedMigrations(databaseUrl), MIGRATION_FILES, 'nothing else recorded')
 })
 
-test('a failing migration is not recorded and earlier files stay applied', async (t) => {
+test('a failing migration is not recorded and earlier files stay applied', { skip: needs.postgres }, async (t) => {
   const databaseUrl = await createDatabase(t)
   const broken = '999_broken.sql'
   const dir = migrationsCopy(t, {
@@ -144,7 +144,7 @@ test('CHECK constraints refuse a non-bcrypt hash and a rate_limit of 0', async (
   t.strictSame(rows, [], 'nothing inserted')
 })
 
-test('cli/migrate.ts applies pending migrations and exits 0', async (t) => {
+test('cli/migrate.ts applies pending migrations and exits 0', { skip: needs.postgres }, async (t) => {
   const databaseUrl = await createDatabase(t)
   const first = await runMigrate({ DATABASE_URL: databaseUrl })
   t.equal(first.code, 0, `exit code (stderr: ${first.stderr})`)
@@ -180,7 +180,7 @@ test('cli/migrate.ts with an unreachable database exits 1 with one line, in boun
   t.ok(result.ms < 15_000, `exited in ${result.ms} ms`)
 })
 
-test('MIGRATE_ON_START=false: the app starts on an empty database without creating tables', async (t) => {
+test('MIGRATE_ON_START=false: the app starts on an empty database without creating tables', { skip: needs.postgres }, async (t) => {
   const { app, databaseUrl } = await build(t, { env: { MIGRATE_ON_START: 'false' } })
   t.notOk(await tableExists(databaseUrl, 'clients'), 'no clients table')
   t.notOk(await tableExists(databaseUrl, 'schema_migrations'), 'no schema_migrations table')

@@ -15,7 +15,8 @@ import {
   sql,
   TEST_REDIS_URL,
   tokenRequest,
-  verify
+  verify,
+  needs
 } from './helper.js'
 
 const REALM_CHALLENGE = 'Basic realm="session-service"'
@@ -211,7 +212,7 @@ test('concurrent refreshes with one token: exactly one succeeds', async (t) => {
   t.equal((await verify(app, winner.json().access_token)).json().error, 'revoked', 'its access token too')
 })
 
-test('concurrent refreshes across two instances sharing database and Redis: exactly one succeeds', async (t) => {
+test('concurrent refreshes across two instances sharing database and Redis: exactly one succeeds', { skip: needs.postgres }, async (t) => {
   const one = await build(t)
   const two = await build(t, { databaseUrl: one.databaseUrl, redisPrefix: one.redisPrefix })
   await insertClient(one.databaseUrl, { id: 'svc-race2', secret: 'race2-secret' })
@@ -357,7 +358,7 @@ test('malformed refresh requests', async (t) => {
   assertTokens(t, await refreshBasic(app, tokens.refresh_token, 'svc-bad', 'bad-secret'))
 })
 
-test('refresh tokens are stored hashed in Redis, never in clear', async (t) => {
+test('refresh tokens are stored hashed in Redis, never in clear', { skip: needs.redis }, async (t) => {
   const { app, databaseUrl, redisPrefix } = await build(t)
   await insertClient(databaseUrl, { id: 'svc-store', secret: 'store-secret' })
   const first = await issueTokens(app, 'svc-store', 'store-secret')

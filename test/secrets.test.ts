@@ -4,7 +4,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
 import bcrypt from 'bcryptjs'
-import { basicAuth, build, insertClient, sql, tokenRequest } from './helper.js'
+import { basicAuth, build, insertClient, sql, tokenRequest, needs } from './helper.js'
 
 const settings: Array<Record<string, string>> = [{}, { BCRYPT_WORKERS: '0' }, { BCRYPT_WORKERS: '2' }, { SECRET_CACHE_TTL: '0' }]
 for (const env of settings) {
@@ -51,7 +51,7 @@ test('a disabled client is refused although its secret was remembered', async (t
   t.equal(res.json().error, 'unauthorized_client')
 })
 
-test('nothing of a secret is written to Redis', async (t) => {
+test('nothing of a secret is written to Redis', { skip: needs.redis }, async (t) => {
   const { app, databaseUrl, redisPrefix } = await build(t)
   await insertClient(databaseUrl, { id: 'svc-redis', secret: 'a-secret-that-stays-in-process' })
   t.equal((await tokenRequest(app, { grant_type: 'client_credentials' }, { authorization: basicAuth('svc-redis', 'a-secret-that-stays-in-process') })).statusCode, 200)

@@ -2,7 +2,7 @@ import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
-import { basicAuth, createDatabase, createRedisPrefix, freePort, generateRsaKeyPair, insertClient, testEnv, type TestContext } from './helper.js'
+import { basicAuth, createDatabase, createRedisPrefix, freePort, generateRsaKeyPair, insertClient, needs, testEnv, type TestContext } from './helper.js'
 
 const PROJECT_DIR = join(import.meta.dirname, '..')
 
@@ -93,7 +93,7 @@ test('a JWT_PUBLIC_KEY of another pair stops the process with exit code 1 and on
   t.notMatch(server.stdout + server.stderr, /^\s*at /m, 'no stack frames')
 })
 
-test('the server process: serves over HTTP, drains in-flight requests on SIGTERM, keeps secrets out of its log', async (t) => {
+test('the server process: serves over HTTP, drains in-flight requests on SIGTERM, keeps secrets out of its log', { skip: needs.postgres }, async (t) => {
   const databaseUrl = await createDatabase(t)
   const port = await freePort()
   const base = `http://127.0.0.1:${port}`

@@ -15,7 +15,8 @@ import {
   insertClient,
   TEST_REDIS_URL,
   tokenRequest,
-  verify
+  verify,
+  needs
 } from './helper.js'
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
@@ -182,7 +183,7 @@ test('a used refresh token presented again revokes its session, and only that se
   t.equal(sidOf(next.access_token), sidOf(other.access_token))
 })
 
-test('a revoked session is recorded under the prefix for max(JWT_EXPIRY, REFRESH_TOKEN_EXPIRY)', async (t) => {
+test('a revoked session is recorded under the prefix for max(JWT_EXPIRY, REFRESH_TOKEN_EXPIRY)', { skip: needs.redis }, async (t) => {
   const cases: Array<{ name: string, env: Record<string, string>, ttl: number }> = [
     { name: 'defaults', env: {}, ttl: DEFAULT_REVOCATION_TTL },
     { name: 'JWT_EXPIRY=2h REFRESH_TOKEN_EXPIRY=1h', env: { JWT_EXPIRY: '2h', REFRESH_TOKEN_EXPIRY: '1h' }, ttl: 7200 }
@@ -206,7 +207,7 @@ test('a revoked session is recorded under the prefix for max(JWT_EXPIRY, REFRESH
   }
 })
 
-test("another client presenting a client's used refresh token does not revoke the owner's session", async (t) => {
+test("another client presenting a client's used refresh token does not revoke the owner's session", { skip: needs.redis }, async (t) => {
   const { app, databaseUrl, redisPrefix } = await build(t)
   const redis = openRedis(t)
   await insertClient(databaseUrl, { id: 'svc-owner', secret: secretOf('svc-owner') })
@@ -225,7 +226,7 @@ test("another client presenting a client's used refresh token does not revoke th
   await assertValid(t, app, third.access_token, 'the owner\'s session goes on')
 })
 
-test('revoking a refresh token revokes its session', async (t) => {
+test('revoking a refresh token revokes its session', { skip: needs.redis }, async (t) => {
   const { app, databaseUrl, redisPrefix } = await build(t)
   const redis = openRedis(t)
   await insertClient(databaseUrl, { id: 'svc-revoke', secret: secretOf('svc-revoke') })
@@ -249,7 +250,7 @@ test('revoking a refresh token revokes its session', async (t) => {
   assertTokens(t, await refresh(app, 'svc-revoke', other.refresh_token))
 })
 
-test('revoking an access token denies only that token', async (t) => {
+test('revoking an access token denies only that token', { skip: needs.redis }, async (t) => {
   const { app, databaseUrl, redisPrefix } = await build(t)
   const redis = openRedis(t)
   await insertClient(databaseUrl, { id: 'svc-deny', secret: secretOf('svc-deny') })
@@ -270,7 +271,7 @@ test('revoking an access token denies only that token', async (t) => {
   t.equal(sidOf(third.access_token), sidOf(first.access_token), 'in the same session')
 })
 
-test('with 1 s lifetimes the revocation record expires with the session', async (t) => {
+test('with 1 s lifetimes the revocation record expires with the session', { skip: needs.redis }, async (t) => {
   const { app, databaseUrl, redisPrefix } = await build(t, { env: { JWT_EXPIRY: '1s', REFRESH_TOKEN_EXPIRY: '1s' } })
   const redis = openRedis(t)
   await insertClient(databaseUrl, { id: 'svc-short', secret: secretOf('svc-short') })
@@ -291,7 +292,7 @@ test('with 1 s lifetimes the revocation record expires with the session', async 
   assertOAuthError(t, await refresh(app, 'svc-short', second.refresh_token), 400, 'invalid_grant')
 })
 
-test('two instances sharing PostgreSQL and Redis: a replay on one revokes the session on the other', async (t) => {
+test('two instances sharing PostgreSQL and Redis: a replay on one revokes the session on the other', { skip: needs.postgres }, async (t) => {
   const one = await build(t)
   const two = await build(t, { databaseUrl: one.databaseUrl, redisPrefix: one.redisPrefix })
   await insertClient(one.databaseUrl, { id: 'svc-two', secret: secretOf('svc-two') })
