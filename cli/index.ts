@@ -7,6 +7,7 @@ import { existsSync, mkdirSync, readFileSync } from 'node:fs'
 import { createPublicKey, randomBytes, randomUUID } from 'node:crypto'
 import { join, resolve } from 'node:path'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { parse as parseDotenv } from 'dotenv'
 import bcrypt from 'bcryptjs'
 import { Redis } from 'ioredis'
@@ -18,6 +19,8 @@ import { CONTROL_SOCKET, DataDirInUseError, generatePrivateKeyPem, lockDataDir, 
 import { connectControl, type ControlClient } from '../storage/control.js'
 
 const PROGRAM = 'session-service'
+/** How long to wait for another command that holds the embedded database. */
+const LOCK_WAIT_MS = 10_000
 
 /** A failure the operator can act on: one line on stderr, exit 1 (2 for usage). */
 class CliError extends Error {
@@ -89,16 +92,23 @@ async function connect (config: Settings): Promise<Connection> {
     }
     return { db, service: undefined, where: 'PostgreSQL (DATABASE_URL)', close: async () => await db.close() }
   }
-  const holder = lockHolder(config.dataDir)
-  if (holder !== undefined && holder !== process.pid) {
-    // The service has the database open: go through it.
-    let service: ControlClient
+  // Whoever holds the folder has the database open. The service answers on
+  // its control socket; another CLI command does not, but ends soon: wait
+  // for it a little.
+  const deadline = Date.now() + LOCK_WAIT_MS
+  for (;;) {
+    const holder = lockHolder(config.dataDir)
+    if (holder === undefined || holder === process.pid) break
+    const socket = join(config.dataDir, CONTROL_SOCKET)
     try {
-      service = await connectControl(join(config.dataDir, CONTROL_SOCKET))
+      const service = await connectControl(socket)
+      return { db: service, service, where: `the running service (process ${holder})`, close: async () => await service.close() }
     } catch (err) {
-      throw new CliError(`the service (process ${holder}) holds ${config.dataDir} but its control socket does not answer: ${describeConnectionError(err)}`)
+      if (Date.now() > deadline) {
+        throw new CliError(`process ${holder} holds ${config.dataDir} and does not answer on ${socket} (${describeConnectionError(err)}); is it a service started without its control socket, or another command still running?`)
+      }
+      await sleep(200)
     }
-    return { db: service, service, where: `the running service (process ${holder})`, close: async () => await service.close() }
   }
   let release: () => void
   try {
@@ -559,8 +569,14 @@ export async function main (argv: string[], env: Record<string, string | undefin
       process.stdout.write(`${mainHelp()}\n`)
       return argv.length === 0 ? 2 : 0
     }
-    const group = words[0] === 'clients' || words[0] === 'keys' ? `${words[0]} ${words[1] ?? ''}`.trim() : (words[0] ?? argv[0] ?? '')
-    process.stderr.write(`${PROGRAM}: unknown command "${group}" (see ${PROGRAM} --help)\n`)
+    // `clients --help`: the commands of the group.
+    const group = Object.keys(COMMANDS).filter((command) => command.startsWith(`${words[0] ?? ''} `))
+    if (wantsHelp && words.length === 1 && group.length > 0) {
+      process.stdout.write(`Usage: ${PROGRAM} ${words[0] ?? ''} <command> [options]\n\n${group.map((command) => `  ${command.padEnd(22)}  ${COMMANDS[command]?.summary ?? ''}`).join('\n')}\n`)
+      return 0
+    }
+    const asked = group.length > 0 ? `${words[0] ?? ''} ${words[1] ?? ''}`.trim() : (words[0] ?? argv[0] ?? '')
+    process.stderr.write(`${PROGRAM}: unknown command "${asked}" (see ${PROGRAM} --help)\n`)
     return 2
   }
   const command = COMMANDS[name] as Command
@@ -568,7 +584,10 @@ export async function main (argv: string[], env: Record<string, string | undefin
     process.stdout.write(`Usage: ${PROGRAM} ${command.usage}\n\n${command.help}\n`)
     return 0
   }
-  const rest = argv.slice(argv.indexOf(name.split(' ').at(-1) ?? name) + 1)
+  // Options may come before or after the command's words: drop the words
+  // (their first occurrence) and parse the rest.
+  const rest = [...argv]
+  for (const word of name.split(' ')) rest.splice(rest.indexOf(word), 1)
   try {
     let parsed: { values: Record<string, unknown>, positionals: string[] }
     try {
