@@ -241,9 +241,16 @@ t.test('GET /.well-known/openid-configuration names the configured issuer', asyn
 })
 
 t.test('a configuration error fails the init with the variable named', async (t) => {
-  const saved = process.env.JWT_PRIVATE_KEY
+  const saved = { key: process.env.JWT_PRIVATE_KEY, database: process.env.DATABASE_URL }
   delete process.env.JWT_PRIVATE_KEY
-  t.teardown(() => { process.env.JWT_PRIVATE_KEY = saved })
+  // With a database server the key is required (without one, the embedded
+  // mode would make its own); this init fails before connecting to it.
+  process.env.DATABASE_URL = saved.database ?? 'postgres://postgres@127.0.0.1:1/unused'
+  t.teardown(() => {
+    process.env.JWT_PRIVATE_KEY = saved.key
+    if (saved.database === undefined) delete process.env.DATABASE_URL
+    else process.env.DATABASE_URL = saved.database
+  })
   // A query string makes a fresh module instance: the init runs again, as in
   // a new execution environment.
   const specifier = new URL('../lambda.js?config-error', import.meta.url).href
