@@ -7,7 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
 import bcrypt from 'bcryptjs'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { FORM, basicAuth, build, decodeJwt, form, insertClient, issueTokens, sql, tokenRequest, verify } from './helper.js'
+import { FORM, basicAuth, build, decodeJwt, form, insertClient, issueTokens, needs, sql, tokenRequest, verify } from './helper.js'
 
 const CLIENT_CREDENTIALS = { grant_type: 'client_credentials' }
 const DEFAULT_REALM = 'Basic realm="session-service"'
@@ -492,7 +492,7 @@ test('rate limit: one client\'s exhaustion does not affect another client', asyn
   t.equal(String(quiet.headers['x-ratelimit-remaining']), '1', 'its own budget is untouched')
 })
 
-test('rate limit: two instances sharing the database and Redis prefix share the counter', async (t) => {
+test('rate limit: two instances sharing the database and Redis prefix share the counter', { skip: needs.postgres || needs.redis }, async (t) => {
   const first = await build(t)
   const second = await build(t, { databaseUrl: first.databaseUrl, redisPrefix: first.redisPrefix })
   await insertClient(first.databaseUrl, { id: 'svc-shared', secret: 'secret', rateLimit: 3 })
