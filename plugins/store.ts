@@ -12,7 +12,7 @@ export default fp(async (fastify) => {
   const { config } = fastify
   let store: Store
   if (config.redisUrl !== undefined) {
-    store = redisStore(fastify.redis, config.redisKeyPrefix)
+    store = redisStore(fastify.redis, config.redisKeyPrefix, fastify.db, fastify.log)
   } else {
     store = databaseStore(fastify.db, (err) => fastify.log.warn({ cause: err.message }, 'could not delete expired tokens'))
     // Said once, at start: rate limits and the client cache are per process
@@ -20,5 +20,6 @@ export default fp(async (fastify) => {
     fastify.log.warn('no REDIS_URL: refresh tokens and revocations are kept in the database, rate limits in this process; run a single instance in this mode')
   }
   fastify.addHook('onClose', async () => store.close())
+  await store.start()
   fastify.decorate('store', store)
-}, { name: 'store', dependencies: ['config', 'postgres', 'redis'] })
+}, { name: 'store', dependencies: ['config', 'postgres', 'migrations', 'redis'] })

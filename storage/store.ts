@@ -75,9 +75,14 @@ export interface Store {
   recordOnce: (key: string, exp: number) => Promise<boolean>
   /** The cache shared by instances, or undefined when there is no shared store. */
   readonly sharedCache: SharedCache | undefined
-  /** Stops background work (the SQL store's sweeper). */
+  /** Brings the store up to date at start (the Redis store restores revocations). */
+  start: () => Promise<void>
+  /** Stops background work (the sweepers of expired rows). */
   close: () => void
 }
+
+/** How often expired rows are deleted from the database. */
+const SWEEP_INTERVAL_MS = 10 * 60_000
 
 const refreshKey = (hash: string): string => `refresh:${hash}`
 const denyKey = (jti: string): string => `deny:${jti}`
@@ -97,7 +102,7 @@ local session = ARGV[2] .. 'revoked-session:' .. record.sid
 if redis.call('EXISTS', session) == 1 then return {'revoked'} end
 if record.used then
   redis.call('SET', session, '1', 'EX', ARGV[4])
-  return {'reused'}
+  return {'reused', record.sid}
 end
 if ARGV[3] ~= '' then
   local granted = {}
@@ -131,44 +136,133 @@ redis.call('DEL', KEYS[1])
 return 'revoked'
 `
 
+// Whether an access token or its session is revoked, in one round trip.
+// KEYS: the restore marker, then the deny-list and session keys. Returns -1
+// when the marker is missing (Redis lost its data and the revocations have
+// not been put back yet), else how many of the other keys exist.
+const CHECK_REVOKED = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local found = 0
+for i = 2, #KEYS do found = found + redis.call('EXISTS', KEYS[i]) end
+return found
+`
+
 interface RedisWithScripts extends Redis {
   exchangeRefreshToken: (key: string, clientId: string, prefix: string, scope: string, ttl: number, audience: string, allowedAudiences: string) => Promise<[string, string?]>
   revokeRefreshToken: (key: string, clientId: string, prefix: string, ttl: number) => Promise<string>
+  checkRevoked: (numberOfKeys: number, ...keys: string[]) => Promise<number>
 }
 
-/** The store in Redis. `redis` applies `prefix` to every key it is given. */
-export function redisStore (client: Redis, prefix: string): Store {
+/** Marks a Redis dataset that holds the durable revocations (see redisStore). */
+const RESTORED_MARKER = 'store:revocations-restored'
+
+export interface StoreLog {
+  info: (fields: object, message: string) => void
+  error: (fields: object, message: string) => void
+}
+
+// Revocations are written to the database too (migrations/003), so that they
+// outlive the store that enforces them.
+async function recordRevocation (db: Pick<Database, 'query'>, kind: 'access_token' | 'session', id: string, expiresAt: number): Promise<void> {
+  await db.query(`INSERT INTO revocations (kind, id, expires_at) VALUES ($1, $2, to_timestamp($3))
+    ON CONFLICT (kind, id) DO UPDATE SET expires_at = GREATEST(revocations.expires_at, EXCLUDED.expires_at)`, [kind, id, expiresAt])
+}
+
+/**
+ * The store in Redis. `redis` applies `prefix` to every key it is given.
+ *
+ * Revocations are durable: each is also written to the database, and when
+ * Redis comes back without its data (flushed, or restarted with no
+ * persistence) they are put back before any token is checked against them.
+ * A marker key says that the dataset holds them; a check that finds it
+ * missing restores first, then answers.
+ */
+export function redisStore (client: Redis, prefix: string, db: Database, log: StoreLog): Store {
   const redis = client as RedisWithScripts
   redis.defineCommand('exchangeRefreshToken', { numberOfKeys: 1, lua: EXCHANGE_REFRESH_TOKEN })
   redis.defineCommand('revokeRefreshToken', { numberOfKeys: 1, lua: REVOKE_REFRESH_TOKEN })
+  redis.defineCommand('checkRevoked', { lua: CHECK_REVOKED })
+
+  let restoring: Promise<void> | undefined
+  async function restore (): Promise<void> {
+    const { rows } = await db.query<{ kind: string, id: string, exp: number }>(
+      "SELECT kind, id, floor(extract(epoch FROM expires_at))::float8 AS exp FROM revocations WHERE expires_at > now() + interval '1 second'")
+    const pipeline = redis.pipeline()
+    for (const row of rows) pipeline.set(row.kind === 'session' ? sessionKey(row.id) : denyKey(row.id), '1', 'EXAT', row.exp)
+    pipeline.set(RESTORED_MARKER, new Date().toISOString())
+    const results = await pipeline.exec()
+    const failed = results?.find(([err]) => err !== null)?.[0]
+    if (failed !== undefined && failed !== null) throw failed
+    log.info({ revocations: rows.length }, 'revocations restored to Redis from the database')
+  }
+  /** Puts the revocations back unless the dataset has them; one restore at a time. */
+  async function ensureRestored (): Promise<void> {
+    restoring ??= (async () => {
+      try {
+        if (await redis.exists(RESTORED_MARKER) === 0) await restore()
+      } finally {
+        restoring = undefined
+      }
+    })()
+    await restoring
+  }
+  // Expired revocations leave the database as they leave Redis.
+  const sweeper = setInterval(() => {
+    db.query('DELETE FROM revocations WHERE expires_at <= now()').catch((err: Error) => log.error({ cause: err.message }, 'could not delete expired revocations'))
+  }, SWEEP_INTERVAL_MS)
+  sweeper.unref()
+  // At every reconnection: Redis may have come back empty.
+  redis.on('ready', () => {
+    ensureRestored().catch((err: Error) => log.error({ cause: err.message }, 'could not restore revocations to Redis'))
+  })
+  async function getRefreshToken (hash: string): Promise<RefreshTokenRecord | undefined> {
+    const value = await redis.get(refreshKey(hash))
+    return value === null ? undefined : JSON.parse(value) as RefreshTokenRecord
+  }
+  async function countRevoked (keys: string[]): Promise<number> {
+    let found = await redis.checkRevoked(keys.length + 1, RESTORED_MARKER, ...keys)
+    if (found < 0) {
+      await ensureRestored()
+      found = await redis.checkRevoked(keys.length + 1, RESTORED_MARKER, ...keys)
+      if (found < 0) throw new Error('revocations are not restored in Redis')
+    }
+    return found
+  }
+
   return {
     kind: 'redis',
     dependency: 'redis',
     async putRefreshToken (hash, record) {
       await redis.set(refreshKey(hash), JSON.stringify(record), 'EXAT', record.exp)
     },
-    async getRefreshToken (hash) {
-      const value = await redis.get(refreshKey(hash))
-      return value === null ? undefined : JSON.parse(value) as RefreshTokenRecord
-    },
+    getRefreshToken,
     async exchangeRefreshToken (hash, request) {
       const [status, value] = await redis.exchangeRefreshToken(refreshKey(hash), request.clientId, prefix, request.scope,
         request.sessionTtl, request.audience, JSON.stringify(request.allowedAudiences))
       if (status === 'ok' && value !== undefined) return { status, record: JSON.parse(value) as RefreshTokenRecord }
+      if (status === 'reused' && value !== undefined) {
+        // Already in force in Redis; the durable record follows.
+        await recordRevocation(db, 'session', value, Math.floor(Date.now() / 1000) + request.sessionTtl)
+      }
       return { status: status as Exclude<ExchangeOutcome['status'], 'ok'> }
     },
     async revokeRefreshToken (hash, clientId, sessionTtl) {
+      // The durable record first: a revocation that was answered must survive.
+      const record = await getRefreshToken(hash)
+      if (record === undefined) return 'missing'
+      if (record.client_id !== clientId) return 'foreign'
+      await recordRevocation(db, 'session', record.sid, Math.floor(Date.now() / 1000) + sessionTtl)
       return await redis.revokeRefreshToken(refreshKey(hash), clientId, prefix, sessionTtl) as 'missing' | 'foreign' | 'revoked'
     },
     async denyAccessToken (jti, exp) {
+      await recordRevocation(db, 'access_token', jti, exp)
       await redis.set(denyKey(jti), '1', 'EXAT', exp)
     },
     async isRevoked (jti, sid) {
-      const names = sid === undefined ? [denyKey(jti)] : [denyKey(jti), sessionKey(sid)]
-      return (await redis.exists(...names)) > 0
+      return await countRevoked(sid === undefined ? [denyKey(jti)] : [denyKey(jti), sessionKey(sid)]) > 0
     },
     async isSessionRevoked (sid) {
-      return (await redis.exists(sessionKey(sid))) > 0
+      return await countRevoked([sessionKey(sid)]) > 0
     },
     async recordOnce (key, exp) {
       return (await redis.set(key, '1', 'EXAT', exp, 'NX')) !== null
@@ -178,7 +272,10 @@ export function redisStore (client: Redis, prefix: string): Store {
       set: async (key, value, ttlMs) => { await redis.set(key, value, 'PX', ttlMs) },
       del: async (key) => { await redis.del(key) }
     },
-    close: () => {}
+    // A database without the table yet (MIGRATE_ON_START=false) must not stop
+    // the start: checks restore on demand, and fail with 503 until they can.
+    start: async () => { await ensureRestored().catch((err: Error) => log.error({ cause: err.message }, 'could not restore revocations to Redis')) },
+    close: () => { clearInterval(sweeper) }
   }
 }
 
@@ -192,8 +289,6 @@ function judgeExchange (record: RefreshTokenRecord, request: ExchangeRequest): E
   if (!request.allowedAudiences.includes(record.aud)) return 'lost'
   return undefined
 }
-
-const SWEEP_INTERVAL_MS = 10 * 60_000
 
 /**
  * The store in the SQL database (tables of migrations/003). Rows past their
@@ -279,6 +374,7 @@ export function databaseStore (db: Database, onSweepError: (err: Error) => void 
       return rows.length > 0
     },
     sharedCache: undefined,
+    start: async () => {},
     close: () => { clearInterval(sweeper) }
   }
 }
