@@ -1,4 +1,4 @@
-import { randomBytes, type JsonWebKey } from 'node:crypto'
+import { createHash, randomBytes, type JsonWebKey } from 'node:crypto'
 import fp from 'fastify-plugin'
 import bcrypt from 'bcryptjs'
 import type { FastifyRequest } from 'fastify'
@@ -221,9 +221,13 @@ export default fp(async (fastify) => {
   const { config, db, store, clientAssertions, secrets } = fastify
   const shared = store.sharedCache
   const realm = config.issuer.replace(/["\\]/g, '')
-  // Compared against when the client is unknown, so that an unknown id costs
-  // the same bcrypt work as a wrong secret and the two cannot be told apart.
-  const decoyHash = await bcrypt.hash(randomBytes(18).toString('base64'), 10)
+  // Compared against when the client is unknown (or has no secret), so that
+  // such a request costs the same bcrypt work as a wrong secret and the
+  // answers cannot be told apart, in content or in time. Its cost is the one
+  // the CLI hashes secrets with; made at the first need, so that starting an
+  // instance costs nothing.
+  let decoyHash: Promise<string> | undefined
+  const decoy = async (): Promise<string> => await (decoyHash ??= bcrypt.hash(randomBytes(18).toString('base64'), BCRYPT_COST))
 
   const cacheKey = clientCacheKey
 
@@ -274,8 +278,33 @@ export default fp(async (fastify) => {
     return client
   }
 
+  // Failed authentications are counted per client id from one address and
+  // per address. Over either limit, an attempt that would cost a bcrypt
+  // compare is refused before it: guessing stops, and so does the CPU it
+  // burns. A secret already verified (remembered in this process) is not a
+  // guess and passes; and since the client id's counter is per address, an
+  // attacker elsewhere cannot lock a client out of its own address.
+  const FAILURE_WINDOW_SECONDS = 60
+  const failureKeys = (request: FastifyRequest, clientId: string | undefined): [string, string] => {
+    const address = request.ip
+    const id = createHash('sha256').update(clientId ?? '').digest('base64url')
+    return [`auth-failures:client:${id}:${address}`, `auth-failures:address:${address}`]
+  }
+  async function throttle (request: FastifyRequest, clientId: string | undefined): Promise<void> {
+    const [forClient, forAddress] = await guard(store.dependency, store.failures(failureKeys(request, clientId)))
+    if ((forClient ?? 0) < config.authFailureLimit && (forAddress ?? 0) < config.authFailureLimitPerAddress) return
+    request.log.warn({ clientId, address: request.ip }, 'client authentication throttled after repeated failures')
+    throw new OAuthError(429, 'rate_limit_exceeded', `too many failed client authentications; retry in ${FAILURE_WINDOW_SECONDS} s`, {
+      'retry-after': String(FAILURE_WINDOW_SECONDS)
+    })
+  }
+
   function rejected (request: FastifyRequest, credentials: PresentedCredentials, reason: string): OAuthError {
     request.log.info({ clientId: credentials.clientId, method: credentials.method, reason }, 'client authentication failed')
+    // Counted in the background: the answer does not wait for it, and a
+    // failure to count is logged, never turned into another answer.
+    store.countFailures(failureKeys(request, credentials.clientId), FAILURE_WINDOW_SECONDS)
+      .catch((err: Error) => request.log.warn({ cause: err.message }, 'could not count a failed authentication'))
     const headers: Record<string, string> = { 'www-authenticate': `Basic realm="${realm}"` }
     return new OAuthError(401, 'invalid_client', 'client authentication failed', headers)
   }
@@ -295,8 +324,8 @@ export default fp(async (fastify) => {
     const client = await find(clientId)
     // An unknown client, or one without a secret, costs the same bcrypt work
     // as a wrong secret, so that none of the three can be told apart.
-    const hash = client?.secretHash ?? decoyHash
-    const matches = await secrets.matches(clientSecret, hash)
+    const hash = client?.secretHash ?? await decoy()
+    const matches = await secrets.matches(clientSecret, hash, async () => await throttle(request, clientId))
     if (matches === null) request.log.warn({ clientId }, 'stored client secret hash is not a bcrypt hash')
     if (client === undefined) throw rejected(request, credentials, 'unknown client')
     if (client.secretHash === null) throw rejected(request, credentials, 'the client has no secret')

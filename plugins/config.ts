@@ -64,6 +64,10 @@ export interface Config {
   bcryptWorkers: number
   /** token requests per minute for a client without its own rate_limit */
   rateLimitDefault: number
+  /** failed client authentications per minute for one client id from one address */
+  authFailureLimit: number
+  /** failed client authentications per minute from one address, all client ids together */
+  authFailureLimitPerAddress: number
   migrateOnStart: boolean
   /** bound on any single PostgreSQL or Redis operation, milliseconds */
   dependencyTimeoutMs: number
@@ -107,6 +111,8 @@ const schema = {
     SECRET_CACHE_TTL: { type: 'string', pattern: DURATION, default: '300s' },
     BCRYPT_WORKERS: { type: 'integer', minimum: 0, maximum: 64, default: 1 },
     RATE_LIMIT_DEFAULT: { type: 'integer', minimum: 1, default: 60 },
+    AUTH_FAILURE_LIMIT: { type: 'integer', minimum: 1, default: 10 },
+    AUTH_FAILURE_LIMIT_PER_ADDRESS: { type: 'integer', minimum: 1, default: 50 },
     MIGRATE_ON_START: { type: 'boolean', default: true },
     DEPENDENCY_TIMEOUT: { type: 'string', pattern: DURATION_MS, default: '2s' },
     JWKS_MAX_AGE: { type: 'string', pattern: DURATION, default: '300s' },
@@ -141,6 +147,8 @@ interface RawEnv {
   SECRET_CACHE_TTL: string
   BCRYPT_WORKERS: number
   RATE_LIMIT_DEFAULT: number
+  AUTH_FAILURE_LIMIT: number
+  AUTH_FAILURE_LIMIT_PER_ADDRESS: number
   MIGRATE_ON_START: boolean
   DEPENDENCY_TIMEOUT: string
   JWKS_MAX_AGE: string
@@ -379,6 +387,8 @@ export function loadConfig (env: EnvSource = process.env, options: { dotenv?: bo
     secretCacheTtl: parseDuration('SECRET_CACHE_TTL', raw.SECRET_CACHE_TTL, { allowZero: true }),
     bcryptWorkers: raw.BCRYPT_WORKERS,
     rateLimitDefault: raw.RATE_LIMIT_DEFAULT,
+    authFailureLimit: raw.AUTH_FAILURE_LIMIT,
+    authFailureLimitPerAddress: raw.AUTH_FAILURE_LIMIT_PER_ADDRESS,
     migrateOnStart: raw.MIGRATE_ON_START,
     dependencyTimeoutMs: parseDurationMs('DEPENDENCY_TIMEOUT', raw.DEPENDENCY_TIMEOUT),
     jwksMaxAge: parseDuration('JWKS_MAX_AGE', raw.JWKS_MAX_AGE),

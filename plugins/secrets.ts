@@ -17,8 +17,12 @@ import type { CompareRequest, CompareResult } from '../workers/bcrypt.js'
 export const MAX_CACHED_SECRETS = 10_000
 
 export interface Secrets {
-  /** Whether `secret` matches the bcrypt `hash`; null when `hash` is not a bcrypt hash. */
-  matches: (secret: string, hash: string) => Promise<boolean | null>
+  /**
+   * Whether `secret` matches the bcrypt `hash`; null when `hash` is not a
+   * bcrypt hash. `beforeCompare` runs (and may throw) only when a bcrypt
+   * compare is needed, that is when the secret is not one remembered as right.
+   */
+  matches: (secret: string, hash: string, beforeCompare?: () => Promise<void>) => Promise<boolean | null>
 }
 
 declare module 'fastify' {
@@ -105,7 +109,7 @@ export default fp(async (fastify) => {
   const fingerprint = (secret: string, hash: string): string =>
     createHmac('sha256', key).update(hash).update('\0').update(secret).digest('base64url')
 
-  async function matches (secret: string, hash: string): Promise<boolean | null> {
+  async function matches (secret: string, hash: string, beforeCompare?: () => Promise<void>): Promise<boolean | null> {
     const now = Date.now()
     const id = ttlMs > 0 ? fingerprint(secret, hash) : ''
     const expires = verified.get(id)
@@ -113,6 +117,7 @@ export default fp(async (fastify) => {
       if (expires > now) return true
       verified.delete(id)
     }
+    await beforeCompare?.()
     const result = await compare(secret, hash)
     if (result === true && ttlMs > 0) {
       verified.delete(id)

@@ -73,6 +73,10 @@ export interface Store {
   isSessionRevoked: (sid: string) => Promise<boolean>
   /** Records `key` until `exp`; false when it was already recorded (single use). */
   recordOnce: (key: string, exp: number) => Promise<boolean>
+  /** Adds one to each counter; a counter lives `windowSeconds` from its first count. */
+  countFailures: (keys: string[], windowSeconds: number) => Promise<void>
+  /** The counters' values (0 for a missing one) and the seconds until the first expires. */
+  failures: (keys: string[]) => Promise<number[]>
   /** The cache shared by instances, or undefined when there is no shared store. */
   readonly sharedCache: SharedCache | undefined
   /** Brings the store up to date at start (the Redis store restores revocations). */
@@ -80,6 +84,9 @@ export interface Store {
   /** Stops background work (the sweepers of expired rows). */
   close: () => void
 }
+
+/** In-process failure counters kept at most (the oldest go first). */
+const MAX_COUNTERS = 100_000
 
 /** How often expired rows are deleted from the database. */
 const SWEEP_INTERVAL_MS = 10 * 60_000
@@ -267,6 +274,14 @@ export function redisStore (client: Redis, prefix: string, db: Database, log: St
     async recordOnce (key, exp) {
       return (await redis.set(key, '1', 'EXAT', exp, 'NX')) !== null
     },
+    async countFailures (keys, windowSeconds) {
+      const pipeline = redis.pipeline()
+      for (const key of keys) pipeline.incr(key).expire(key, windowSeconds, 'NX')
+      await pipeline.exec()
+    },
+    async failures (keys) {
+      return (await redis.mget(...keys)).map((value) => Number(value ?? 0))
+    },
     sharedCache: {
       get: async (key) => await redis.get(key),
       set: async (key, value, ttlMs) => { await redis.set(key, value, 'PX', ttlMs) },
@@ -308,6 +323,7 @@ export function databaseStore (db: Database, onSweepError: (err: Error) => void 
   sweeper.unref()
 
   interface Row { record: RefreshTokenRecord, used: boolean }
+  const counters = new Map<string, { count: number, until: number }>()
 
   return {
     kind: 'database',
@@ -372,6 +388,26 @@ export function databaseStore (db: Database, onSweepError: (err: Error) => void 
         ON CONFLICT (key) DO UPDATE SET expires_at = EXCLUDED.expires_at WHERE used_client_assertions.expires_at <= now()
         RETURNING key`, [key, exp])
       return rows.length > 0
+    },
+    // Failure counters are per process in this mode, like the rate limits.
+    async countFailures (keys, windowSeconds) {
+      const now = Date.now()
+      for (const key of keys) {
+        const counter = counters.get(key)
+        if (counter === undefined || counter.until <= now) counters.set(key, { count: 1, until: now + windowSeconds * 1000 })
+        else counter.count++
+      }
+      if (counters.size > MAX_COUNTERS) {
+        for (const [key, counter] of counters) if (counter.until <= now) counters.delete(key)
+        while (counters.size > MAX_COUNTERS) counters.delete(counters.keys().next().value as string)
+      }
+    },
+    async failures (keys) {
+      const now = Date.now()
+      return keys.map((key) => {
+        const counter = counters.get(key)
+        return counter === undefined || counter.until <= now ? 0 : counter.count
+      })
     },
     sharedCache: undefined,
     start: async () => {},
