@@ -93,6 +93,23 @@ test('a JWT_PUBLIC_KEY of another pair stops the process with exit code 1 and on
   t.notMatch(server.stdout + server.stderr, /^\s*at /m, 'no stack frames')
 })
 
+test('a Redis that does not answer at start stops the process within about 10 s, with one line naming REDIS_URL', async (t) => {
+  const env = testEnv(await createDatabase(t), createRedisPrefix(t), {
+    REDIS_URL: `redis://127.0.0.1:${await freePort()}`,
+    SERVER_PORT: String(await freePort()),
+    SERVER_HOST: '127.0.0.1',
+    LOG_LEVEL: 'error'
+  })
+  const started = Date.now()
+  const server = new ServerProcess(t, env)
+  const exit = await server.exitWithin(40_000)
+  const ms = Date.now() - started
+  t.strictSame(exit, { code: 1, signal: null }, 'exit code 1')
+  t.match(server.stderr, /^session-service: REDIS_URL: Redis did not answer within 10 s at start \(connect ECONNREFUSED [^\n]+\)\n$/, `one line on stderr (${server.stderr})`)
+  t.ok(ms < 30_000, `gave up after ${ms} ms, not the 60 s plugin timeout`)
+  t.notMatch(server.stdout + server.stderr, /^\s*at /m, 'no stack frames')
+})
+
 test('the server process: serves over HTTP, drains in-flight requests on SIGTERM, keeps secrets out of its log', { skip: needs.postgres }, async (t) => {
   const databaseUrl = await createDatabase(t)
   const port = await freePort()
