@@ -127,3 +127,27 @@ test('Redis restarted empty: the service reconnects by itself and the revocation
   await s.redis.start()
   await assertRevocationsHold(t, s, 'after the restart')
 })
+
+test('with an append-only file, refresh tokens and revocations survive a Redis restart', { skip: needs.redis || needs.postgres }, async (t) => {
+  const redis = new PrivateRedis(t, await freePort(), { persistIn: t.testdir({}) })
+  await redis.start()
+  const { app, databaseUrl } = await build(t, { env: { REDIS_URL: redis.url, DEPENDENCY_TIMEOUT: '1s' } })
+  await insertClient(databaseUrl, CLIENT)
+  const kept = await issueTokens(app, CLIENT.id, CLIENT.secret)
+  const denied = await issueTokens(app, CLIENT.id, CLIENT.secret)
+  await revoke(app, denied.access_token)
+
+  // SIGTERM: Redis writes the append-only file out and stops; then it starts
+  // again from that file.
+  await redis.stop()
+  await redis.start()
+
+  const deadline = Date.now() + 15_000
+  let refreshed = await tokenRequest(app, { grant_type: 'refresh_token', refresh_token: kept.refresh_token, client_id: CLIENT.id, client_secret: CLIENT.secret })
+  while (refreshed.statusCode === 503 && Date.now() < deadline) {
+    await sleep(200)
+    refreshed = await tokenRequest(app, { grant_type: 'refresh_token', refresh_token: kept.refresh_token, client_id: CLIENT.id, client_secret: CLIENT.secret })
+  }
+  t.equal(refreshed.statusCode, 200, 'a refresh token issued before the restart is exchanged after it')
+  t.same(await verdict(app, denied.access_token), { valid: false, error: 'revoked' }, 'a revocation made before the restart holds')
+})

@@ -357,8 +357,12 @@ export class PrivateRedis {
   readonly port: number
   #child: ChildProcess | undefined
 
-  constructor (t: TestContext, port: number) {
+  readonly #persistIn: string | undefined
+
+  /** `persistIn`: a folder for an append-only file that survives a restart (none: no persistence). */
+  constructor (t: TestContext, port: number, options: { persistIn?: string } = {}) {
     this.port = port
+    this.#persistIn = options.persistIn
     t.teardown(async () => await this.stop())
   }
 
@@ -368,8 +372,9 @@ export class PrivateRedis {
 
   async start (): Promise<void> {
     const child = spawn('redis-server', [
-      '--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
-      '--daemonize', 'no', '--dir', tmpdir()
+      '--port', String(this.port), '--bind', '127.0.0.1', '--save', '',
+      '--appendonly', this.#persistIn === undefined ? 'no' : 'yes', '--appendfsync', 'everysec',
+      '--daemonize', 'no', '--dir', this.#persistIn ?? tmpdir()
     ], { stdio: 'ignore' })
     this.#child = child
     const deadline = Date.now() + 10_000
