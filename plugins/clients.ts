@@ -251,7 +251,10 @@ export default fp(async (fastify) => {
   }
 
   async function find (clientId: string): Promise<Client | undefined> {
-    if (clientId.length === 0 || clientId.length > MAX_CLIENT_ID_LENGTH) return undefined
+    // No stored id is empty, longer than the column allows, or holds a NUL
+    // (PostgreSQL text cannot): such an id is unknown without asking, rather
+    // than an error of the database.
+    if (clientId.length === 0 || clientId.length > MAX_CLIENT_ID_LENGTH || clientId.includes('\u0000')) return undefined
     const now = Date.now()
     const inMemory = local.get(clientId)
     if (inMemory !== undefined) {
