@@ -1,7 +1,7 @@
 import { join } from 'node:path'
 import autoLoad from '@fastify/autoload'
 import fp from 'fastify-plugin'
-import type { FastifyPluginAsync, FastifyServerOptions } from 'fastify'
+import type { FastifyPluginAsync, FastifyReply, FastifyServerOptions } from 'fastify'
 import type { Config } from './plugins/config.js'
 
 export interface AppOptions {
@@ -20,6 +20,14 @@ export const options: FastifyServerOptions = {
     customOptions: { coerceTypes: false, allErrors: false }
   },
   return503OnClosing: true,
+  // Requests Fastify refuses before any route (a URL with malformed
+  // percent-encoding) get the service's error body, and never an echo of the URL.
+  frameworkErrors: (error, request, reply) => {
+    (reply as FastifyReply).code(400).header('cache-control', 'no-store').send({
+      error: 'invalid_request',
+      error_description: error.code === 'FST_ERR_BAD_URL' ? 'the URL is not valid' : 'the request is not valid'
+    })
+  },
   // The first start of the embedded database creates it (initdb in
   // WebAssembly), which can take longer than Fastify's default 10 s on a
   // loaded machine. Unreachable servers fail sooner, on their own timeouts.

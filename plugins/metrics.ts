@@ -78,6 +78,16 @@ export default fp(async (fastify) => {
   })
 
   const { cacheStats } = fastify.clients
+  const secretStats = fastify.secrets.stats
+  new Counter({ // eslint-disable-line no-new
+    name: 'session_service_bcrypt_compares_total',
+    help: 'bcrypt compares run since start (a remembered secret, or a compare shared by concurrent requests, runs none)',
+    registers: [registry],
+    collect () {
+      this.reset()
+      this.inc(secretStats.compares)
+    }
+  })
   // Cumulative counts, so a counter: rate() then survives restarts.
   new Counter({ // eslint-disable-line no-new
     name: 'session_service_client_cache_lookups_total',
@@ -143,4 +153,4 @@ export default fp(async (fastify) => {
     const text = await registry.metrics()
     return reply.header('cache-control', 'no-store').type(registry.contentType).send(text)
   })
-}, { name: 'metrics', dependencies: ['clients', 'postgres', 'redis'] })
+}, { name: 'metrics', dependencies: ['clients', 'secrets', 'postgres', 'redis'] })

@@ -23,6 +23,8 @@ export interface Secrets {
    * compare is needed, that is when the secret is not one remembered as right.
    */
   matches: (secret: string, hash: string, beforeCompare?: () => Promise<void>) => Promise<boolean | null>
+  /** bcrypt compares run since start (for metrics) */
+  stats: { compares: number }
 }
 
 declare module 'fastify' {
@@ -105,6 +107,8 @@ export default fp(async (fastify) => {
   // Insertion order is expiry order (every entry lives ttlMs), so the oldest
   // entry is always the first.
   const verified = new Map<string, number>()
+  const inFlight = new Map<string, Promise<boolean | null>>()
+  const stats = { compares: 0 }
 
   const fingerprint = (secret: string, hash: string): string =>
     createHmac('sha256', key).update(hash).update('\0').update(secret).digest('base64url')
@@ -117,8 +121,23 @@ export default fp(async (fastify) => {
       if (expires > now) return true
       verified.delete(id)
     }
+    // Concurrent requests with the same secret share one compare: when a
+    // remembered secret expires under load, every request that arrives before
+    // the new compare ends would otherwise start its own, and they would queue
+    // on the bcrypt workers for seconds.
+    const flight = id === '' ? fingerprint(secret, hash) : id
+    const running = inFlight.get(flight)
+    if (running !== undefined) return await running
     await beforeCompare?.()
-    const result = await compare(secret, hash)
+    stats.compares++
+    const comparing = compare(secret, hash)
+    inFlight.set(flight, comparing)
+    let result: boolean | null
+    try {
+      result = await comparing
+    } finally {
+      inFlight.delete(flight)
+    }
     if (result === true && ttlMs > 0) {
       verified.delete(id)
       verified.set(id, now + ttlMs)
@@ -130,5 +149,5 @@ export default fp(async (fastify) => {
     return result
   }
 
-  fastify.decorate('secrets', { matches })
+  fastify.decorate('secrets', { matches, stats })
 }, { name: 'secrets', dependencies: ['config'] })

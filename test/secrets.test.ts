@@ -73,3 +73,21 @@ test('BCRYPT_WORKERS and SECRET_CACHE_TTL are validated', async (t) => {
   t.throws(() => loadConfig(testEnv('postgres://x/y', 'p:', { SECRET_CACHE_TTL: 'soon' })), /^SECRET_CACHE_TTL/)
   t.equal(loadConfig(testEnv('postgres://x/y', 'p:', { SECRET_CACHE_TTL: '0' })).secretCacheTtl, 0)
 })
+
+test('concurrent requests with a secret not yet remembered share one bcrypt compare', async (t) => {
+  const { app, databaseUrl } = await build(t, { env: { RATE_LIMIT_DEFAULT: '1000' } })
+  await insertClient(databaseUrl, { id: 'svc-burst', secret: 'burst-secret' })
+  const compares = async (): Promise<number> => {
+    const text = (await app.inject({ method: 'GET', url: '/metrics' })).body
+    const line = text.split('\n').find((candidate) => candidate.startsWith('session_service_bcrypt_compares_total '))
+    return Number(line?.split(' ')[1])
+  }
+  const before = await compares()
+  // As when a remembered secret expires under load: many requests at once.
+  const answers = await Promise.all(Array.from({ length: 20 }, async () =>
+    await tokenRequest(app, { grant_type: 'client_credentials' }, { authorization: basicAuth('svc-burst', 'burst-secret') })))
+  t.strictSame(answers.map((res) => res.statusCode), Array(20).fill(200), 'every request gets its tokens')
+  t.equal(await compares() - before, 1, 'after one bcrypt compare between them, not twenty')
+  await tokenRequest(app, { grant_type: 'client_credentials' }, { authorization: basicAuth('svc-burst', 'burst-secret') })
+  t.equal(await compares() - before, 1, 'and none for a later request: the secret is remembered')
+})

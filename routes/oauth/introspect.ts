@@ -15,7 +15,7 @@ const introspectRoute: FastifyPluginAsync = async (fastify) => {
     preValidation: fastify.normalizeFormParameters,
     schema: {
       body: tokenParameterRequest,
-      response: { 200: introspectionResponse, 401: { $ref: 'oauthError#' }, ...errorResponses }
+      response: { 200: introspectionResponse, 401: { $ref: 'oauthError#' }, 429: { $ref: 'oauthError#' }, ...errorResponses }
     }
   }, async (request) => {
     const client = await clients.authenticate(request, readCredentials(request.headers.authorization, request.body))

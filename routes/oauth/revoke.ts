@@ -13,7 +13,7 @@ const revokeRoute: FastifyPluginAsync = async (fastify) => {
     preValidation: fastify.normalizeFormParameters,
     schema: {
       body: tokenParameterRequest,
-      response: { 200: { type: 'null' }, 401: { $ref: 'oauthError#' }, ...errorResponses }
+      response: { 200: { type: 'null' }, 401: { $ref: 'oauthError#' }, 429: { $ref: 'oauthError#' }, ...errorResponses }
     }
   }, async (request, reply) => {
     const client = await clients.authenticate(request, readCredentials(request.headers.authorization, request.body))

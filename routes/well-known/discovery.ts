@@ -51,6 +51,9 @@ const discoveryRoute: FastifyPluginAsync = async (fastify) => {
       throw invalidRequest('the Host header is not a host name; set PUBLIC_URL to publish fixed endpoint URLs')
     }
     const base = `${request.protocol}://${request.host}`
+    // The pattern admits a few hosts no URL parser does (a port over 65535,
+    // 999.999.999.999): never publish such "URLs".
+    if (!URL.canParse(base)) throw invalidRequest('the Host header is not a valid host; set PUBLIC_URL to publish fixed endpoint URLs')
     let body = byHost.get(base)
     if (body === undefined) {
       body = describe(base)
