@@ -113,12 +113,38 @@ export default fp(async (fastify) => {
   const fingerprint = (secret: string, hash: string): string =>
     createHmac('sha256', key).update(hash).update('\0').update(secret).digest('base64url')
 
+  // The last tenth of an entry's life (at most 30 s) is its renewal window.
+  const renewWindowMs = Math.min(30_000, ttlMs / 10)
+  function remember (id: string, now: number): void {
+    verified.delete(id)
+    verified.set(id, now + ttlMs)
+    if (verified.size > MAX_CACHED_SECRETS) {
+      const oldest = verified.keys().next().value
+      if (oldest !== undefined) verified.delete(oldest)
+    }
+  }
+  function renew (secret: string, hash: string, id: string): void {
+    stats.compares++
+    const comparing = compare(secret, hash)
+    inFlight.set(id, comparing)
+    comparing.then((result) => {
+      // A secret that no longer matches (it cannot, for one hash) is forgotten.
+      if (result === true) remember(id, Date.now())
+      else verified.delete(id)
+    }, () => {}).finally(() => inFlight.delete(id))
+  }
+
   async function matches (secret: string, hash: string, beforeCompare?: () => Promise<void>): Promise<boolean | null> {
     const now = Date.now()
     const id = ttlMs > 0 ? fingerprint(secret, hash) : ''
     const expires = verified.get(id)
     if (expires !== undefined) {
-      if (expires > now) return true
+      if (expires > now) {
+        // Close to expiry, one compare in the background renews it, so that a
+        // busy client never waits for bcrypt when its entry runs out.
+        if (expires - now < renewWindowMs && !inFlight.has(id)) renew(secret, hash, id)
+        return true
+      }
       verified.delete(id)
     }
     // Concurrent requests with the same secret share one compare: when a
@@ -128,9 +154,13 @@ export default fp(async (fastify) => {
     const flight = id === '' ? fingerprint(secret, hash) : id
     const running = inFlight.get(flight)
     if (running !== undefined) return await running
-    await beforeCompare?.()
-    stats.compares++
-    const comparing = compare(secret, hash)
+    // Registered before anything is awaited, so that requests arriving
+    // meanwhile join this compare instead of starting theirs.
+    const comparing = (async () => {
+      await beforeCompare?.()
+      stats.compares++
+      return await compare(secret, hash)
+    })()
     inFlight.set(flight, comparing)
     let result: boolean | null
     try {
@@ -138,14 +168,7 @@ export default fp(async (fastify) => {
     } finally {
       inFlight.delete(flight)
     }
-    if (result === true && ttlMs > 0) {
-      verified.delete(id)
-      verified.set(id, now + ttlMs)
-      if (verified.size > MAX_CACHED_SECRETS) {
-        const oldest = verified.keys().next().value
-        if (oldest !== undefined) verified.delete(oldest)
-      }
-    }
+    if (result === true && ttlMs > 0) remember(id, now)
     return result
   }
 
