@@ -18,13 +18,12 @@ import { generateKeyPairSync, randomBytes, sign as cryptoSign, type KeyObject } 
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { cpus, tmpdir, totalmem } from 'node:os'
 import { join } from 'node:path'
-import { createServer } from 'node:net'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import pg from 'pg'
 import { Redis } from 'ioredis'
 import { insertClientRow } from '../plugins/clients.js'
 import type { LoadResult, Scenario } from './load.js'
+import { freePort, waitFor } from './common.js'
 
 const here = fileURLToPath(new URL('.', import.meta.url))
 const root = join(here, '..', '..')
@@ -40,17 +39,6 @@ const work = mkdtempSync(join(tmpdir(), 'session-service-bench-'))
 
 function log (line: string): void {
   process.stderr.write(`${line}\n`)
-}
-
-async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      server.close(() => resolve(typeof address === 'object' && address !== null ? address.port : 0))
-    })
-  })
 }
 
 // ---- ceilings --------------------------------------------------------------
@@ -71,18 +59,6 @@ function pem (key: KeyObject): string {
 }
 
 // ---- processes --------------------------------------------------------------
-
-async function waitFor (url: string, child: ChildProcess): Promise<void> {
-  const until = Date.now() + 30_000
-  while (Date.now() < until) {
-    if (child.exitCode !== null) throw new Error(`${url}: the process exited with ${child.exitCode}`)
-    try {
-      if ((await fetch(url)).ok) return
-    } catch {}
-    await sleep(200)
-  }
-  throw new Error(`${url} did not answer within 30 s`)
-}
 
 async function stop (child: ChildProcess): Promise<void> {
   if (child.exitCode !== null) return

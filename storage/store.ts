@@ -75,7 +75,7 @@ export interface Store {
   recordOnce: (key: string, exp: number) => Promise<boolean>
   /** Adds one to each counter; a counter lives `windowSeconds` from its first count. */
   countFailures: (keys: string[], windowSeconds: number) => Promise<void>
-  /** The counters' values (0 for a missing one) and the seconds until the first expires. */
+  /** The counters' values (0 for a missing or expired one). */
   failures: (keys: string[]) => Promise<number[]>
   /** The cache shared by instances, or undefined when there is no shared store. */
   readonly sharedCache: SharedCache | undefined

@@ -1,23 +1,7 @@
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
-import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
-import { basicAuth, createDatabase, createRedisPrefix, freePort, generateRsaKeyPair, insertClient, needs, testEnv, type TestContext } from './helper.js'
-
-const PROJECT_DIR = join(import.meta.dirname, '..')
-
-// PATH and HOME, and the settings of the test runner's TypeScript loader
-// (which execArgv names) so that server.ts runs as the tests do. Nothing of
-// the service's own configuration comes from the parent environment.
-function runnerEnv (): Record<string, string> {
-  const env: Record<string, string> = {}
-  for (const [name, value] of Object.entries(process.env)) {
-    if (value === undefined) continue
-    if (name === 'PATH' || name === 'HOME' || name === 'FASTIFY_AUTOLOAD_TYPESCRIPT' || name === 'TAP_TYPE_STRIP_ONLY' ||
-      name.startsWith('TS_NODE_') || name.startsWith('_TAPJS_PROCESSINFO_')) env[name] = value
-  }
-  return env
-}
+import { basicAuth, createDatabase, createRedisPrefix, freePort, generateRsaKeyPair, insertClient, needs, PROJECT_DIR, runnerEnv, testEnv, type TestContext } from './helper.js'
 
 interface Exit {
   code: number | null
