@@ -44,8 +44,12 @@ export interface Config {
   /** published in the JWKS and accepted for verification, never used to sign */
   additionalKeys: AdditionalKey[]
   issuer: string
-  /** Base URL of the endpoints in discovery documents; undefined: from each request's Host. */
-  publicUrl: string | undefined
+  /**
+   * Base URL of every published endpoint and of the audiences accepted in
+   * client assertions: PUBLIC_URL, else the issuer when it is a URL, else
+   * http://localhost:<SERVER_PORT>. No request header ever changes it.
+   */
+  publicUrl: string
   audience: string
   /** scopes listed as scopes_supported in the discovery documents */
   scopesSupported: string[]
@@ -62,6 +66,10 @@ export interface Config {
   secretCacheTtl: number
   /** worker threads for bcrypt (0: on the main thread) */
   bcryptWorkers: number
+  /** bcrypt compares that may wait for a worker; more are refused with 503 */
+  bcryptQueueLimit: number
+  /** bcrypt cost of the hashes this service writes, and the floor of a failed check's time */
+  bcryptCost: number
   /** token requests per minute for a client without its own rate_limit */
   rateLimitDefault: number
   /** failed client authentications per minute for one client id from one address */
@@ -79,7 +87,14 @@ export interface Config {
   host: string
   port: number
   logLevel: string
-  trustProxy: boolean
+  /** Fastify's trustProxy: false, true, addresses and CIDR ranges, or a hop count (as a function) */
+  trustProxy: boolean | string[] | ((address: string, hop: number) => boolean)
+  /** a client's jwks_uri may be plain http and resolve to private addresses (tests, closed networks) */
+  jwksUriAllowPrivate: boolean
+  /** how long the service keeps serving after SIGTERM before it stops listening, milliseconds */
+  shutdownDelayMs: number
+  /** a CA certificate (PEM file) that the Redis server's certificate must chain to, for rediss:// */
+  redisTlsCaFile: string | undefined
 }
 
 const DURATION = '^\\s*\\d+\\s*(s|m|h|d)?\\s*$'
@@ -110,6 +125,8 @@ const schema = {
     CLIENT_CACHE_TTL: { type: 'string', pattern: DURATION, default: '30s' },
     SECRET_CACHE_TTL: { type: 'string', pattern: DURATION, default: '300s' },
     BCRYPT_WORKERS: { type: 'integer', minimum: 0, maximum: 64, default: 1 },
+    BCRYPT_QUEUE_LIMIT: { type: 'integer', minimum: 1, maximum: 100000 },
+    BCRYPT_COST: { type: 'integer', minimum: 10, maximum: 16, default: 12 },
     RATE_LIMIT_DEFAULT: { type: 'integer', minimum: 1, default: 60 },
     AUTH_FAILURE_LIMIT: { type: 'integer', minimum: 1, default: 10 },
     AUTH_FAILURE_LIMIT_PER_ADDRESS: { type: 'integer', minimum: 1, default: 50 },
@@ -121,7 +138,10 @@ const schema = {
     SERVER_HOST: { type: 'string', minLength: 1, default: '0.0.0.0' },
     SERVER_PORT: { type: 'integer', minimum: 0, maximum: 65535, default: 8080 },
     LOG_LEVEL: { type: 'string', enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info' },
-    TRUST_PROXY: { type: 'boolean', default: false }
+    TRUST_PROXY: { type: 'string', default: 'false', maxLength: 4096 },
+    JWKS_URI_ALLOW_PRIVATE: { type: 'boolean', default: false },
+    SHUTDOWN_DELAY: { type: 'string', pattern: DURATION_MS, default: '5s' },
+    REDIS_TLS_CA_FILE: { type: 'string' }
   }
 } as const
 
@@ -146,6 +166,8 @@ interface RawEnv {
   CLIENT_CACHE_TTL: string
   SECRET_CACHE_TTL: string
   BCRYPT_WORKERS: number
+  BCRYPT_QUEUE_LIMIT?: number
+  BCRYPT_COST: number
   RATE_LIMIT_DEFAULT: number
   AUTH_FAILURE_LIMIT: number
   AUTH_FAILURE_LIMIT_PER_ADDRESS: number
@@ -157,7 +179,10 @@ interface RawEnv {
   SERVER_HOST: string
   SERVER_PORT: number
   LOG_LEVEL: string
-  TRUST_PROXY: boolean
+  TRUST_PROXY: string
+  JWKS_URI_ALLOW_PRIVATE: boolean
+  SHUTDOWN_DELAY: string
+  REDIS_TLS_CA_FILE?: string
 }
 
 const UNIT_SECONDS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 }
@@ -172,11 +197,11 @@ export function parseDuration (variable: string, value: string, options: { allow
 }
 
 /** Like parseDuration, also accepting milliseconds (`500ms`); returns milliseconds. */
-export function parseDurationMs (variable: string, value: string): number {
+export function parseDurationMs (variable: string, value: string, options: { allowZero?: boolean } = {}): number {
   const match = /^\s*(\d+)\s*ms\s*$/.exec(value)
-  if (match === null) return parseDuration(variable, value) * 1000
+  if (match === null) return parseDuration(variable, value, options) * 1000
   const ms = Number(match[1])
-  if (!Number.isSafeInteger(ms) || ms < 1) throw new ConfigError(variable, 'must be at least one millisecond')
+  if (!Number.isSafeInteger(ms) || ms < (options.allowZero === true ? 0 : 1)) throw new ConfigError(variable, 'must be at least one millisecond')
   return ms
 }
 
@@ -292,14 +317,45 @@ function isHttpUrl (value: string): boolean {
   }
 }
 
-// Endpoint URLs are built by appending paths: no trailing slash here.
-function resolvePublicUrl (publicUrl: string | undefined, issuer: string): string | undefined {
+// Endpoint URLs are built by appending paths: no trailing slash here. The
+// request's Host never enters: a header would otherwise decide which URLs a
+// cacheable discovery document publishes, and which audience an assertion
+// may name.
+function resolvePublicUrl (publicUrl: string | undefined, issuer: string, port: number): string {
   if (publicUrl !== undefined && publicUrl !== '') {
     if (!isHttpUrl(publicUrl)) throw new ConfigError('PUBLIC_URL', 'must be an absolute http(s) URL without query or fragment')
     return publicUrl.replace(/\/+$/, '')
   }
-  return isHttpUrl(issuer) ? issuer.replace(/\/+$/, '') : undefined
+  return isHttpUrl(issuer) ? issuer.replace(/\/+$/, '') : `http://localhost:${port}`
 }
+
+const IPV4_OR_CIDR = /^(\d{1,3}\.){3}\d{1,3}(\/\d{1,2})?$/
+const IPV6_OR_CIDR = /^[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(\/\d{1,3})?$/
+
+// TRUST_PROXY: false or true, a number of proxy hops to trust (the address
+// is then the one that many entries from the right of X-Forwarded-For), or a
+// comma-separated list of proxy addresses and CIDR ranges (Fastify's forms).
+function parseTrustProxy (value: string): Config['trustProxy'] {
+  const text = value.trim()
+  if (text === '' || text === 'false') return false
+  if (text === 'true') return true
+  if (/^\d+$/.test(text)) {
+    const hops = Number(text)
+    if (hops < 1 || hops > 100) throw new ConfigError('TRUST_PROXY', 'a hop count must be between 1 and 100')
+    // proxy-addr's form of a hop count (Fastify's types lack the number form).
+    return (_address: string, hop: number) => hop < hops
+  }
+  const entries = text.split(',').map((entry) => entry.trim()).filter((entry) => entry !== '')
+  const bad = entries.find((entry) => !IPV4_OR_CIDR.test(entry) && !IPV6_OR_CIDR.test(entry) &&
+    !['loopback', 'linklocal', 'uniquelocal'].includes(entry))
+  if (bad !== undefined || entries.length === 0) {
+    throw new ConfigError('TRUST_PROXY', `"${(bad ?? text).slice(0, 64)}" is not true, false, a hop count, or a list of addresses and CIDR ranges`)
+  }
+  return entries
+}
+
+/** Compares waiting for a bcrypt worker by default: eight per worker (about 2 s of work at cost 12 each). */
+export const bcryptQueueDefault = (workers: number): number => 8 * Math.max(1, workers)
 
 /** Whether API Gateway would accept this issuer: an absolute https URL without query or fragment. */
 export function isGatewayIssuer (issuer: string): boolean {
@@ -376,7 +432,7 @@ export function loadConfig (env: EnvSource = process.env, options: { dotenv?: bo
     algorithm: raw.JWT_ALGORITHM,
     additionalKeys: loadAdditionalKeys(source),
     issuer: raw.JWT_ISSUER,
-    publicUrl: resolvePublicUrl(raw.PUBLIC_URL, raw.JWT_ISSUER),
+    publicUrl: resolvePublicUrl(raw.PUBLIC_URL, raw.JWT_ISSUER, raw.SERVER_PORT),
     audience: raw.JWT_AUDIENCE,
     scopesSupported: parseScopes('SCOPES_SUPPORTED', raw.SCOPES_SUPPORTED),
     accessTokenTtl: parseDuration('JWT_EXPIRY', raw.JWT_EXPIRY),
@@ -386,6 +442,8 @@ export function loadConfig (env: EnvSource = process.env, options: { dotenv?: bo
     clientCacheTtl: parseDuration('CLIENT_CACHE_TTL', raw.CLIENT_CACHE_TTL),
     secretCacheTtl: parseDuration('SECRET_CACHE_TTL', raw.SECRET_CACHE_TTL, { allowZero: true }),
     bcryptWorkers: raw.BCRYPT_WORKERS,
+    bcryptQueueLimit: raw.BCRYPT_QUEUE_LIMIT ?? bcryptQueueDefault(raw.BCRYPT_WORKERS),
+    bcryptCost: raw.BCRYPT_COST,
     rateLimitDefault: raw.RATE_LIMIT_DEFAULT,
     authFailureLimit: raw.AUTH_FAILURE_LIMIT,
     authFailureLimitPerAddress: raw.AUTH_FAILURE_LIMIT_PER_ADDRESS,
@@ -397,7 +455,10 @@ export function loadConfig (env: EnvSource = process.env, options: { dotenv?: bo
     host: raw.SERVER_HOST,
     port: raw.SERVER_PORT,
     logLevel: raw.LOG_LEVEL,
-    trustProxy: raw.TRUST_PROXY
+    trustProxy: parseTrustProxy(raw.TRUST_PROXY),
+    jwksUriAllowPrivate: raw.JWKS_URI_ALLOW_PRIVATE,
+    shutdownDelayMs: parseDurationMs('SHUTDOWN_DELAY', raw.SHUTDOWN_DELAY, { allowZero: true }),
+    redisTlsCaFile: nonEmpty(raw.REDIS_TLS_CA_FILE)
   }
 }
 
