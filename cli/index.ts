@@ -13,6 +13,7 @@ import bcrypt from 'bcryptjs'
 import { Redis } from 'ioredis'
 import { BCRYPT_COST, CLIENT_CHANGES_CHANNEL, clientCacheKey, insertClientRow, MAX_SECRET_BYTES } from '../plugins/clients.js'
 import { applyMigrations } from '../plugins/migrations.js'
+import { redisConnectionOptions, withoutRedisPassword } from '../plugins/redis.js'
 import { publicJwk } from '../plugins/keys.js'
 import { embeddedDatabase, serverDatabase, type Database } from '../storage/database.js'
 import { CONTROL_SOCKET, DataDirInUseError, generatePrivateKeyPem, lockDataDir, lockHolder, PGDATA, writeOwnerOnly, type KeyAlgorithm } from '../storage/data-dir.js'
@@ -35,6 +36,7 @@ const usage = (message: string, command: string): CliError => new CliError(`${me
 interface Settings {
   databaseUrl: string | undefined
   redisUrl: string | undefined
+  redisTlsCaFile: string | undefined
   redisKeyPrefix: string
   dataDir: string
   algorithm: KeyAlgorithm
@@ -53,6 +55,7 @@ function settings (env: Record<string, string | undefined>): Settings {
   return {
     databaseUrl: nonEmpty('DATABASE_URL'),
     redisUrl: nonEmpty('REDIS_URL'),
+    redisTlsCaFile: nonEmpty('REDIS_TLS_CA_FILE'),
     redisKeyPrefix: merged.REDIS_KEY_PREFIX ?? 'session-service:',
     dataDir: resolve(nonEmpty('DATA_DIR') ?? './data'),
     algorithm,
@@ -159,25 +162,29 @@ async function announceChange (config: Settings, connection: Connection, clientI
     if (config.databaseUrl !== undefined) out.note(`running instances see the change within CLIENT_CACHE_TTL (${config.clientCacheTtl})`)
     return
   }
-  const redis = new Redis(config.redisUrl, {
-    keyPrefix: config.redisKeyPrefix,
-    lazyConnect: true,
-    connectTimeout: 2000,
-    commandTimeout: 2000,
-    maxRetriesPerRequest: 0,
-    enableOfflineQueue: true,
-    retryStrategy: () => null
-  })
-  redis.on('error', () => {})
+  let redis: Redis | undefined
   try {
+    // The service's own TLS and ACL options; a bad REDIS_TLS_CA_FILE is
+    // reported like an unreachable Redis, since the change itself is made.
+    redis = new Redis(config.redisUrl, {
+      ...redisConnectionOptions(config),
+      keyPrefix: config.redisKeyPrefix,
+      lazyConnect: true,
+      connectTimeout: 2000,
+      commandTimeout: 2000,
+      maxRetriesPerRequest: 0,
+      enableOfflineQueue: true,
+      retryStrategy: () => null
+    })
+    redis.on('error', () => {})
     await redis.connect()
     await redis.del(clientCacheKey(clientId))
     // keyPrefix does not apply to channels: the prefix is added here.
     await redis.publish(`${config.redisKeyPrefix}${CLIENT_CHANGES_CHANNEL}`, clientId)
   } catch (err) {
-    out.note(`Redis did not answer (${describeConnectionError(err)}): running instances see the change within CLIENT_CACHE_TTL (${config.clientCacheTtl})`)
+    out.note(`Redis did not answer (${withoutRedisPassword(describeConnectionError(err), config.redisUrl)}): running instances see the change within CLIENT_CACHE_TTL (${config.clientCacheTtl})`)
   } finally {
-    redis.disconnect()
+    redis?.disconnect()
   }
 }
 

@@ -1,6 +1,8 @@
+import { readFileSync } from 'node:fs'
 import fp from 'fastify-plugin'
 import fastifyRedis from '@fastify/redis'
-import { Redis } from 'ioredis'
+import { Redis, type RedisOptions } from 'ioredis'
+import { ConfigError, type Config } from './config.js'
 import { guard, withTimeout } from './errors.js'
 
 declare module 'fastify' {
@@ -13,15 +15,73 @@ declare module 'fastify' {
 /** How long the start waits for Redis to answer. */
 const REDIS_START_WAIT_MS = 10_000
 
+/**
+ * The connection options that every Redis client of the service shares: its
+ * own, its subscriber's (a duplicate keeps them) and the CLI's. The ACL user
+ * name, the password and TLS come from REDIS_URL itself
+ * (`rediss://user:password@host:port`), which ioredis reads; nothing here
+ * overrides them. REDIS_TLS_CA_FILE adds the CA that the server's certificate
+ * must chain to, in place of the public ones. Certificates are always
+ * verified.
+ */
+export function redisConnectionOptions (settings: Pick<Config, 'redisUrl' | 'redisTlsCaFile'>): RedisOptions {
+  const caFile = settings.redisTlsCaFile
+  if (caFile === undefined) return {}
+  // The URL says whether the connection is encrypted: a CA with redis://
+  // would turn TLS on behind its back (ioredis reads rediss:// only).
+  if (settings.redisUrl?.startsWith('rediss://') !== true) {
+    throw new ConfigError('REDIS_TLS_CA_FILE', 'is set, but REDIS_URL is not a rediss:// (TLS) URL; use rediss:// or unset REDIS_TLS_CA_FILE')
+  }
+  let ca: string
+  try {
+    ca = readFileSync(caFile, 'utf8')
+  } catch (err) {
+    throw new ConfigError('REDIS_TLS_CA_FILE', `cannot read ${caFile} (${(err as NodeJS.ErrnoException).code ?? 'error'})`)
+  }
+  if (!ca.includes('-----BEGIN CERTIFICATE-----')) throw new ConfigError('REDIS_TLS_CA_FILE', `${caFile} holds no PEM certificate`)
+  return { tls: { ca } }
+}
+
+/** A message about a Redis connection with the password of REDIS_URL, should it appear, blotted out. */
+export function withoutRedisPassword (message: string, redisUrl: string): string {
+  let password = ''
+  try {
+    password = decodeURIComponent(new URL(redisUrl).password)
+  } catch {}
+  return password === '' ? message : message.split(password).join('***')
+}
+
+// Errors that no retry mends, so that the start stops at once with the cause
+// instead of after the whole wait: refused credentials (a wrong password, an
+// unknown or disabled ACL user, no password where one is required), a user
+// without a command the connection needs, and a server certificate that does
+// not verify.
+function permanentProblem (err: Error): string | undefined {
+  if (/\b(WRONGPASS|NOAUTH)\b/.test(err.message)) return 'Redis refused the user name or password at start'
+  if (/\bNOPERM\b/.test(err.message)) return 'the Redis user may not run a command the service needs'
+  const code = (err as NodeJS.ErrnoException).code ?? ''
+  if (/CERT|SELF_SIGNED|UNABLE_TO_VERIFY|UNABLE_TO_GET_ISSUER/.test(code)) {
+    return 'the TLS certificate of Redis does not verify against REDIS_TLS_CA_FILE (or, without it, the public CAs)'
+  }
+  return undefined
+}
+
 export default fp(async (fastify) => {
   const { config } = fastify
-  if (config.redisUrl === undefined) {
+  // Checked with or without REDIS_URL: a CA file without it is a mistake too.
+  const connectionOptions = redisConnectionOptions(config)
+  const { redisUrl } = config
+  if (redisUrl === undefined) {
     fastify.decorate('pingRedis', null)
     return
   }
   let lastErrorLog = 0
   let lastError: Error | undefined
-  const client = new Redis(config.redisUrl, {
+  // While the start waits: an error that no retry mends ends the wait.
+  let refuseStart: ((refusal: Error) => void) | undefined
+  let refusal: Error | undefined
+  const client = new Redis(redisUrl, {
+    ...connectionOptions,
     // Every key this service writes, rate-limit counters included, carries the
     // prefix, so several deployments can share one Redis.
     keyPrefix: config.redisKeyPrefix,
@@ -41,22 +101,34 @@ export default fp(async (fastify) => {
   // ioredis reports every failed reconnect; log at most one line per 10 s.
   client.on('error', (err: Error) => {
     lastError = err
+    const problem = permanentProblem(err)
+    if (problem !== undefined && refuseStart !== undefined) {
+      refusal = new Error(`REDIS_URL: ${problem} (${withoutRedisPassword(err.message, redisUrl)})`)
+      refuseStart(refusal)
+    }
     const now = Date.now()
     if (now - lastErrorLog < 10_000) return
     lastErrorLog = now
-    fastify.log.warn({ cause: err.message }, 'redis connection error')
+    fastify.log.warn({ cause: withoutRedisPassword(err.message, redisUrl) }, 'redis connection error')
   })
 
   // A bounded wait at start: a Redis that does not answer stops the start
   // with one line naming it, instead of waiting for the plugin timeout.
   client.connect().catch(() => {}) // failures arrive as 'error' events; ioredis retries
+  // Not events.once: it gives up at the first 'error', and ioredis keeps
+  // retrying after one.
+  const ready = new Promise<void>((resolve, reject) => {
+    client.once('ready', () => resolve())
+    refuseStart = reject
+  })
   try {
-    // Not events.once: it gives up at the first 'error', and ioredis keeps
-    // retrying after one.
-    await withTimeout(new Promise<void>((resolve) => client.once('ready', () => resolve())), REDIS_START_WAIT_MS, 'redis')
+    await withTimeout(ready, REDIS_START_WAIT_MS, 'redis')
   } catch {
     client.disconnect()
-    throw new Error(`REDIS_URL: Redis did not answer within ${REDIS_START_WAIT_MS / 1000} s at start (${lastError?.message ?? 'no answer'})`)
+    const cause = lastError === undefined ? 'no answer' : withoutRedisPassword(lastError.message, redisUrl)
+    throw refusal ?? new Error(`REDIS_URL: Redis did not answer within ${REDIS_START_WAIT_MS / 1000} s at start (${cause})`)
+  } finally {
+    refuseStart = undefined
   }
   // Ours to close: quit when Redis answers, drop the connection when it does
   // not, so that a shutdown during an outage does not wait for it.
