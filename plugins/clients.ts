@@ -1,8 +1,10 @@
 import { createHash, randomBytes, type JsonWebKey } from 'node:crypto'
+import { isIPv4, isIPv6 } from 'node:net'
 import fp from 'fastify-plugin'
 import bcrypt from 'bcryptjs'
 import type { FastifyRequest } from 'fastify'
 import { guard, invalidRequest, OAuthError } from './errors.js'
+import type { SecretCheck } from './secrets.js'
 
 export interface Client {
   id: string
@@ -170,15 +172,34 @@ export interface NewClient {
 
 /**
  * The shared-cache key of a client record (before the Redis key prefix).
- * v2: the record gained scopes, audiences, claims and keys; instances of an
- * older release keep reading their own entries during a rolling update.
+ * v3: records are sealed (storage/record-seal.ts); instances of an older
+ * release keep reading their own entries during a rolling update, and
+ * nothing of theirs is trusted here.
  */
-export const clientCacheKey = (clientId: string): string => `client:v2:${clientId}`
+export const clientCacheKey = (clientId: string): string => `client:v3:${clientId}`
+
+/**
+ * The address a request is counted under: an IPv4 address as it is, an IPv6
+ * address by its /64 (one host commonly holds a whole /64, so counting single
+ * addresses would let it count afresh from each of 2^64).
+ */
+export function addressKey (ip: string): string {
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip)
+  if (mapped !== null) return mapped[1] as string
+  if (isIPv4(ip) || !isIPv6(ip)) return ip
+  const zoneless = ip.split('%')[0] as string
+  const [head = '', tail] = zoneless.split('::')
+  const headGroups = head === '' ? [] : head.split(':')
+  const tailGroups = tail === undefined || tail === '' ? [] : tail.split(':')
+  // An embedded IPv4 tail (::1.2.3.4) lies in the last 32 bits: outside the /64.
+  const groups = tail === undefined ? headGroups : [...headGroups, ...Array(8 - headGroups.length - tailGroups.length).fill('0')]
+  return `${groups.slice(0, 4).map((group) => Number.parseInt(group === '' ? '0' : group, 16).toString(16)).join(':')}::/64`
+}
 
 /** Redis channel (after the key prefix) on which the CLI announces a changed client's id. */
 export const CLIENT_CHANGES_CHANNEL = 'clients:changed'
 
-/** bcrypt cost of the secrets this service hashes (10 is the floor it accepts). */
+/** bcrypt cost of the secrets this service hashes by default (BCRYPT_COST). */
 export const BCRYPT_COST = 12
 
 /** Inserts a client row through any pg-style query function (a pool, a client). */
@@ -227,7 +248,7 @@ export default fp(async (fastify) => {
   // the CLI hashes secrets with; made at the first need, so that starting an
   // instance costs nothing.
   let decoyHash: Promise<string> | undefined
-  const decoy = async (): Promise<string> => await (decoyHash ??= bcrypt.hash(randomBytes(18).toString('base64'), BCRYPT_COST))
+  const decoy = async (): Promise<string> => await (decoyHash ??= bcrypt.hash(randomBytes(18).toString('base64'), config.bcryptCost))
 
   const cacheKey = clientCacheKey
 
@@ -264,10 +285,13 @@ export default fp(async (fastify) => {
       }
       local.delete(clientId)
     }
+    // A cached record is sealed by this service (a forged one reads as
+    // absent), and its time is capped at now: no record outlives
+    // CLIENT_CACHE_TTL in memory, whatever time it claims.
     const cached = shared === undefined ? null : await guard('redis', shared.get(cacheKey(clientId)))
     if (cached !== null) {
       const { readAt, ...client } = JSON.parse(cached) as Client & { readAt?: number }
-      remember(client, readAt ?? now)
+      remember(client, Math.min(typeof readAt === 'number' ? readAt : 0, now))
       cacheStats.sharedHits++
       return client
     }
@@ -281,59 +305,107 @@ export default fp(async (fastify) => {
     return client
   }
 
-  // Failed authentications are counted per client id from one address and
-  // per address. Over either limit, an attempt that would cost a bcrypt
-  // compare is refused before it: guessing stops, and so does the CPU it
-  // burns. A secret already verified (remembered in this process) is not a
-  // guess and passes; and since the client id's counter is per address, an
-  // attacker elsewhere cannot lock a client out of its own address.
-  const FAILURE_WINDOW_SECONDS = 60
-  const failureKeys = (request: FastifyRequest, clientId: string | undefined): [string, string] => {
-    const address = request.ip
+  // Attempts that cost real work (a bcrypt compare, a client assertion) are
+  // counted per client id from one address and per address, before the
+  // work, atomically: each attempt increments the counters and compares what
+  // it gets back with the limits, so a concurrent burst cannot pass whole.
+  // Over either limit the attempt is refused (429) before any work: guessing
+  // stops, and so does the CPU it burns. A success takes its count back, so
+  // only failures accumulate; a secret already verified (remembered in this
+  // process) costs nothing and is not counted. Since the client id's counter
+  // is per address, an attacker elsewhere cannot lock a client out of its
+  // own address.
+  const ATTEMPT_WINDOW_SECONDS = 60
+  const attemptKeys = (request: FastifyRequest, clientId: string | undefined): [string, string] => {
+    const address = addressKey(request.ip)
     const id = createHash('sha256').update(clientId ?? '').digest('base64url')
     return [`auth-failures:client:${id}:${address}`, `auth-failures:address:${address}`]
   }
-  async function throttle (request: FastifyRequest, clientId: string | undefined): Promise<void> {
-    const [forClient, forAddress] = await guard(store.dependency, store.failures(failureKeys(request, clientId)))
-    if ((forClient ?? 0) < config.authFailureLimit && (forAddress ?? 0) < config.authFailureLimitPerAddress) return
-    request.log.warn({ clientId, address: request.ip }, 'client authentication throttled after repeated failures')
-    throw new OAuthError(429, 'rate_limit_exceeded', `too many failed client authentications; retry in ${FAILURE_WINDOW_SECONDS} s`, {
-      'retry-after': String(FAILURE_WINDOW_SECONDS)
+  async function countAttempt (request: FastifyRequest, clientId: string | undefined): Promise<void> {
+    const [forClient = 0, forAddress = 0] = await guard(store.dependency, store.countAttempts(attemptKeys(request, clientId), ATTEMPT_WINDOW_SECONDS))
+    if (forClient <= config.authFailureLimit && forAddress <= config.authFailureLimitPerAddress) return
+    request.log.warn({ clientId, address: addressKey(request.ip) }, 'client authentication throttled after repeated failures')
+    throw new OAuthError(429, 'rate_limit_exceeded', `too many failed client authentications; retry in ${ATTEMPT_WINDOW_SECONDS} s`, {
+      'retry-after': String(ATTEMPT_WINDOW_SECONDS)
     })
+  }
+  function refundAttempt (request: FastifyRequest, clientId: string): void {
+    // In the background: the answer does not wait for it, and a failure is
+    // logged, never turned into another answer.
+    store.refundAttempts(attemptKeys(request, clientId))
+      .catch((err: Error) => request.log.warn({ cause: err.message }, 'could not take back a counted authentication attempt'))
   }
 
   function rejected (request: FastifyRequest, credentials: PresentedCredentials, reason: string): OAuthError {
     request.log.info({ clientId: credentials.clientId, method: credentials.method, reason }, 'client authentication failed')
-    // Counted in the background: the answer does not wait for it, and a
-    // failure to count is logged, never turned into another answer.
-    store.countFailures(failureKeys(request, credentials.clientId), FAILURE_WINDOW_SECONDS)
-      .catch((err: Error) => request.log.warn({ cause: err.message }, 'could not count a failed authentication'))
     const headers: Record<string, string> = { 'www-authenticate': `Basic realm="${realm}"` }
     return new OAuthError(401, 'invalid_client', 'client authentication failed', headers)
+  }
+
+  // A request whose connection has closed no longer needs its compare.
+  const gone = (request: FastifyRequest) => () => request.raw.socket?.destroyed === true
+
+  // A success against a hash cheaper than BCRYPT_COST stores a new hash at
+  // that cost (conditionally: a rotation meanwhile wins), so that the old
+  // cost's timing fades from the table.
+  function upgradeHash (request: FastifyRequest, client: Client, secret: string): void {
+    const oldHash = client.secretHash
+    if (oldHash === null) return
+    secrets.rehash(secret).then(async (hash) => {
+      const { rows } = await db.query('UPDATE clients SET client_secret_hash = $1 WHERE client_id = $2 AND client_secret_hash = $3 RETURNING client_id', [hash, client.id, oldHash])
+      if (rows.length > 0) {
+        request.log.info({ clientId: client.id, cost: config.bcryptCost }, 'client secret hash upgraded to the service\'s bcrypt cost')
+        await forget(client.id)
+      }
+    }).catch((err: Error) => request.log.warn({ clientId: client.id, cause: err.message }, 'could not upgrade a client secret hash'))
   }
 
   async function authenticate (request: FastifyRequest, credentials: PresentedCredentials): Promise<Client> {
     const { clientId, clientSecret, assertion } = credentials
     if (credentials.method === 'private_key_jwt' && assertion !== undefined) {
+      // Counted like a secret: an assertion may cost a fetch of the client's keys and a signature check.
+      await countAttempt(request, clientId)
       const client = clientId === undefined ? undefined : await find(clientId)
       if (client === undefined) throw rejected(request, credentials, 'unknown client')
       if (client.jwksUri === null && client.jwks === null) throw rejected(request, credentials, 'no keys registered for private_key_jwt')
       const problem = await clientAssertions.check(request, assertion, client)
       if (problem !== undefined) throw rejected(request, credentials, problem)
+      refundAttempt(request, client.id)
       return enabled(client)
     }
-    if (clientId === undefined || clientSecret === undefined) throw rejected(request, credentials, 'no credentials')
-    if (Buffer.byteLength(clientSecret, 'utf8') > MAX_SECRET_BYTES) throw rejected(request, credentials, 'secret longer than 72 bytes')
+    if (clientId === undefined || clientSecret === undefined || Buffer.byteLength(clientSecret, 'utf8') > MAX_SECRET_BYTES) {
+      // Cheap to refuse, so never refused for the count; but a failure all the same.
+      store.countAttempts(attemptKeys(request, clientId), ATTEMPT_WINDOW_SECONDS)
+        .catch((err: Error) => request.log.warn({ cause: err.message }, 'could not count a failed authentication'))
+      throw rejected(request, credentials, clientSecret === undefined || clientId === undefined ? 'no credentials' : 'secret longer than 72 bytes')
+    }
     const client = await find(clientId)
     // An unknown client, or one without a secret, costs the same bcrypt work
     // as a wrong secret, so that none of the three can be told apart.
     const hash = client?.secretHash ?? await decoy()
-    const matches = await secrets.matches(clientSecret, hash, async () => await throttle(request, clientId))
-    if (matches === null) request.log.warn({ clientId }, 'stored client secret hash is not a bcrypt hash')
-    if (client === undefined) throw rejected(request, credentials, 'unknown client')
-    if (client.secretHash === null) throw rejected(request, credentials, 'the client has no secret')
-    if (matches !== true) throw rejected(request, credentials, 'wrong secret')
+    let counted = false
+    const check: SecretCheck = await secrets.check(clientSecret, hash, {
+      clientId,
+      lane: addressKey(request.ip),
+      isGone: gone(request),
+      beforeCompare: async () => {
+        await countAttempt(request, clientId)
+        counted = true
+      }
+    })
+    if (check.matches === null) request.log.warn({ clientId }, 'stored client secret hash is not a bcrypt hash')
+    if (client === undefined || client.secretHash === null || check.matches !== true) {
+      await secrets.padFailure(check)
+      throw rejected(request, credentials, client === undefined ? 'unknown client' : client.secretHash === null ? 'the client has no secret' : 'wrong secret')
+    }
+    if (counted) refundAttempt(request, clientId)
+    if (check.compareMs !== undefined && check.cost < config.bcryptCost) upgradeHash(request, client, clientSecret)
     return enabled(client)
+  }
+
+  async function forget (clientId: string): Promise<void> {
+    local.delete(clientId)
+    if (shared !== undefined) await guard('redis', shared.del(cacheKey(clientId)))
   }
 
   function enabled (client: Client): Client {
@@ -355,10 +427,7 @@ export default fp(async (fastify) => {
 
   fastify.decorate('clients', {
     find,
-    forget: async (clientId: string) => {
-      local.delete(clientId)
-      if (shared !== undefined) await guard('redis', shared.del(cacheKey(clientId)))
-    },
+    forget,
     authenticate,
     cacheStats
   })

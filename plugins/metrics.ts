@@ -88,6 +88,39 @@ export default fp(async (fastify) => {
       this.inc(secretStats.compares)
     }
   })
+  new Gauge({ // eslint-disable-line no-new
+    name: 'session_service_bcrypt_queue_length',
+    help: 'bcrypt compares waiting for a worker now (bounded by BCRYPT_QUEUE_LIMIT)',
+    registers: [registry],
+    collect () { this.set(fastify.secrets.queueLength()) }
+  })
+  new Counter({ // eslint-disable-line no-new
+    name: 'session_service_bcrypt_refused_total',
+    help: 'Client authentications answered 503 at once because the bcrypt queue was full',
+    registers: [registry],
+    collect () {
+      this.reset()
+      this.inc(secretStats.refused)
+    }
+  })
+  new Counter({ // eslint-disable-line no-new
+    name: 'session_service_bcrypt_dropped_total',
+    help: 'Queued bcrypt compares dropped, not run, because their request had gone away',
+    registers: [registry],
+    collect () {
+      this.reset()
+      this.inc(secretStats.dropped)
+    }
+  })
+  new Counter({ // eslint-disable-line no-new
+    name: 'session_service_redis_records_rejected_total',
+    help: 'Records read from Redis that failed their integrity check (written by something other than this service) and were ignored',
+    registers: [registry],
+    collect () {
+      this.reset()
+      this.inc(fastify.store.rejectedRecords())
+    }
+  })
   // Cumulative counts, so a counter: rate() then survives restarts.
   new Counter({ // eslint-disable-line no-new
     name: 'session_service_client_cache_lookups_total',
@@ -153,4 +186,4 @@ export default fp(async (fastify) => {
     const text = await registry.metrics()
     return reply.header('cache-control', 'no-store').type(registry.contentType).send(text)
   })
-}, { name: 'metrics', dependencies: ['clients', 'secrets', 'postgres', 'redis'] })
+}, { name: 'metrics', dependencies: ['clients', 'secrets', 'store', 'postgres', 'redis'] })

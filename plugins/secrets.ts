@@ -1,30 +1,64 @@
-// Client secret checks. bcrypt is slow on purpose (~65 ms per compare at cost
-// 10), which would cap a token endpoint at ~15 requests per second per core
-// and stall every other request meanwhile. Two measures:
+// Client secret checks. bcrypt is slow on purpose (~260 ms per compare at
+// cost 12), which would cap a token endpoint at a few requests per second per
+// core and stall every other request meanwhile. So:
 // - compares run on worker threads, so the event loop keeps serving;
+// - the compares waiting for a worker are bounded (BCRYPT_QUEUE_LIMIT): over
+//   it, a check is refused at once (503) instead of waiting for seconds; the
+//   queue is served round-robin by lane (the caller's address), and when it
+//   is full the longest lane gives way, so that a burst from one address
+//   cannot delay the others; a queued compare whose request has gone away is
+//   dropped, not run;
 // - a successful check is remembered in this process only, as an HMAC of the
 //   stored hash and the presented secret under a key that is random per
 //   process and never leaves it. A rotated secret has another stored hash, so
 //   it is checked with bcrypt again; entries expire after SECRET_CACHE_TTL and
 //   the cache holds at most MAX_CACHED_SECRETS of them. Failures are never
-//   remembered: each wrong secret costs a full compare.
+//   remembered: each wrong secret costs a full compare;
+// - a failed check never answers sooner than a compare at the service's cost
+//   (BCRYPT_COST) would, so that a client whose hash is cheaper cannot be told
+//   from an unknown one (which is compared against a decoy at that cost).
 import { createHmac, randomBytes } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { Worker } from 'node:worker_threads'
 import fp from 'fastify-plugin'
-import bcrypt from 'bcryptjs'
-import type { CompareRequest, CompareResult } from '../workers/bcrypt.js'
+import { runBcryptJob, type BcryptJob, type BcryptResult } from '../workers/bcrypt.js'
+import { OAuthError } from './errors.js'
 
 export const MAX_CACHED_SECRETS = 10_000
 
+/** The lane of background work (renewals, rehashes): it never evicts a request. */
+const BACKGROUND_LANE = '\0background'
+
+export interface SecretCheckOptions {
+  /** compares are shared in flight only between requests for the same client */
+  clientId: string
+  /** the queue lane: the requester's address */
+  lane: string
+  /** runs (and may throw) only when a bcrypt compare is about to be queued */
+  beforeCompare?: () => Promise<void>
+  /** true once the request has gone away: its queued compare is then dropped */
+  isGone?: () => boolean
+}
+
+export interface SecretCheck {
+  /** whether the secret matches; null when the stored hash is not a bcrypt hash */
+  matches: boolean | null
+  /** how long the bcrypt work took; undefined when the secret was remembered */
+  compareMs?: number
+  /** the cost of the stored hash (0 when it is not a bcrypt hash) */
+  cost: number
+}
+
 export interface Secrets {
-  /**
-   * Whether `secret` matches the bcrypt `hash`; null when `hash` is not a
-   * bcrypt hash. `beforeCompare` runs (and may throw) only when a bcrypt
-   * compare is needed, that is when the secret is not one remembered as right.
-   */
-  matches: (secret: string, hash: string, beforeCompare?: () => Promise<void>) => Promise<boolean | null>
-  /** bcrypt compares run since start (for metrics) */
-  stats: { compares: number }
+  check: (secret: string, hash: string, options: SecretCheckOptions) => Promise<SecretCheck>
+  /** Waits until a failed check has taken as long as a compare at BCRYPT_COST would. */
+  padFailure: (check: SecretCheck) => Promise<void>
+  /** A new hash of `secret` at BCRYPT_COST (on a worker), remembered as verified. */
+  rehash: (secret: string) => Promise<string>
+  /** bcrypt compares run, checks refused because the queue was full, compares dropped for a gone request */
+  stats: { compares: number, refused: number, dropped: number, rehashes: number }
+  /** compares waiting for a worker now */
+  queueLength: () => number
 }
 
 declare module 'fastify' {
@@ -33,89 +67,211 @@ declare module 'fastify' {
   }
 }
 
-type Pending = (result: boolean | null) => void
+/** The cost of a bcrypt hash (`$2b$12$...`), or 0. */
+export function bcryptCost (hash: string): number {
+  const match = /^\$2[abxy]\$(\d{2})\$/.exec(hash)
+  return match === null ? 0 : Number(match[1])
+}
 
-/**
- * Worker threads shared by every app in the process (tests build many). The
- * workers are unref'd: an idle pool never keeps the process alive.
- */
-class BcryptPool {
-  private readonly workers: Array<{ worker: Worker, busy: number }> = []
-  private readonly pending = new Map<number, Pending>()
-  private nextId = 0
+const busy = (): OAuthError => new OAuthError(503, 'temporarily_unavailable', 'too many client authentications are waiting; retry shortly', { 'retry-after': '1' })
 
-  constructor (size: number) {
+type JobSpec = BcryptJob extends infer J ? J extends BcryptJob ? Omit<J, 'id'> : never : never
+
+interface Executor {
+  busy: boolean
+  run: (job: JobSpec) => Promise<BcryptResult>
+  close: () => Promise<void>
+}
+
+function mainThreadExecutor (): Executor {
+  let nextId = 0
+  return {
+    busy: false,
+    run: async (job) => await runBcryptJob({ ...job, id: nextId++ } as BcryptJob),
+    close: async () => {}
+  }
+}
+
+// One worker thread, one job at a time. Started at its first job, so that an
+// instance that never checks a secret starts none; unref'd, so that an idle
+// worker never keeps the process alive.
+function workerExecutor (): Executor {
+  let worker: Worker | undefined
+  let closed = false
+  let pending: { id: number, resolve: (result: BcryptResult) => void, reject: (err: Error) => void } | undefined
+  let nextId = 0
+  function start (): Worker {
     // The worker module sits beside this one's directory, with this module's
     // extension (.ts under the test loader, .js when built).
     const extension = import.meta.url.endsWith('.ts') ? '.ts' : '.js'
-    const url = new URL(`../workers/bcrypt${extension}`, import.meta.url)
-    for (let i = 0; i < size; i++) {
-      const worker = new Worker(url)
-      const entry = { worker, busy: 0 }
-      worker.on('message', (result: CompareResult) => {
-        entry.busy--
-        const resolve = this.pending.get(result.id)
-        this.pending.delete(result.id)
-        resolve?.(result.matches)
+    const created = new Worker(new URL(`../workers/bcrypt${extension}`, import.meta.url))
+    created.unref()
+    created.on('message', (result: BcryptResult) => {
+      const waiter = pending
+      pending = undefined
+      if (waiter?.id === result.id) waiter.resolve(result)
+    })
+    const fail = (err: Error): void => {
+      if (worker === created) worker = undefined
+      const waiter = pending
+      pending = undefined
+      waiter?.reject(err)
+    }
+    created.on('error', fail)
+    created.on('exit', () => fail(new Error('the bcrypt worker stopped')))
+    return created
+  }
+  return {
+    busy: false,
+    run: async (job) => {
+      // After close (a background rehash that outlived its app), no new thread.
+      if (closed) throw new Error('the bcrypt workers are closed')
+      worker ??= start()
+      const id = nextId++
+      const running = worker
+      return await new Promise<BcryptResult>((resolve, reject) => {
+        pending = { id, resolve, reject }
+        running.postMessage({ ...job, id })
       })
-      worker.unref()
-      this.workers.push(entry)
+    },
+    close: async () => {
+      closed = true
+      const running = worker
+      worker = undefined
+      if (running !== undefined) await running.terminate()
+    }
+  }
+}
+
+interface Queued {
+  job: JobSpec
+  lane: string
+  isGone: (() => boolean) | undefined
+  resolve: (result: BcryptResult) => void
+  reject: (err: Error) => void
+}
+
+/** bcrypt work for the executors, queued by lane with a bound. */
+class BcryptQueue {
+  private readonly lanes = new Map<string, Queued[]>()
+  private queued = 0
+
+  constructor (
+    private readonly executors: Executor[],
+    private readonly limit: number,
+    private readonly stats: Secrets['stats']
+  ) {}
+
+  get length (): number {
+    return this.queued
+  }
+
+  async submit (job: JobSpec, lane: string, isGone?: () => boolean): Promise<BcryptResult> {
+    return await new Promise<BcryptResult>((resolve, reject) => {
+      const entry: Queued = { job, lane, isGone, resolve, reject }
+      const idle = this.executors.find((executor) => !executor.busy)
+      if (idle !== undefined && this.queued === 0) {
+        this.start(idle, entry)
+        return
+      }
+      if (this.queued >= this.limit && !this.makeRoom(lane)) {
+        this.stats.refused++
+        reject(busy())
+        return
+      }
+      const entries = this.lanes.get(lane)
+      if (entries === undefined) this.lanes.set(lane, [entry])
+      else entries.push(entry)
+      this.queued++
+    })
+  }
+
+  // A full queue takes a newcomer only from a lane shorter than the longest
+  // by two or more: the longest lane's newest entry gives way (refused).
+  // Background work never pushes out a request.
+  private makeRoom (lane: string): boolean {
+    if (lane === BACKGROUND_LANE) return false
+    let longest: Queued[] | undefined
+    for (const entries of this.lanes.values()) if (longest === undefined || entries.length > longest.length) longest = entries
+    const mine = this.lanes.get(lane)?.length ?? 0
+    if (longest === undefined || longest.length <= mine + 1) return false
+    const evicted = longest.pop() as Queued
+    this.queued--
+    if (longest.length === 0) this.lanes.delete(evicted.lane)
+    this.stats.refused++
+    evicted.reject(busy())
+    return true
+  }
+
+  // Round-robin over lanes: each lane's first entry in turn; a lane served
+  // goes to the back.
+  private next (): Queued | undefined {
+    for (;;) {
+      const first = this.lanes.entries().next()
+      if (first.done === true) return undefined
+      const [lane, entries] = first.value
+      const entry = entries.shift() as Queued
+      this.queued--
+      this.lanes.delete(lane)
+      if (entries.length > 0) this.lanes.set(lane, entries)
+      if (entry.isGone?.() === true) {
+        this.stats.dropped++
+        entry.reject(new OAuthError(503, 'temporarily_unavailable', 'the request went away before its turn'))
+        continue
+      }
+      return entry
     }
   }
 
-  async compare (secret: string, hash: string): Promise<boolean | null> {
-    // The least busy worker; each runs its queue in order.
-    let entry = this.workers[0]
-    for (const candidate of this.workers) if (entry === undefined || candidate.busy < entry.busy) entry = candidate
-    if (entry === undefined) throw new Error('empty bcrypt pool')
-    const id = this.nextId++
-    entry.busy++
-    return await new Promise<boolean | null>((resolve) => {
-      this.pending.set(id, resolve)
-      entry.worker.postMessage({ id, secret, hash } satisfies CompareRequest)
+  private start (executor: Executor, entry: Queued): void {
+    executor.busy = true
+    executor.run(entry.job).then(entry.resolve, entry.reject).finally(() => {
+      executor.busy = false
+      const following = this.next()
+      if (following !== undefined) this.start(executor, following)
     })
-  }
-}
-
-const pools = new Map<number, BcryptPool>()
-
-function poolOf (size: number): BcryptPool {
-  let pool = pools.get(size)
-  if (pool === undefined) {
-    pool = new BcryptPool(size)
-    pools.set(size, pool)
-  }
-  return pool
-}
-
-async function compareOnMainThread (secret: string, hash: string): Promise<boolean | null> {
-  try {
-    return await bcrypt.compare(secret, hash)
-  } catch {
-    return null
   }
 }
 
 export default fp(async (fastify) => {
   const { config } = fastify
-  const compare = config.bcryptWorkers === 0
-    ? compareOnMainThread
-    : async (secret: string, hash: string) => await poolOf(config.bcryptWorkers).compare(secret, hash)
+  const stats = { compares: 0, refused: 0, dropped: 0, rehashes: 0 }
+  const executors = config.bcryptWorkers === 0
+    ? [mainThreadExecutor()]
+    : Array.from({ length: config.bcryptWorkers }, workerExecutor)
+  const queue = new BcryptQueue(executors, config.bcryptQueueLimit, stats)
+  fastify.addHook('onClose', async () => { await Promise.all(executors.map(async (executor) => await executor.close())) })
 
   const key = randomBytes(32)
   const ttlMs = config.secretCacheTtl * 1000
   // Insertion order is expiry order (every entry lives ttlMs), so the oldest
   // entry is always the first.
   const verified = new Map<string, number>()
-  const inFlight = new Map<string, Promise<boolean | null>>()
-  const stats = { compares: 0 }
+  const inFlight = new Map<string, Promise<SecretCheck>>()
 
   const fingerprint = (secret: string, hash: string): string =>
     createHmac('sha256', key).update(hash).update('\0').update(secret).digest('base64url')
 
+  // The time of a compare at the service's cost, as measured here (a moving
+  // average); before the first such compare, estimated from the one at hand.
+  let serviceCompareMs: number | undefined
+  function observe (cost: number, ms: number): void {
+    if (cost !== config.bcryptCost) return
+    serviceCompareMs = serviceCompareMs === undefined ? ms : serviceCompareMs * 0.8 + ms * 0.2
+  }
+
+  async function compare (secret: string, hash: string, lane: string, isGone?: () => boolean): Promise<SecretCheck> {
+    stats.compares++
+    const result = await queue.submit({ op: 'compare', secret, hash }, lane, isGone)
+    const cost = bcryptCost(hash)
+    observe(cost, result.ms)
+    return { matches: result.matches ?? null, compareMs: result.ms, cost }
+  }
+
   // The last tenth of an entry's life (at most 30 s) is its renewal window.
   const renewWindowMs = Math.min(30_000, ttlMs / 10)
   function remember (id: string, now: number): void {
+    if (ttlMs === 0) return
     verified.delete(id)
     verified.set(id, now + ttlMs)
     if (verified.size > MAX_CACHED_SECRETS) {
@@ -123,54 +279,69 @@ export default fp(async (fastify) => {
       if (oldest !== undefined) verified.delete(oldest)
     }
   }
-  function renew (secret: string, hash: string, id: string): void {
-    stats.compares++
-    const comparing = compare(secret, hash)
-    inFlight.set(id, comparing)
+  function renew (secret: string, hash: string, id: string, flight: string): void {
+    const comparing = compare(secret, hash, BACKGROUND_LANE)
+    inFlight.set(flight, comparing)
     comparing.then((result) => {
       // A secret that no longer matches (it cannot, for one hash) is forgotten.
-      if (result === true) remember(id, Date.now())
+      if (result.matches === true) remember(id, Date.now())
       else verified.delete(id)
-    }, () => {}).finally(() => inFlight.delete(id))
+    }, () => {}).finally(() => inFlight.delete(flight))
   }
 
-  async function matches (secret: string, hash: string, beforeCompare?: () => Promise<void>): Promise<boolean | null> {
+  async function check (secret: string, hash: string, options: SecretCheckOptions): Promise<SecretCheck> {
     const now = Date.now()
-    const id = ttlMs > 0 ? fingerprint(secret, hash) : ''
+    const id = fingerprint(secret, hash)
+    // Shared in flight per client too: otherwise a secret sent to two unknown
+    // ids (both compared against the decoy) would share one compare where a
+    // known id would not, and the gap between the answers would tell them apart.
+    const flight = `${options.clientId}\0${id}`
     const expires = verified.get(id)
     if (expires !== undefined) {
       if (expires > now) {
         // Close to expiry, one compare in the background renews it, so that a
         // busy client never waits for bcrypt when its entry runs out.
-        if (expires - now < renewWindowMs && !inFlight.has(id)) renew(secret, hash, id)
-        return true
+        if (expires - now < renewWindowMs && !inFlight.has(flight)) renew(secret, hash, id, flight)
+        return { matches: true, cost: bcryptCost(hash) }
       }
       verified.delete(id)
     }
-    // Concurrent requests with the same secret share one compare: when a
-    // remembered secret expires under load, every request that arrives before
-    // the new compare ends would otherwise start its own, and they would queue
-    // on the bcrypt workers for seconds.
-    const flight = id === '' ? fingerprint(secret, hash) : id
+    // Concurrent requests with the same secret for the same client share one
+    // compare: when a remembered secret expires under load, every request
+    // that arrives before the new compare ends would otherwise queue its own.
     const running = inFlight.get(flight)
     if (running !== undefined) return await running
     // Registered before anything is awaited, so that requests arriving
     // meanwhile join this compare instead of starting theirs.
     const comparing = (async () => {
-      await beforeCompare?.()
-      stats.compares++
-      return await compare(secret, hash)
+      await options.beforeCompare?.()
+      return await compare(secret, hash, options.lane, options.isGone)
     })()
     inFlight.set(flight, comparing)
-    let result: boolean | null
+    let result: SecretCheck
     try {
       result = await comparing
     } finally {
       inFlight.delete(flight)
     }
-    if (result === true && ttlMs > 0) remember(id, now)
+    if (result.matches === true) remember(id, now)
     return result
   }
 
-  fastify.decorate('secrets', { matches, stats })
+  async function padFailure (result: SecretCheck): Promise<void> {
+    if (result.compareMs === undefined || result.cost === 0 || result.cost >= config.bcryptCost) return
+    const expected = serviceCompareMs ?? result.compareMs * 2 ** (config.bcryptCost - result.cost)
+    const wait = expected - result.compareMs
+    if (wait > 0) await sleep(wait)
+  }
+
+  async function rehash (secret: string): Promise<string> {
+    stats.rehashes++
+    const result = await queue.submit({ op: 'hash', secret, cost: config.bcryptCost }, BACKGROUND_LANE)
+    const hash = result.hash as string
+    remember(fingerprint(secret, hash), Date.now())
+    return hash
+  }
+
+  fastify.decorate('secrets', { check, padFailure, rehash, stats, queueLength: () => queue.length })
 }, { name: 'secrets', dependencies: ['config'] })

@@ -1,5 +1,6 @@
 import fp from 'fastify-plugin'
 import { databaseStore, redisStore, type Store } from '../storage/store.js'
+import { readRecordSecret, recordSeal } from '../storage/record-seal.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -12,7 +13,10 @@ export default fp(async (fastify) => {
   const { config } = fastify
   let store: Store
   if (config.redisUrl !== undefined) {
-    store = redisStore(fastify.redis, config.redisKeyPrefix, fastify.db, fastify.log)
+    // What the service caches in Redis is sealed with a secret of the
+    // database's (see storage/record-seal.ts), read once at start.
+    const seal = recordSeal(await readRecordSecret(fastify.db), fastify.log)
+    store = redisStore(fastify.redis, config.redisKeyPrefix, fastify.db, fastify.log, seal)
   } else {
     store = databaseStore(fastify.db, (err) => fastify.log.warn({ cause: err.message }, 'could not delete expired tokens'))
     // Said once, at start: rate limits and the client cache are per process

@@ -4,6 +4,7 @@
 // the SQL database (row locks do the same), and no shared cache.
 import type { Redis } from 'ioredis'
 import type { Database } from './database.js'
+import type { RecordSeal } from './record-seal.js'
 
 /** What is kept for a refresh token, under the SHA-256 of the token. */
 export interface RefreshTokenRecord {
@@ -49,6 +50,10 @@ export type ExchangeOutcome =
   | { status: 'missing' | 'foreign' | 'revoked' | 'reused' | 'scope' | 'target' | 'lost' }
   | { status: 'ok', record: RefreshTokenRecord }
 
+/**
+ * The cache shared by instances. Values are sealed on the way in and checked
+ * on the way out: a value that anyone but this service wrote reads as absent.
+ */
 export interface SharedCache {
   get: (key: string) => Promise<string | null>
   set: (key: string, value: string, ttlMs: number) => Promise<void>
@@ -73,10 +78,16 @@ export interface Store {
   isSessionRevoked: (sid: string) => Promise<boolean>
   /** Records `key` until `exp`; false when it was already recorded (single use). */
   recordOnce: (key: string, exp: number) => Promise<boolean>
-  /** Adds one to each counter; a counter lives `windowSeconds` from its first count. */
-  countFailures: (keys: string[], windowSeconds: number) => Promise<void>
-  /** The counters' values (0 for a missing or expired one). */
-  failures: (keys: string[]) => Promise<number[]>
+  /**
+   * Adds one to each counter and returns their new values, atomically: of
+   * many concurrent calls, each sees a different count. A counter lives
+   * `windowSeconds` from its first count.
+   */
+  countAttempts: (keys: string[], windowSeconds: number) => Promise<number[]>
+  /** Takes back one count from each counter that still exists (an attempt that succeeded). */
+  refundAttempts: (keys: string[]) => Promise<void>
+  /** Records in Redis refused by their integrity check since start (0 without Redis). */
+  readonly rejectedRecords: () => number
   /** The cache shared by instances, or undefined when there is no shared store. */
   readonly sharedCache: SharedCache | undefined
   /** Brings the store up to date at start (the Redis store restores revocations). */
@@ -91,25 +102,33 @@ const MAX_COUNTERS = 100_000
 /** How often expired rows are deleted from the database. */
 const SWEEP_INTERVAL_MS = 10 * 60_000
 
-const refreshKey = (hash: string): string => `refresh:${hash}`
+// v2: a hash of the sealed record (r) and the used flag (u). Records of
+// earlier releases were not sealed and are not trusted.
+const refreshKey = (hash: string): string => `refresh:v2:${hash}`
 const denyKey = (jti: string): string => `deny:${jti}`
 const sessionKey = (sid: string): string => `revoked-session:${sid}`
 
-// Exchanges a refresh token, in one round trip. KEYS[1]: the token's record.
-// ARGV: the client that must own it, the key prefix, the requested scopes,
-// how long a revoked session stays revoked, the requested audience, and the
-// audiences the client may still use (a JSON array). Outcomes as ExchangeOutcome.
+// Exchanges a refresh token, in one round trip. KEYS[1]: the token's record
+// (a hash: r the sealed record, u set once used). ARGV: the client that must
+// own it, the key prefix, the requested scopes, how long a revoked session
+// stays revoked, the requested audience, and the audiences the client may
+// still use (a JSON array). Outcomes as ExchangeOutcome; 'ok' returns the
+// sealed record, whose seal the caller checks (the script cannot: the key is
+// not in Redis), so a forged record can only be refused, never honoured.
 const EXCHANGE_REFRESH_TOKEN = `
-local value = redis.call('GET', KEYS[1])
+local fields = redis.call('HMGET', KEYS[1], 'r', 'u')
+local value = fields[1]
 if not value then return {'missing'} end
-local ok, record = pcall(cjson.decode, value)
+local text = string.match(value, '^[A-Za-z0-9_-]+%.(.*)$')
+if not text then return {'missing'} end
+local ok, record = pcall(cjson.decode, text)
 if not ok or type(record) ~= 'table' or type(record.sid) ~= 'string' then return {'missing'} end
 if record.client_id ~= ARGV[1] then return {'foreign'} end
 local session = ARGV[2] .. 'revoked-session:' .. record.sid
 if redis.call('EXISTS', session) == 1 then return {'revoked'} end
-if record.used then
+if fields[2] then
   redis.call('SET', session, '1', 'EX', ARGV[4])
-  return {'reused', record.sid}
+  return {'reused', value}
 end
 if ARGV[3] ~= '' then
   local granted = {}
@@ -124,8 +143,7 @@ for _, audience in ipairs(cjson.decode(ARGV[6])) do
   if audience == record.aud then allowed = true end
 end
 if not allowed then return {'lost'} end
-record.used = true
-redis.call('SET', KEYS[1], cjson.encode(record), 'KEEPTTL')
+redis.call('HSET', KEYS[1], 'u', '1')
 return {'ok', value}
 `
 
@@ -133,9 +151,11 @@ return {'ok', value}
 // the client that must own it, the key prefix, and the session's revocation
 // lifetime. Returns 'missing', 'foreign' or 'revoked'.
 const REVOKE_REFRESH_TOKEN = `
-local value = redis.call('GET', KEYS[1])
+local value = redis.call('HGET', KEYS[1], 'r')
 if not value then return 'missing' end
-local ok, record = pcall(cjson.decode, value)
+local text = string.match(value, '^[A-Za-z0-9_-]+%.(.*)$')
+if not text then return 'missing' end
+local ok, record = pcall(cjson.decode, text)
 if not ok or type(record) ~= 'table' or type(record.sid) ~= 'string' then return 'missing' end
 if record.client_id ~= ARGV[1] then return 'foreign' end
 redis.call('SET', ARGV[2] .. 'revoked-session:' .. record.sid, '1', 'EX', ARGV[3])
@@ -147,6 +167,26 @@ return 'revoked'
 // KEYS: the restore marker, then the deny-list and session keys. Returns -1
 // when the marker is missing (Redis lost its data and the revocations have
 // not been put back yet), else how many of the other keys exist.
+// Counts an attempt in each of KEYS, atomically, and returns the new counts.
+// ARGV[1]: the window in seconds, which starts at a counter's first count.
+const COUNT_ATTEMPTS = `
+local counts = {}
+for i = 1, #KEYS do
+  counts[i] = redis.call('INCR', KEYS[i])
+  if counts[i] == 1 then redis.call('EXPIRE', KEYS[i], ARGV[1]) end
+end
+return counts
+`
+
+// Takes one count back from each of KEYS that still exists (an expired
+// counter is not brought back as a negative one without an expiry).
+const REFUND_ATTEMPTS = `
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 and tonumber(redis.call('GET', KEYS[i])) > 0 then redis.call('DECR', KEYS[i]) end
+end
+return 0
+`
+
 const CHECK_REVOKED = `
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local found = 0
@@ -158,6 +198,8 @@ interface RedisWithScripts extends Redis {
   exchangeRefreshToken: (key: string, clientId: string, prefix: string, scope: string, ttl: number, audience: string, allowedAudiences: string) => Promise<[string, string?]>
   revokeRefreshToken: (key: string, clientId: string, prefix: string, ttl: number) => Promise<string>
   checkRevoked: (numberOfKeys: number, ...keys: string[]) => Promise<number>
+  countAttempts: (numberOfKeys: number, ...keysAndWindow: Array<string | number>) => Promise<number[]>
+  refundAttempts: (numberOfKeys: number, ...keys: string[]) => Promise<number>
 }
 
 /** Marks a Redis dataset that holds the durable revocations (see redisStore). */
@@ -184,11 +226,24 @@ async function recordRevocation (db: Pick<Database, 'query'>, kind: 'access_toke
  * A marker key says that the dataset holds them; a check that finds it
  * missing restores first, then answers.
  */
-export function redisStore (client: Redis, prefix: string, db: Database, log: StoreLog): Store {
+export function redisStore (client: Redis, prefix: string, db: Database, log: StoreLog, seal: RecordSeal): Store {
   const redis = client as RedisWithScripts
   redis.defineCommand('exchangeRefreshToken', { numberOfKeys: 1, lua: EXCHANGE_REFRESH_TOKEN })
   redis.defineCommand('revokeRefreshToken', { numberOfKeys: 1, lua: REVOKE_REFRESH_TOKEN })
   redis.defineCommand('checkRevoked', { lua: CHECK_REVOKED })
+  redis.defineCommand('countAttempts', { lua: COUNT_ATTEMPTS })
+  redis.defineCommand('refundAttempts', { lua: REFUND_ATTEMPTS })
+
+  /** The record of a sealed value, or undefined when the seal or the JSON is bad. */
+  function openRecord (key: string, sealed: string): RefreshTokenRecord | undefined {
+    const text = seal.open(key, sealed)
+    if (text === undefined) return undefined
+    try {
+      return JSON.parse(text) as RefreshTokenRecord
+    } catch {
+      return undefined
+    }
+  }
 
   let restoring: Promise<void> | undefined
   async function restore (): Promise<void> {
@@ -223,8 +278,12 @@ export function redisStore (client: Redis, prefix: string, db: Database, log: St
     ensureRestored().catch((err: Error) => log.error({ cause: err.message }, 'could not restore revocations to Redis'))
   })
   async function getRefreshToken (hash: string): Promise<RefreshTokenRecord | undefined> {
-    const value = await redis.get(refreshKey(hash))
-    return value === null ? undefined : JSON.parse(value) as RefreshTokenRecord
+    const key = refreshKey(hash)
+    const [sealed, used] = await redis.hmget(key, 'r', 'u')
+    if (sealed === null || sealed === undefined) return undefined
+    const record = openRecord(key, sealed)
+    if (record === undefined) return undefined
+    return used === null || used === undefined ? record : { ...record, used: true }
   }
   async function countRevoked (keys: string[]): Promise<number> {
     let found = await redis.checkRevoked(keys.length + 1, RESTORED_MARKER, ...keys)
@@ -240,16 +299,26 @@ export function redisStore (client: Redis, prefix: string, db: Database, log: St
     kind: 'redis',
     dependency: 'redis',
     async putRefreshToken (hash, record) {
-      await redis.set(refreshKey(hash), JSON.stringify(record), 'EXAT', record.exp)
+      const key = refreshKey(hash)
+      const { used, ...fields } = record
+      const results = await redis.multi().hset(key, 'r', seal.seal(key, JSON.stringify(fields))).expireat(key, record.exp).exec()
+      const failed = results?.find(([err]) => err !== null)?.[0]
+      if (failed !== undefined && failed !== null) throw failed
     },
     getRefreshToken,
     async exchangeRefreshToken (hash, request) {
-      const [status, value] = await redis.exchangeRefreshToken(refreshKey(hash), request.clientId, prefix, request.scope,
+      const key = refreshKey(hash)
+      const [status, value] = await redis.exchangeRefreshToken(key, request.clientId, prefix, request.scope,
         request.sessionTtl, request.audience, JSON.stringify(request.allowedAudiences))
-      if (status === 'ok' && value !== undefined) return { status, record: JSON.parse(value) as RefreshTokenRecord }
+      if (status === 'ok' && value !== undefined) {
+        const record = openRecord(key, value)
+        return record === undefined ? { status: 'missing' } : { status, record }
+      }
       if (status === 'reused' && value !== undefined) {
-        // Already in force in Redis; the durable record follows.
-        await recordRevocation(db, 'session', value, Math.floor(Date.now() / 1000) + request.sessionTtl)
+        // Already in force in Redis; the durable record follows, for a
+        // record this service wrote (a forged one names no real session).
+        const record = openRecord(key, value)
+        if (record !== undefined) await recordRevocation(db, 'session', record.sid, Math.floor(Date.now() / 1000) + request.sessionTtl)
       }
       return { status: status as Exclude<ExchangeOutcome['status'], 'ok'> }
     },
@@ -274,17 +343,19 @@ export function redisStore (client: Redis, prefix: string, db: Database, log: St
     async recordOnce (key, exp) {
       return (await redis.set(key, '1', 'EXAT', exp, 'NX')) !== null
     },
-    async countFailures (keys, windowSeconds) {
-      const pipeline = redis.pipeline()
-      for (const key of keys) pipeline.incr(key).expire(key, windowSeconds, 'NX')
-      await pipeline.exec()
+    async countAttempts (keys, windowSeconds) {
+      return await redis.countAttempts(keys.length, ...keys, windowSeconds)
     },
-    async failures (keys) {
-      return (await redis.mget(...keys)).map((value) => Number(value ?? 0))
+    async refundAttempts (keys) {
+      await redis.refundAttempts(keys.length, ...keys)
     },
+    rejectedRecords: () => seal.stats.rejected,
     sharedCache: {
-      get: async (key) => await redis.get(key),
-      set: async (key, value, ttlMs) => { await redis.set(key, value, 'PX', ttlMs) },
+      get: async (key) => {
+        const sealed = await redis.get(key)
+        return sealed === null ? null : seal.open(key, sealed) ?? null
+      },
+      set: async (key, value, ttlMs) => { await redis.set(key, seal.seal(key, value), 'PX', ttlMs) },
       del: async (key) => { await redis.del(key) }
     },
     // A database without the table yet (MIGRATE_ON_START=false) must not stop
@@ -389,26 +460,32 @@ export function databaseStore (db: Database, onSweepError: (err: Error) => void 
         RETURNING key`, [key, exp])
       return rows.length > 0
     },
-    // Failure counters are per process in this mode, like the rate limits.
-    async countFailures (keys, windowSeconds) {
+    // Attempt counters are per process in this mode, like the rate limits;
+    // synchronous, so each call sees the counts of the calls before it.
+    async countAttempts (keys, windowSeconds) {
       const now = Date.now()
-      for (const key of keys) {
+      const counts = keys.map((key) => {
         const counter = counters.get(key)
-        if (counter === undefined || counter.until <= now) counters.set(key, { count: 1, until: now + windowSeconds * 1000 })
-        else counter.count++
-      }
+        if (counter === undefined || counter.until <= now) {
+          counters.set(key, { count: 1, until: now + windowSeconds * 1000 })
+          return 1
+        }
+        return ++counter.count
+      })
       if (counters.size > MAX_COUNTERS) {
         for (const [key, counter] of counters) if (counter.until <= now) counters.delete(key)
         while (counters.size > MAX_COUNTERS) counters.delete(counters.keys().next().value as string)
       }
+      return counts
     },
-    async failures (keys) {
+    async refundAttempts (keys) {
       const now = Date.now()
-      return keys.map((key) => {
+      for (const key of keys) {
         const counter = counters.get(key)
-        return counter === undefined || counter.until <= now ? 0 : counter.count
-      })
+        if (counter !== undefined && counter.until > now && counter.count > 0) counter.count--
+      }
     },
+    rejectedRecords: () => 0,
     sharedCache: undefined,
     start: async () => {},
     close: () => { clearInterval(sweeper) }
