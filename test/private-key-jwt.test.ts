@@ -10,6 +10,11 @@ import { basicAuth, build, form, FORM, insertClient, sql, tokenRequest, type Tes
 const ISSUER = 'https://auth.example.com'
 const TOKEN_ENDPOINT = `${ISSUER}/oauth/token`
 const ASSERTION_TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer'
+// The JWKS servers here are plain http on loopback, which a jwks_uri may
+// name only with JWKS_URI_ALLOW_PRIVATE (test/jwks-fetch.test.ts shows the
+// refusals). Some tests fail many assertions from one address on purpose:
+// the failure throttle (test/throttle.test.ts) must not answer them first.
+const LOCAL_JWKS_ENV = { JWT_ISSUER: ISSUER, JWKS_URI_ALLOW_PRIVATE: 'true', AUTH_FAILURE_LIMIT: '1000', AUTH_FAILURE_LIMIT_PER_ADDRESS: '1000' }
 
 interface Signer {
   alg: string
@@ -75,7 +80,7 @@ test('a jwks_uri client gets tokens with a signed assertion; each assertion once
   const keys = await jwksServer(t)
   const rsaKey = signer('rsa', 'rsa-1')
   keys.sets.set('/clients/a/jwks.json', [rsaKey.jwk])
-  const { app, databaseUrl } = await build(t, { env: { JWT_ISSUER: ISSUER } })
+  const { app, databaseUrl } = await build(t, { env: LOCAL_JWKS_ENV })
   await sql(databaseUrl, 'INSERT INTO clients (client_id, jwks_uri) VALUES ($1, $2)', ['svc-keys', `${keys.url}/clients/a/jwks.json`])
 
   const first = assertion(rsaKey, 'svc-keys')
@@ -103,7 +108,7 @@ test('assertions that fail a check are refused alike', async (t) => {
   const key = signer('rsa', 'k1')
   const stranger = signer('rsa', 'k1')
   keys.sets.set('/jwks', [key.jwk])
-  const { app, databaseUrl } = await build(t, { env: { JWT_ISSUER: ISSUER } })
+  const { app, databaseUrl } = await build(t, { env: LOCAL_JWKS_ENV })
   await sql(databaseUrl, 'INSERT INTO clients (client_id, jwks_uri) VALUES ($1, $2), ($3, $2)', ['svc-a', `${keys.url}/jwks`, 'svc-b'])
   const now = Math.floor(Date.now() / 1000)
 
@@ -170,7 +175,7 @@ test('an unreachable or failing jwks_uri is a refused authentication, not a serv
   const keys = await jwksServer(t)
   const key = signer('rsa', 'k')
   keys.sets.set('/broken', 500)
-  const { app, databaseUrl } = await build(t, { env: { JWT_ISSUER: ISSUER } })
+  const { app, databaseUrl } = await build(t, { env: LOCAL_JWKS_ENV })
   await sql(databaseUrl, 'INSERT INTO clients (client_id, jwks_uri) VALUES ($1, $2), ($3, $4)', ['svc-broken', `${keys.url}/broken`, 'svc-down', 'http://127.0.0.1:9/jwks'])
   assertRefused(t, await withAssertion(app, assertion(key, 'svc-broken')), 'the JWKS answers 500')
   assertRefused(t, await withAssertion(app, assertion(key, 'svc-down')), 'nothing listens')
@@ -199,4 +204,44 @@ test('private_key_jwt works for refresh, revocation and introspection too', asyn
   t.equal(active.json().active, true, 'aud = the introspection endpoint')
   t.equal((await post('/oauth/revoke', refreshed.json().access_token, ISSUER)).statusCode, 200, 'aud = the issuer')
   t.equal((await post('/oauth/introspect', refreshed.json().access_token, ISSUER)).json().active, false, 'revoked')
+})
+
+test('the audiences an assertion may name come from configuration, never from the Host header', async (t) => {
+  const key = signer('ec', 'h1')
+  const envs: Array<Record<string, string>> = [{ JWT_ISSUER: ISSUER }, {}]
+  for (const env of envs) {
+    const { app, databaseUrl, config } = await build(t, { env })
+    await sql(databaseUrl, 'INSERT INTO clients (client_id, jwks) VALUES ($1, $2)', ['svc-host', JSON.stringify({ keys: [key.jwk] })])
+    const label = `issuer ${config.issuer}`
+    const otherHost = { host: 'other-as.example' }
+
+    // An assertion made for another authorization server, replayed here with
+    // that server's name in Host, must not pass as one made for us.
+    assertRefused(t, await withAssertion(app, assertion(key, 'svc-host', { aud: 'http://other-as.example/oauth/token' }), undefined, otherHost), `${label}: another server's token endpoint`)
+    assertRefused(t, await withAssertion(app, assertion(key, 'svc-host', { aud: 'http://other-as.example/oauth/token' }), undefined, { ...otherHost, 'x-forwarded-host': 'other-as.example' }), `${label}: with X-Forwarded-Host too`)
+    const introspect = await app.inject({
+      method: 'POST',
+      url: '/oauth/introspect',
+      headers: { ...FORM, ...otherHost },
+      payload: form({ token: 'x', client_assertion_type: ASSERTION_TYPE, client_assertion: assertion(key, 'svc-host', { aud: 'http://other-as.example/oauth/introspect' }) })
+    })
+    assertRefused(t, introspect, `${label}: another server's introspection endpoint`)
+
+    // Our own URLs pass, whatever Host says.
+    t.equal((await withAssertion(app, assertion(key, 'svc-host', { aud: `${config.publicUrl}/oauth/token` }), undefined, otherHost)).statusCode, 200, `${label}: ${config.publicUrl}/oauth/token`)
+    t.equal((await withAssertion(app, assertion(key, 'svc-host', { aud: config.issuer }), undefined, otherHost)).statusCode, 200, `${label}: the issuer`)
+  }
+
+  // PUBLIC_URL is the base; the token endpoint and the endpoint called are accepted.
+  const { app, databaseUrl } = await build(t, { env: { JWT_ISSUER: ISSUER, PUBLIC_URL: 'https://public.example.com/base' } })
+  await sql(databaseUrl, 'INSERT INTO clients (client_id, jwks) VALUES ($1, $2)', ['svc-host', JSON.stringify({ keys: [key.jwk] })])
+  t.equal((await withAssertion(app, assertion(key, 'svc-host', { aud: 'https://public.example.com/base/oauth/token' }), undefined, { host: 'public.example.com' })).statusCode, 200, 'PUBLIC_URL/oauth/token')
+  assertRefused(t, await withAssertion(app, assertion(key, 'svc-host', { aud: 'http://public.example.com/oauth/token' }), undefined, { host: 'public.example.com' }), 'the Host-derived URL, not PUBLIC_URL')
+  const revoke = await app.inject({
+    method: 'POST',
+    url: '/oauth/revoke',
+    headers: FORM,
+    payload: form({ token: 'x', client_assertion_type: ASSERTION_TYPE, client_assertion: assertion(key, 'svc-host', { aud: 'https://public.example.com/base/oauth/revoke' }) })
+  })
+  t.equal(revoke.statusCode, 200, 'PUBLIC_URL and the path of the endpoint called')
 })

@@ -70,9 +70,9 @@ const ROUTES: Record<string, RouteSpec> = {
   '/oauth/verify': { methods: ['POST'], media: JSON_TYPE },
   '/health': { methods: GET_HEAD },
   '/ready': { methods: GET_HEAD },
-  // README, Discovery: a Host that is not a host name is refused with 400 (no PUBLIC_URL here).
-  '/.well-known/openid-configuration': { methods: GET_HEAD, statuses: [200, 400] },
-  '/.well-known/oauth-authorization-server': { methods: GET_HEAD, statuses: [200, 400] },
+  // README, Discovery: the document comes from configuration alone, so no Host header changes or refuses it.
+  '/.well-known/openid-configuration': { methods: GET_HEAD, statuses: [200] },
+  '/.well-known/oauth-authorization-server': { methods: GET_HEAD, statuses: [200] },
   '/.well-known/jwks.json': { methods: GET_HEAD, statuses: [200] },
   // Hidden from the document, and registered without a HEAD route.
   '/metrics': { methods: ['GET'], statuses: [200] },
