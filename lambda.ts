@@ -2,7 +2,7 @@ import Fastify from 'fastify'
 import awsLambdaFastify from '@fastify/aws-lambda'
 import serviceApp, { options } from './app.js'
 import { loadConfig } from './plugins/config.js'
-import { REDACTED_PATHS } from './logging.js'
+import { LOG_SERIALIZERS, REDACTED_PATHS } from './logging.js'
 
 // Read once per execution environment, from the function's environment only
 // (no .env file in a Lambda package). A bad setting throws its ConfigError
@@ -14,7 +14,8 @@ export const app = Fastify({
   ...options,
   logger: {
     level: config.logLevel,
-    redact: { paths: REDACTED_PATHS, censor: '[redacted]' }
+    redact: { paths: REDACTED_PATHS, censor: '[redacted]' },
+    serializers: LOG_SERIALIZERS
   },
   trustProxy: config.trustProxy,
   bodyLimit: config.bodyLimit

@@ -1,5 +1,6 @@
 // Shared by every entry point that builds a logger (server.ts, lambda.ts). It
 // lives outside plugins/ because everything there is autoloaded as a plugin.
+import type { FastifyRequest } from 'fastify'
 
 // Pino paths that must never reach a log line, whatever a serializer adds.
 export const REDACTED_PATHS = [
@@ -13,3 +14,35 @@ export const REDACTED_PATHS = [
   'refresh_token',
   'access_token'
 ]
+
+/** Longest client id a log line carries, in characters. */
+export const MAX_LOGGED_CLIENT_ID = 128
+
+/**
+ * A request as its log lines show it: the path without the query string
+ * (clients put `client_secret` and tokens there despite RFC 6749 §2.3.1),
+ * and no header, since a client may put a credential in any of them.
+ */
+function requestWithoutQuery (request: FastifyRequest): Record<string, unknown> {
+  const url = request.url ?? ''
+  const query = url.indexOf('?')
+  return {
+    method: request.method,
+    url: query < 0 ? url : url.slice(0, query),
+    remoteAddress: request.ip,
+    remotePort: request.socket?.remotePort
+  }
+}
+
+/** A client id cut to MAX_LOGGED_CLIENT_ID characters: any caller chooses it, up to the body limit. */
+function shortClientId (value: unknown): unknown {
+  if (typeof value !== 'string' || value.length <= MAX_LOGGED_CLIENT_ID) return value
+  return `${value.slice(0, MAX_LOGGED_CLIENT_ID - 1)}…`
+}
+
+/** Pino serializers of the logger options (Fastify keeps its own for `res` and `err`). */
+export const LOG_SERIALIZERS = {
+  req: requestWithoutQuery,
+  clientId: shortClientId,
+  client_id: shortClientId
+}

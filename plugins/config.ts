@@ -4,7 +4,7 @@ import fp from 'fastify-plugin'
 import { envSchema } from 'env-schema'
 import { parse as parseDotenv } from 'dotenv'
 import { resolve } from 'node:path'
-import { dataDirSigningKey } from '../storage/data-dir.js'
+import { dataDirPermissionProblem, dataDirSigningKey, keyFilePermissionProblem } from '../storage/data-dir.js'
 
 // A setting that cannot be used. The message always starts with the variable's
 // name, so that the process can stop with one line an operator can act on.
@@ -403,6 +403,11 @@ export function loadConfig (env: EnvSource = process.env, options: { dotenv?: bo
   const databaseUrl = nonEmpty(raw.DATABASE_URL)
   const dataDir = resolve(raw.DATA_DIR)
   let privatePem = readPem(source, 'JWT_PRIVATE_KEY')
+  // Both hold secrets: refuse what another user may read or change.
+  const unsafeDataDir = databaseUrl === undefined ? dataDirPermissionProblem(dataDir) : undefined
+  if (unsafeDataDir !== undefined) throw new ConfigError('DATA_DIR', unsafeDataDir)
+  const unsafeKeyFile = privatePem?.from === 'JWT_PRIVATE_KEY_FILE' ? keyFilePermissionProblem(source.JWT_PRIVATE_KEY_FILE ?? '') : undefined
+  if (unsafeKeyFile !== undefined) throw new ConfigError('JWT_PRIVATE_KEY_FILE', unsafeKeyFile)
   let signingKeySource: Config['signingKeySource'] = { kind: 'environment' }
   if (privatePem === undefined) {
     // Instances sharing a PostgreSQL server must sign with one key, which a

@@ -1,6 +1,6 @@
 import { join } from 'node:path'
 import fp from 'fastify-plugin'
-import { CONTROL_SOCKET } from '../storage/data-dir.js'
+import { CONTROL_SOCKET, PGDATA, restrictToOwner } from '../storage/data-dir.js'
 import { MAX_SOCKET_PATH, startControlServer } from '../storage/control.js'
 import { applyMigrations } from './migrations.js'
 
@@ -10,6 +10,10 @@ import { applyMigrations } from './migrations.js'
 export default fp(async (fastify) => {
   const { config } = fastify
   if (config.databaseUrl !== undefined) return
+  // The embedded database is open by now (this plugin depends on postgres),
+  // and PGlite writes a new database's files open to everyone: close them
+  // while the service runs, not only when the data directory is given back.
+  restrictToOwner(join(config.dataDir, PGDATA))
   const path = join(config.dataDir, CONTROL_SOCKET)
   if (Buffer.byteLength(path) > MAX_SOCKET_PATH) {
     fastify.log.warn({ path }, 'the data directory path is too long for a Unix socket: the CLI cannot reach this process while it runs')

@@ -4,7 +4,7 @@
 // directory (owner-only, like the database files themselves), one JSON object
 // per line each way.
 import { createConnection, createServer, type Server, type Socket } from 'node:net'
-import { chmodSync, rmSync } from 'node:fs'
+import { rmSync } from 'node:fs'
 import type { Database, Queryable } from './database.js'
 
 export type ControlRequest =
@@ -31,6 +31,41 @@ const MAX_LINE = 1024 * 1024
 /** Unix socket paths are limited to about 104 bytes (108 on Linux). */
 export const MAX_SOCKET_PATH = 100
 
+// What each operation carries besides `id` and `op`, and of which type. A
+// line with a field missing, of another type, or not listed is refused.
+const FIELDS = {
+  query: { text: 'string', values: 'array?' },
+  exec: { script: 'string' },
+  migrate: {},
+  forget: { clientId: 'string' }
+} as const satisfies Record<ControlRequest['op'], Record<string, 'string' | 'array?'>>
+
+const isRecord = (value: unknown): value is Record<string, unknown> =>
+  typeof value === 'object' && value !== null && !Array.isArray(value)
+
+/** The id to answer a refused line with: its own when it has a usable one, else 0 (no request has it). */
+function answerId (value: unknown): number {
+  return isRecord(value) && Number.isSafeInteger(value.id) ? value.id as number : 0
+}
+
+/** The request a parsed line holds, or why it is not one. */
+export function parseControlRequest (value: unknown): { request: ControlRequest } | { error: string } {
+  if (!isRecord(value)) return { error: 'a request is a JSON object' }
+  if (!Number.isSafeInteger(value.id)) return { error: 'id must be an integer' }
+  const op = value.op
+  if (typeof op !== 'string' || !Object.hasOwn(FIELDS, op)) return { error: `op must be one of ${Object.keys(FIELDS).join(', ')}` }
+  const fields: Record<string, 'string' | 'array?'> = FIELDS[op as ControlRequest['op']]
+  for (const name of Object.keys(value)) {
+    if (name !== 'id' && name !== 'op' && !Object.hasOwn(fields, name)) return { error: `${op}: unexpected field ${name}` }
+  }
+  for (const [name, type] of Object.entries(fields)) {
+    const field = value[name]
+    if (type === 'string' && typeof field !== 'string') return { error: `${op}: ${name} must be a string` }
+    if (type === 'array?' && field !== undefined && !Array.isArray(field)) return { error: `${op}: ${name} must be an array` }
+  }
+  return { request: value as unknown as ControlRequest }
+}
+
 function answer (socket: Socket, response: ControlResponse): void {
   if (!socket.destroyed) socket.write(`${JSON.stringify(response)}\n`)
 }
@@ -38,66 +73,92 @@ function answer (socket: Socket, response: ControlResponse): void {
 async function handle (request: ControlRequest, handlers: ControlHandlers): Promise<ControlResponse> {
   switch (request.op) {
     case 'query': {
-      if (typeof request.text !== 'string' || (request.values !== undefined && !Array.isArray(request.values))) {
-        return { id: request.id, error: 'a query needs text and an array of values' }
-      }
       const { rows } = await handlers.db.query(request.text, request.values ?? [])
       return { id: request.id, rows }
     }
     case 'exec':
-      await handlers.db.exec(String(request.script))
+      await handlers.db.exec(request.script)
       return { id: request.id, done: true }
     case 'migrate':
       return { id: request.id, applied: await handlers.migrate() }
     case 'forget':
-      await handlers.forget(String(request.clientId))
+      await handlers.forget(request.clientId)
       return { id: request.id, done: true }
-    default:
-      return { id: (request as { id: number }).id, error: 'unknown operation' }
   }
 }
 
-/** Listens on `path` (replacing a stale socket file), owner-only. */
+/** Answers one line: a refused line gets an error and changes nothing. */
+function serveLine (socket: Socket, line: string, handlers: ControlHandlers): void {
+  let value: unknown
+  try {
+    value = JSON.parse(line)
+  } catch {
+    answer(socket, { id: 0, error: 'not JSON' })
+    return
+  }
+  const parsed = parseControlRequest(value)
+  if ('error' in parsed) {
+    answer(socket, { id: answerId(value), error: parsed.error })
+    return
+  }
+  const { request } = parsed
+  handle(request, handlers).then(
+    (response) => answer(socket, response),
+    (err: unknown) => answer(socket, {
+      id: request.id,
+      error: err instanceof Error ? err.message : String(err),
+      ...(typeof (err as { code?: unknown } | null)?.code === 'string' ? { code: (err as { code: string }).code } : {})
+    })
+  )
+}
+
+/**
+ * Listens on `path` (replacing a stale socket file), owner-only from the
+ * start: the socket file is created by bind() under the umask, so the umask
+ * is 0177 for that call (bind happens synchronously within listen() when the
+ * server is exclusive), and the file never exists with a wider mode. It also
+ * sits in DATA_DIR, which is owner-only.
+ */
 export async function startControlServer (path: string, handlers: ControlHandlers): Promise<Server> {
   rmSync(path, { force: true })
   const server = createServer((socket) => {
     let buffered = ''
+    // After a line longer than MAX_LINE: its rest is dropped up to the next newline.
+    let skipping = false
     socket.setEncoding('utf8')
     socket.on('error', () => socket.destroy())
     socket.on('data', (chunk: string) => {
       buffered += chunk
-      if (buffered.length > MAX_LINE) {
-        answer(socket, { id: 0, error: 'request too large' })
-        socket.destroy()
-        return
-      }
       let newline: number
       while ((newline = buffered.indexOf('\n')) >= 0) {
         const line = buffered.slice(0, newline)
         buffered = buffered.slice(newline + 1)
-        let request: ControlRequest
-        try {
-          request = JSON.parse(line) as ControlRequest
-        } catch {
-          answer(socket, { id: 0, error: 'not JSON' })
+        if (skipping) {
+          skipping = false
           continue
         }
-        handle(request, handlers).then(
-          (response) => answer(socket, response),
-          (err: unknown) => answer(socket, {
-            id: request.id,
-            error: (err as Error).message,
-            ...(typeof (err as { code?: unknown }).code === 'string' ? { code: (err as { code: string }).code } : {})
-          })
-        )
+        if (line.length > MAX_LINE) {
+          answer(socket, { id: 0, error: 'request too large' })
+          continue
+        }
+        serveLine(socket, line, handlers)
+      }
+      if (buffered.length > MAX_LINE) {
+        if (!skipping) answer(socket, { id: 0, error: 'request too large' })
+        skipping = true
+        buffered = ''
       }
     })
   })
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject)
-    server.listen(path, () => { server.off('error', reject); resolve() })
+    const umask = process.umask(0o177)
+    try {
+      server.listen({ path, exclusive: true }, () => { server.off('error', reject); resolve() })
+    } finally {
+      process.umask(umask)
+    }
   })
-  chmodSync(path, 0o600)
   return server
 }
 

@@ -1,7 +1,7 @@
 // The data directory of the embedded mode (DATA_DIR): the embedded database,
 // the generated signing key, the lock that keeps it to one service process,
 // and the control socket through which the CLI reaches that process.
-import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, statSync, writeSync } from 'node:fs'
+import { chmodSync, closeSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeSync, type Stats } from 'node:fs'
 import { generateKeyPairSync } from 'node:crypto'
 import { join, resolve } from 'node:path'
 
@@ -11,6 +11,89 @@ export const PGDATA = 'pgdata'
 export const SIGNING_KEY_FILE = 'signing-key.pem'
 export const LOCK_FILE = 'service.lock'
 export const CONTROL_SOCKET = 'control.sock'
+
+const GROUP_OTHER = 0o077
+const GROUP_OTHER_WRITE = 0o022
+const modeText = (stats: Stats): string => `0${(stats.mode & 0o777).toString(8).padStart(3, '0')}`
+
+/** The effective uid of this process; undefined where there are none (Windows). */
+const processUid = (): number | undefined => process.geteuid?.()
+
+/** Why a file or folder of this process's own is not: another owner, or open to group or others. */
+function ownerOnlyProblem (path: string, stats: Stats, uid: number, chmodTo: string): string | undefined {
+  if (stats.uid !== uid) return `${path} is owned by uid ${stats.uid}, not by this process (uid ${uid}); chown ${uid} ${path}`
+  if ((stats.mode & GROUP_OTHER) !== 0) return `${path} is open to group or others (mode ${modeText(stats)}); chmod ${chmodTo} ${path}`
+  return undefined
+}
+
+/**
+ * Why DATA_DIR may not hold this service's secrets: owned by another user,
+ * or open to group or others. Undefined when it is fine, or does not exist
+ * yet (it is then created owner-only). The text suits a ConfigError for
+ * DATA_DIR: the path, what is wrong, and the command that fixes it.
+ */
+export function dataDirPermissionProblem (dir: string): string | undefined {
+  const path = resolve(dir)
+  let stats: Stats
+  try {
+    stats = statSync(path)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
+    return `cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`
+  }
+  if (!stats.isDirectory()) return `${path} is not a directory`
+  const uid = processUid()
+  return uid === undefined ? undefined : ownerOnlyProblem(path, stats, uid, '700')
+}
+
+/**
+ * Why a private key file (JWT_PRIVATE_KEY_FILE) must not be used. A file of
+ * this process's user must be closed to group and others. A file owned by
+ * root is accepted even when group or others may read it: that is how
+ * platforms mount secrets (Kubernetes, Docker) for a service that does not
+ * run as root, and root reads everything anyway; it must still not be
+ * writable by group or others. A file of any other user is refused.
+ */
+export function keyFilePermissionProblem (file: string): string | undefined {
+  const path = resolve(file)
+  let stats: Stats
+  try {
+    stats = statSync(path)
+  } catch (err) {
+    return `cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`
+  }
+  const uid = processUid()
+  if (uid === undefined) return undefined
+  if (stats.uid === 0) {
+    if ((stats.mode & GROUP_OTHER_WRITE) !== 0) return `${path} is writable by group or others (mode ${modeText(stats)}); chmod go-w ${path}`
+    return undefined
+  }
+  if (stats.uid !== uid) return `${path} is owned by uid ${stats.uid}, neither this process's user (uid ${uid}) nor root; chown ${uid} ${path}`
+  return ownerOnlyProblem(path, stats, uid, '600')
+}
+
+/**
+ * Takes group and other permissions away from everything under `dir`
+ * (symbolic links are left alone). PGlite writes the files of a new database
+ * world-readable and world-writable (0666), whatever the umask: the WAL and
+ * the tables hold client records and refresh-token hashes.
+ */
+export function restrictToOwner (dir: string): void {
+  const walk = (path: string): void => {
+    try {
+      const stats = lstatSync(path)
+      if (stats.isSymbolicLink()) return
+      if ((stats.mode & GROUP_OTHER) !== 0) chmodSync(path, stats.mode & 0o7700)
+      if (stats.isDirectory()) {
+        for (const name of readdirSync(path)) walk(join(path, name))
+      }
+    } catch {
+      // Removed meanwhile, or not ours to change: DATA_DIR itself is checked
+      // to be owner-only, so nothing under it is reachable by others anyway.
+    }
+  }
+  walk(resolve(dir))
+}
 
 /** Creates the directory (owner-only) when missing; returns its absolute path. */
 export function ensureDataDir (dir: string): string {
@@ -52,7 +135,13 @@ export function writeOwnerOnly (path: string, content: string): void {
 export function dataDirSigningKey (dir: string, algorithm: KeyAlgorithm): { pem: string, path: string, generated: boolean } {
   const root = ensureDataDir(dir)
   const path = join(root, SIGNING_KEY_FILE)
-  if (existsSync(path)) return { pem: readFileSync(path, 'utf8'), path, generated: false }
+  if (existsSync(path)) {
+    // Written by this service into its own folder: no exception for root here.
+    const uid = processUid()
+    const problem = uid === undefined ? undefined : ownerOnlyProblem(path, statSync(path), uid, '600')
+    if (problem !== undefined) throw new Error(problem)
+    return { pem: readFileSync(path, 'utf8'), path, generated: false }
+  }
   writeOwnerOnly(path, generatePrivateKeyPem(algorithm).privateKey)
   return { pem: readFileSync(path, 'utf8'), path, generated: true }
 }
@@ -94,7 +183,9 @@ const heldHere = new Set<string>()
 /**
  * Takes the data directory for this process: the embedded database may be
  * opened by one process only. A lock left by a process that died is taken
- * over. Returns the function that gives it back.
+ * over. Returns the function that gives it back. The embedded database's
+ * files are made owner-only when it is taken (a folder written by an
+ * earlier version) and when it is given back (files created meanwhile).
  */
 export function lockDataDir (dir: string): () => void {
   const root = ensureDataDir(dir)
@@ -104,8 +195,10 @@ export function lockDataDir (dir: string): () => void {
     try {
       writeOwnerOnly(path, `${process.pid}\n`)
       heldHere.add(root)
+      restrictToOwner(join(root, PGDATA))
       return () => {
         heldHere.delete(root)
+        restrictToOwner(join(root, PGDATA))
         let holder: string
         try {
           holder = readFileSync(path, 'utf8').trim()

@@ -4,7 +4,7 @@
 // tests use that mode whatever servers the machine has: each builds the app
 // on a data directory of its own, as an operator following the README would.
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
-import { existsSync, readFileSync, statSync } from 'node:fs'
+import { chmodSync, existsSync, readFileSync, statSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -52,7 +52,10 @@ function testDataDir (t: Test, content: Record<string, string> = {}): string {
   t.teardown(async () => {
     for (const app of apps) await app.close()
   })
-  return t.testdir(content)
+  // Owner-only, as the service requires of an existing DATA_DIR.
+  const dir = t.testdir(content)
+  chmodSync(dir, 0o700)
+  return dir
 }
 
 /** The app as the server builds it, on `dir` with nothing but DATA_DIR set. */

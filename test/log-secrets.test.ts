@@ -1,0 +1,185 @@
+// Nothing secret reaches the log. The server process runs at LOG_LEVEL=trace
+// (everything it can say), and secrets and tokens are sent in every place a
+// client might put them: the query string, form and JSON bodies, Basic and
+// Bearer authorization, custom headers, cookies, the token parameters of
+// revoke, introspect and verify. Then the whole log is searched for each of
+// them, and for a 400-character client id, which may appear cut to 128.
+import { spawn } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { test } from 'tap'
+import { basicAuth, createDatabase, createRedisPrefix, embeddedDir, freePort, insertClient, PROJECT_DIR, runnerEnv, testEnv } from './helper.js'
+
+const FORM = 'application/x-www-form-urlencoded'
+const MAX_CLIENT_ID = 128
+
+interface TokenBody {
+  access_token: string
+  refresh_token: string
+}
+
+test('secrets and tokens sent anywhere in a request never reach the log, and client ids are cut to 128 characters', async (t) => {
+  const mark = randomBytes(6).toString('hex')
+  const clientId = `log-scan-${mark}`
+  const secret = `log-scan-secret-${mark}`
+  const wrongSecret = `log-scan-wrong-${mark}`
+  const headerSecret = `log-scan-header-${mark}`
+  const cookieSecret = `log-scan-cookie-${mark}`
+  const longId = `long-id-${mark}-`.repeat(40).slice(0, 400)
+
+  const databaseUrl = await createDatabase(t)
+  // An embedded database (migrated already) admits one opener: the client is
+  // made before the process starts; a server's, once the process has migrated it.
+  const embedded = embeddedDir(databaseUrl) !== undefined
+  if (embedded) await insertClient(databaseUrl, { id: clientId, secret })
+
+  const port = await freePort()
+  const base = `http://127.0.0.1:${port}`
+  const child = spawn(process.execPath, [...process.execArgv, 'server.ts'], {
+    cwd: PROJECT_DIR,
+    env: { ...runnerEnv(), ...testEnv(databaseUrl, createRedisPrefix(t), { SERVER_PORT: String(port), SERVER_HOST: '127.0.0.1', LOG_LEVEL: 'trace' }) }
+  })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => { stdout += chunk })
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
+  const exited = new Promise((resolve) => child.on('close', resolve))
+  const running = (): boolean => child.exitCode === null && child.signalCode === null
+  t.teardown(async () => {
+    if (running()) {
+      child.kill('SIGKILL')
+      await exited
+    }
+  })
+
+  const deadline = Date.now() + 60_000
+  let healthStatus = 0
+  while (healthStatus !== 200 && running() && Date.now() < deadline) {
+    try {
+      healthStatus = (await fetch(`${base}/health`, { signal: AbortSignal.timeout(2000) })).status
+    } catch {
+      await sleep(100)
+    }
+  }
+  t.equal(healthStatus, 200, 'the server answers /health', { stderr })
+  if (healthStatus !== 200) return
+  if (!embedded) await insertClient(databaseUrl, { id: clientId, secret })
+
+  const authorization = basicAuth(clientId, secret)
+  const send = async (path: string, init: { method?: string, headers?: Record<string, string>, body?: string } = {}): Promise<Response> =>
+    await fetch(`${base}${path}`, { method: init.method ?? 'POST', headers: init.headers, body: init.body, signal: AbortSignal.timeout(20_000) })
+  const form = (fields: Record<string, string>): string => new URLSearchParams(fields).toString()
+  const tokens = async (res: Response, what: string): Promise<TokenBody> => {
+    t.equal(res.status, 200, `${what}: 200`)
+    return await res.json() as TokenBody
+  }
+
+  // Basic, and client_secret_post.
+  const basic = await tokens(await send('/oauth/token', { headers: { authorization, 'content-type': FORM }, body: form({ grant_type: 'client_credentials' }) }), 'Basic')
+  const posted = await tokens(await send('/oauth/token', {
+    headers: { 'content-type': FORM },
+    body: form({ grant_type: 'client_credentials', client_id: clientId, client_secret: secret })
+  }), 'client_secret_post')
+  // A refresh, with the refresh token in the body.
+  const refreshed = await tokens(await send('/oauth/token', {
+    headers: { authorization, 'content-type': FORM },
+    body: form({ grant_type: 'refresh_token', refresh_token: basic.refresh_token })
+  }), 'refresh')
+
+  const attempts: Array<[string, Promise<Response>]> = [
+    // Credentials and tokens in the query string, whatever the answer.
+    ['query string at the token endpoint', send(`/oauth/token?${form({ client_id: clientId, client_secret: secret, refresh_token: refreshed.refresh_token })}`, {
+      headers: { 'content-type': FORM }, body: form({ grant_type: 'client_credentials' })
+    })],
+    ['query string at verify', send(`/oauth/verify?${form({ token: posted.access_token })}`, { headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: posted.access_token }) })],
+    ['query string on a GET', send(`/health?${form({ access_token: refreshed.access_token, client_secret: secret })}`, { method: 'GET' })],
+    ['query string of an unknown path', send(`/no-such-path?${form({ client_secret: secret })}`, { method: 'GET' })],
+    ['malformed percent-encoding in the query', send(`/oauth/token?client_secret=${secret}%zz`, { headers: { 'content-type': FORM }, body: form({ grant_type: 'client_credentials' }) })],
+    ['malformed percent-encoding in the path', send(`/%zz?client_secret=${secret}`, { method: 'GET' })],
+    // A JSON body where a form is expected.
+    ['JSON body at the token endpoint', send('/oauth/token', {
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ grant_type: 'client_credentials', client_id: clientId, client_secret: secret })
+    })],
+    ['malformed JSON at verify', send('/oauth/verify', { headers: { 'content-type': 'application/json' }, body: `{"token": "${posted.access_token}"` })],
+    // A wrong secret, Basic and posted.
+    ['wrong secret (Basic)', send('/oauth/token', { headers: { authorization: basicAuth(clientId, wrongSecret), 'content-type': FORM }, body: form({ grant_type: 'client_credentials' }) })],
+    ['wrong secret (post)', send('/oauth/token', { headers: { 'content-type': FORM }, body: form({ grant_type: 'client_credentials', client_id: clientId, client_secret: wrongSecret }) })],
+    // Bearer tokens, custom headers, cookies.
+    ['Bearer at verify', send('/oauth/verify', { headers: { authorization: `Bearer ${basic.access_token}`, 'content-type': 'application/json' }, body: JSON.stringify({ token: basic.access_token }) })],
+    ['Bearer at the token endpoint', send('/oauth/token', { headers: { authorization: `Bearer ${refreshed.access_token}`, 'content-type': FORM }, body: form({ grant_type: 'client_credentials' }) })],
+    ['custom headers and cookies', send('/.well-known/jwks.json', {
+      method: 'GET',
+      headers: {
+        'x-client-secret': secret,
+        'x-api-key': headerSecret,
+        'accept-version': headerSecret,
+        'x-refresh-token': refreshed.refresh_token,
+        cookie: `session=${cookieSecret}; token=${refreshed.access_token}`
+      }
+    })],
+    // Introspection and revocation of every token.
+    ['introspect a refresh token', send('/oauth/introspect', { headers: { authorization, 'content-type': FORM }, body: form({ token: refreshed.refresh_token, token_type_hint: 'refresh_token' }) })],
+    ['introspect an access token', send('/oauth/introspect', { headers: { authorization, 'content-type': FORM }, body: form({ token: refreshed.access_token }) })],
+    ['revoke an access token', send('/oauth/revoke', { headers: { authorization, 'content-type': FORM }, body: form({ token: posted.access_token }) })],
+    ['revoke a refresh token', send('/oauth/revoke', { headers: { authorization, 'content-type': FORM }, body: form({ token: posted.refresh_token }) })],
+    ['a used refresh token again (reuse detection)', send('/oauth/token', { headers: { authorization, 'content-type': FORM }, body: form({ grant_type: 'refresh_token', refresh_token: basic.refresh_token }) })],
+    ['verify a revoked token', send('/oauth/verify', { headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: posted.access_token }) })]
+  ]
+  for (const [what, pending] of attempts) {
+    const res = await pending
+    await res.arrayBuffer()
+    t.ok(res.status < 500, `${what}: answered without a server error (${res.status})`)
+  }
+
+  // A 400-character client id, until the failure throttle speaks too.
+  for (let attempt = 0; attempt < 12; attempt++) {
+    const res = attempt % 2 === 0
+      ? await send('/oauth/token', { headers: { authorization: basicAuth(longId, wrongSecret), 'content-type': FORM }, body: form({ grant_type: 'client_credentials' }) })
+      : await send('/oauth/token', { headers: { 'content-type': FORM }, body: form({ grant_type: 'client_credentials', client_id: longId, client_secret: wrongSecret }) })
+    await res.arrayBuffer()
+  }
+
+  // The last request's completion marks the end of what is to be scanned.
+  await (await send('/log-scan-end', { method: 'GET' })).arrayBuffer()
+  const lines = (): Array<Record<string, unknown>> => stdout.split('\n').filter((line) => line.trim() !== '').map((line) => JSON.parse(line) as Record<string, unknown>)
+  const url = (line: Record<string, unknown>): string | undefined => (line.req as { url?: string } | undefined)?.url
+  const endDeadline = Date.now() + 10_000
+  for (;;) {
+    const end = lines().find((line) => url(line) === '/log-scan-end')
+    if ((end !== undefined && lines().some((line) => line.reqId === end.reqId && line.msg === 'request completed')) || Date.now() > endDeadline) break
+    await sleep(50)
+  }
+  const log = lines()
+  t.ok(log.some((line) => url(line) === '/log-scan-end'), 'the log reached the last request')
+  t.ok(log.some((line) => line.level === 10 || line.level === 20) || log.length > 50, 'the log was written at trace level (many lines)')
+  t.ok(log.some((line) => url(line) === '/oauth/token'), 'requests are logged with their path')
+  t.strictSame(log.filter((line) => url(line)?.includes('?') === true).map(url), [], 'no logged URL has a query string')
+
+  const basicValue = (id: string, value: string): string => basicAuth(id, value).slice('Basic '.length)
+  const secrets: Array<[string, string]> = [
+    ['the client secret', secret],
+    ['the client secret, form-encoded', encodeURIComponent(secret)],
+    ['a wrong secret', wrongSecret],
+    ['the Basic credentials', basicValue(clientId, secret)],
+    ['the wrong Basic credentials', basicValue(clientId, wrongSecret)],
+    ['a custom header value', headerSecret],
+    ['a cookie value', cookieSecret],
+    ['the first access token', basic.access_token],
+    ['the first refresh token', basic.refresh_token],
+    ['the posted access token', posted.access_token],
+    ['the posted refresh token', posted.refresh_token],
+    ['the refreshed access token', refreshed.access_token],
+    ['the refreshed refresh token', refreshed.refresh_token],
+    ['the signature of an access token', basic.access_token.split('.')[2] ?? basic.access_token]
+  ]
+  for (const [what, value] of secrets) {
+    t.notOk(stdout.includes(value), `${what} is not in the log`)
+    t.notOk(stderr.includes(value), `${what} is not on stderr`)
+  }
+
+  t.notOk(stdout.includes(longId.slice(0, MAX_CLIENT_ID + 1)), `no run of more than ${MAX_CLIENT_ID} characters of the long client id is in the log`)
+  const loggedIds = log.flatMap((line) => [line.clientId, line.client_id]).filter((value): value is string => typeof value === 'string')
+  t.strictSame(loggedIds.filter((id) => id.length > MAX_CLIENT_ID), [], `every logged client id has at most ${MAX_CLIENT_ID} characters`)
+  t.ok(loggedIds.some((id) => id.startsWith(longId.slice(0, MAX_CLIENT_ID - 1))), 'the long client id was logged, cut')
+})
