@@ -2,7 +2,11 @@ import Fastify from 'fastify'
 import closeWithGrace from 'close-with-grace'
 import app, { options } from './app.js'
 import { ConfigError, loadConfig, type Config } from './plugins/config.js'
-import { REDACTED_PATHS } from './logging.js'
+import { LOG_SERIALIZERS, REDACTED_PATHS } from './logging.js'
+
+// Everything this process creates (the embedded database, the control
+// socket, keys) is for its own user only.
+process.umask(0o077)
 
 function fail (message: string): never {
   process.stderr.write(`session-service: ${message}\n`)
@@ -20,7 +24,8 @@ const server = Fastify({
   ...options,
   logger: {
     level: config.logLevel,
-    redact: { paths: REDACTED_PATHS, censor: '[redacted]' }
+    redact: { paths: REDACTED_PATHS, censor: '[redacted]' },
+    serializers: LOG_SERIALIZERS
   },
   trustProxy: config.trustProxy,
   bodyLimit: config.bodyLimit,

@@ -614,5 +614,7 @@ export async function main (argv: string[], env: Record<string, string | undefin
 
 // Run when executed (the bin entry, `node dist/cli/index.js`), not when imported.
 if (process.argv[1] !== undefined && resolve(process.argv[1]).replace(/\.ts$/, '.js') === resolve(import.meta.filename).replace(/\.ts$/, '.js')) {
+  // Keys, the embedded database and the lock are for this user only.
+  process.umask(0o077)
   process.exitCode = await main(process.argv.slice(2))
 }
