@@ -271,6 +271,8 @@ export default fp(async (fastify) => {
     }
   }
 
+  const lookups = new Map<string, Promise<Client | undefined>>()
+
   async function find (clientId: string): Promise<Client | undefined> {
     // No stored id is empty, longer than the column allows, or holds a NUL
     // (PostgreSQL text cannot): such an id is unknown without asking, rather
@@ -285,6 +287,20 @@ export default fp(async (fastify) => {
       }
       local.delete(clientId)
     }
+    // Concurrent lookups of one id share one read: a burst of requests for
+    // one client costs one query, not one each.
+    const reading = lookups.get(clientId)
+    if (reading !== undefined) return await reading
+    const lookup = read(clientId, now)
+    lookups.set(clientId, lookup)
+    try {
+      return await lookup
+    } finally {
+      lookups.delete(clientId)
+    }
+  }
+
+  async function read (clientId: string, now: number): Promise<Client | undefined> {
     // A cached record is sealed by this service (a forged one reads as
     // absent), and its time is capped at now: no record outlives
     // CLIENT_CACHE_TTL in memory, whatever time it claims.

@@ -55,7 +55,7 @@ export interface Secrets {
   padFailure: (check: SecretCheck) => Promise<void>
   /** A new hash of `secret` at BCRYPT_COST (on a worker), remembered as verified. */
   rehash: (secret: string) => Promise<string>
-  /** bcrypt compares run, checks refused because the queue was full, compares dropped for a gone request */
+  /** bcrypt compares started, checks refused because the queue was full, compares dropped for a gone request, rehashes */
   stats: { compares: number, refused: number, dropped: number, rehashes: number }
   /** compares waiting for a worker now */
   queueLength: () => number
@@ -224,6 +224,7 @@ class BcryptQueue {
   }
 
   private start (executor: Executor, entry: Queued): void {
+    if (entry.job.op === 'compare') this.stats.compares++
     executor.busy = true
     executor.run(entry.job).then(entry.resolve, entry.reject).finally(() => {
       executor.busy = false
@@ -261,7 +262,6 @@ export default fp(async (fastify) => {
   }
 
   async function compare (secret: string, hash: string, lane: string, isGone?: () => boolean): Promise<SecretCheck> {
-    stats.compares++
     const result = await queue.submit({ op: 'compare', secret, hash }, lane, isGone)
     const cost = bcryptCost(hash)
     observe(cost, result.ms)

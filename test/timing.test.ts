@@ -4,7 +4,7 @@
 import { test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { insertClientRow } from '../plugins/clients.js'
-import { basicAuth, build, form, FORM } from './helper.js'
+import { basicAuth, build, form, FORM, insertClient } from './helper.js'
 
 const ROUNDS = 8
 
@@ -51,6 +51,55 @@ test('an unknown client and a wrong secret: the same answer, after the same bcry
     }
   }
   const ratio = median(unknown) / median(wrong)
-  t.ok(ratio > 0.6 && ratio < 1.6,
+  t.ok(ratio > 0.8 && ratio < 1.25,
     `median time: unknown ${median(unknown).toFixed(0)} ms, wrong secret ${median(wrong).toFixed(0)} ms (ratio ${ratio.toFixed(2)}); a cheaper decoy would show as a ratio far below 1`)
+})
+
+test('a client inserted with a cheaper hash (the original service\'s SQL, cost 10) cannot be told from an unknown one by time', async (t) => {
+  const { app, databaseUrl } = await build(t, { env: { SECRET_CACHE_TTL: '0' } })
+  await insertClient(databaseUrl, { id: 'svc-cheap', secret: 'the-cheap-secret' })
+  await attempt(app, 'svc-warm-up', 'nothing', '192.0.2.1')
+
+  const unknown: number[] = []
+  const wrong: number[] = []
+  for (let round = 0; round < ROUNDS; round++) {
+    const a = await attempt(app, `svc-nobody-${round}`, 'a-guess', `192.0.2.${10 + round}`)
+    const b = await attempt(app, 'svc-cheap', `wrong-${round}`, `192.0.2.${100 + round}`)
+    t.equal(a.res.statusCode, 401)
+    t.equal(b.res.statusCode, 401)
+    unknown.push(a.ms)
+    wrong.push(b.ms)
+  }
+  const ratio = median(wrong) / median(unknown)
+  t.ok(ratio > 0.8 && ratio < 1.25,
+    `median time: wrong secret for a cost-10 client ${median(wrong).toFixed(0)} ms, unknown id ${median(unknown).toFixed(0)} ms (ratio ${ratio.toFixed(2)}); without the floor a cost-10 hash answers in about a third of the time`)
+})
+
+test('compares are not shared across client ids: the in-flight gap tells nothing', async (t) => {
+  const { app } = await build(t, { env: { SECRET_CACHE_TTL: '0', AUTH_FAILURE_LIMIT_PER_ADDRESS: '1000', AUTH_FAILURE_LIMIT: '1000' } })
+  await insertClientRow(app.db, { id: 'svc-known', secret: 'the-known-secret' })
+  await attempt(app, 'svc-warm-up', 'nothing', '192.0.2.1')
+
+  // The method: send a secret to an unknown id, then the same secret to a
+  // candidate id 15 ms later, and see how long after the first the second
+  // answers. Were compares shared across ids, an unknown candidate would
+  // join the first compare (the decoy's) and answer at once.
+  async function gap (candidate: string, secret: string): Promise<number> {
+    const first = attempt(app, `svc-probe-${secret}`, secret, '192.0.2.2')
+    await new Promise((resolve) => setTimeout(resolve, 15))
+    const second = attempt(app, candidate, secret, '192.0.2.3')
+    const [a, b] = await Promise.all([first, second])
+    t.equal(b.res.statusCode, 401)
+    return b.ms + 15 - a.ms
+  }
+  const forKnown: number[] = []
+  const forUnknown: number[] = []
+  for (let round = 0; round < ROUNDS; round++) {
+    forKnown.push(await gap('svc-known', `guess-k-${round}`))
+    forUnknown.push(await gap(`svc-absent-${round}`, `guess-u-${round}`))
+  }
+  t.comment(`gaps: known ${forKnown.map((ms) => ms.toFixed(0)).join(', ')}; unknown ${forUnknown.map((ms) => ms.toFixed(0)).join(', ')}`)
+  const ratio = median(forUnknown) / median(forKnown)
+  t.ok(ratio > 0.6 && ratio < 1.6, `median gap: unknown candidate ${median(forUnknown).toFixed(0)} ms, known ${median(forKnown).toFixed(0)} ms (ratio ${ratio.toFixed(2)})`)
+  t.ok(median(forUnknown) > 100, 'an unknown candidate waits for a compare of its own')
 })
