@@ -41,6 +41,8 @@ interface Settings {
   dataDir: string
   algorithm: KeyAlgorithm
   clientCacheTtl: string
+  /** bcrypt cost of the secrets the CLI hashes: the service's BCRYPT_COST */
+  bcryptCost: number
 }
 
 function settings (env: Record<string, string | undefined>): Settings {
@@ -52,6 +54,8 @@ function settings (env: Record<string, string | undefined>): Settings {
   }
   const algorithm = nonEmpty('JWT_ALGORITHM') ?? 'RS256'
   if (!isAlgorithm(algorithm)) throw new CliError(`JWT_ALGORITHM: must be one of ${ALGORITHMS.join(', ')}`)
+  const cost = nonEmpty('BCRYPT_COST') ?? String(BCRYPT_COST)
+  if (!/^\d+$/.test(cost) || Number(cost) < 10 || Number(cost) > 16) throw new CliError('BCRYPT_COST: must be an integer from 10 to 16')
   return {
     databaseUrl: nonEmpty('DATABASE_URL'),
     redisUrl: nonEmpty('REDIS_URL'),
@@ -59,7 +63,8 @@ function settings (env: Record<string, string | undefined>): Settings {
     redisKeyPrefix: merged.REDIS_KEY_PREFIX ?? 'session-service:',
     dataDir: resolve(nonEmpty('DATA_DIR') ?? './data'),
     algorithm,
-    clientCacheTtl: nonEmpty('CLIENT_CACHE_TTL') ?? '30s'
+    clientCacheTtl: nonEmpty('CLIENT_CACHE_TTL') ?? '30s',
+    bcryptCost: Number(cost)
   }
 }
 
@@ -366,7 +371,7 @@ among --scope). --rate-limit: token requests per minute (default: RATE_LIMIT_DEF
       const secret = await chooseSecret(values['secret-stdin'] === true, command)
       await withDatabase(config, async (connection) => {
         try {
-          await insertClientRow(connection.db, { id, secret, name, scopes, defaultScopes, audiences, rateLimit })
+          await insertClientRow(connection.db, { id, secret, name, scopes, defaultScopes, audiences, rateLimit }, config.bcryptCost)
         } catch (err) {
           if ((err as { code?: string }).code === '23505') throw new CliError(`a client "${id}" already exists`)
           throw err
@@ -436,7 +441,7 @@ within CLIENT_CACHE_TTL. Tokens already issued stay valid until they expire.`,
       const command = 'clients rotate-secret'
       const id = clientIdArgument(positionals, command)
       const secret = await chooseSecret(values['secret-stdin'] === true, command)
-      const hash = await bcrypt.hash(secret, BCRYPT_COST)
+      const hash = await bcrypt.hash(secret, config.bcryptCost)
       await withDatabase(config, async (connection) => {
         const { rows } = await connection.db.query('UPDATE clients SET client_secret_hash = $2 WHERE client_id = $1 RETURNING client_id', [id, hash])
         if (rows.length === 0) throw new CliError(`no client "${id}"`)
