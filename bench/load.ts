@@ -11,13 +11,15 @@ export interface Scenario {
   duration: number
   /** total requests instead of a duration */
   amount?: number
-  kind: 'get' | 'form' | 'verify' | 'introspect' | 'refresh'
+  kind: 'get' | 'form' | 'verify' | 'introspect' | 'refresh' | 'wrong-secrets'
   path: string
   /** form body for 'form' */
   body?: string
   headers?: Record<string, string>
   /** file with a JSON array of tokens for 'verify', 'introspect' and 'refresh' */
   tokensFile?: string
+  /** 'wrong-secrets': the client whose secret is guessed */
+  clientId?: string
 }
 
 export interface LoadResult {
@@ -61,6 +63,24 @@ function requestsFor (scenario: Scenario): autocannon.Request[] {
         headers: { ...headers, 'content-type': FORM },
         setupRequest: (request) => ({ ...request, body: `token=${encodeURIComponent(take())}` })
       }]
+    case 'wrong-secrets': {
+      // A different wrong secret each time, as a guesser sends: no two share
+      // a compare.
+      let guess = 0
+      return [{
+        method: 'POST',
+        path: scenario.path,
+        body: scenario.body ?? '',
+        setupRequest: (request) => ({
+          ...request,
+          headers: {
+            ...headers,
+            'content-type': FORM,
+            authorization: 'Basic ' + Buffer.from(`${scenario.clientId ?? ''}:guess-${process.pid}-${guess++}`).toString('base64')
+          }
+        })
+      }]
+    }
     case 'refresh': {
       // Each refresh token is sent once, as a client would: the pool at
       // first, then the tokens the responses return. (autocannon's
