@@ -2,6 +2,7 @@
 // and per address, without letting an attacker lock a client out of its own
 // address. Requests come from chosen addresses (light-my-request's
 // remoteAddress), as a load balancer's clients would with TRUST_PROXY.
+import { join } from 'node:path'
 import { test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { basicAuth, build, form, FORM, insertClient } from './helper.js'
@@ -74,7 +75,36 @@ test('AUTH_FAILURE_LIMIT and AUTH_FAILURE_LIMIT_PER_ADDRESS are validated', asyn
     t.throws(() => loadConfig({ DATA_DIR: t.testdir({}), [name]: '0' }), named, `${name}=0 is refused`)
     t.throws(() => loadConfig({ DATA_DIR: t.testdir({}), [name]: 'many' }), named, `${name}=many is refused`)
   }
-  const config = loadConfig({ DATA_DIR: t.testdir({}) })
+  // A DATA_DIR that does not exist yet is made owner-only (an existing one must already be).
+  const config = loadConfig({ DATA_DIR: join(t.testdir({}), 'data') })
   t.equal(config.authFailureLimit, 10, 'default: 10 failures per minute per client id and address')
   t.equal(config.authFailureLimitPerAddress, 50, 'default: 50 failures per minute per address')
+})
+
+test('failed client assertions (private_key_jwt) count in the same throttle', async (t) => {
+  const { insertClientRow } = await import('../plugins/clients.js')
+  const { generateKeyPairSync } = await import('node:crypto')
+  const { app } = await build(t, { env: { AUTH_FAILURE_LIMIT: '3', AUTH_FAILURE_LIMIT_PER_ADDRESS: '100' } })
+  const jwk = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ format: 'jwk' })
+  await insertClientRow(app.db, { id: 'svc-jwt', jwks: { keys: [{ ...jwk, kid: 'k1', alg: 'ES256' }] } })
+  // Signed by nobody's key: each is a failed authentication.
+  const forged = (n: number): string => [
+    Buffer.from(JSON.stringify({ alg: 'ES256', kid: 'k1' })).toString('base64url'),
+    Buffer.from(JSON.stringify({ iss: 'svc-jwt', sub: 'svc-jwt', aud: 'x', jti: `j${n}`, exp: Math.floor(Date.now() / 1000) + 60 })).toString('base64url'),
+    Buffer.alloc(64, n).toString('base64url')
+  ].join('.')
+  const attempt = async (address: string, n: number): Promise<number> => (await app.inject({
+    method: 'POST',
+    url: '/oauth/token',
+    remoteAddress: address,
+    headers: FORM,
+    payload: form({
+      grant_type: 'client_credentials',
+      client_assertion_type: 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer',
+      client_assertion: forged(n)
+    })
+  })).statusCode
+  for (let n = 1; n <= 3; n++) t.equal(await attempt(ATTACKER, n), 401, `forged assertion ${n}: 401`)
+  t.equal(await attempt(ATTACKER, 4), 429, 'the fourth from that address is refused before any check')
+  t.equal(await attempt(CLIENT_HOME, 5), 401, 'another address is still checked')
 })
