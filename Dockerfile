@@ -54,6 +54,7 @@ EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:' + (process.env.SERVER_PORT || 8080) + '/health').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
 # Exec form: node is the process that receives SIGTERM (no shell between), and
-# close-with-grace finishes in-flight requests and closes the pools before it
-# exits (within 10 s; give `docker stop` a longer --time).
+# drains before it exits: SHUTDOWN_DELAY (5 s) of service while load balancers
+# stop sending, then every request received is answered: about 6 s in all, at
+# most SHUTDOWN_DELAY + 10 s, which `docker stop --time` should exceed.
 CMD ["node", "dist/server.js"]

@@ -1,3 +1,6 @@
+import type { Server as HttpServer } from 'node:http'
+import { Server as NetServer } from 'node:net'
+import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify from 'fastify'
 import closeWithGrace from 'close-with-grace'
 import app, { options } from './app.js'
@@ -41,18 +44,70 @@ try {
   fail((err as Error).message)
 }
 
-// Once closing has begun, answers ask the client to close its connection:
-// otherwise a keep-alive connection whose request was in flight stays open
-// after its answer and holds server.close() until the keep-alive timeout.
-let closing = false
-server.addHook('preClose', async () => { closing = true })
+// Shutdown loses no request. On SIGTERM the instance drains: /ready answers
+// 503 so that load balancers stop sending here, and every answer asks its
+// client to close the connection, while the service keeps serving for
+// SHUTDOWN_DELAY. Then it stops listening, answers every request that has
+// reached it, closes the connections left idle, closes the pools and exits 0.
+// SIGINT (Ctrl-C in a terminal), any other signal and a crash skip the delay.
+// After the delay, requests in flight get DRAIN_LIMIT_MS to finish; past
+// SHUTDOWN_DELAY + EXIT_LIMIT_MS close-with-grace exits 1 whatever hangs.
+const DRAIN_LIMIT_MS = 9_000
+const EXIT_LIMIT_MS = 10_000
+// How often connections are looked at while draining; also how long one
+// that is idle when the listener closes has to deliver a request in transit.
+const IDLE_CHECK_MS = 250
+
 server.addHook('onSend', async (request, reply) => {
-  if (closing) reply.header('connection', 'close')
+  if (server.draining) reply.header('connection', 'close')
 })
 
-closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
+/**
+ * Resolves once the event loop has polled its sockets after the call: a
+ * setImmediate callback runs after the poll phase of the current loop
+ * iteration, the one it schedules after the poll of the next.
+ */
+async function afterNextPoll (): Promise<void> {
+  for (let i = 0; i < 2; i++) await new Promise((resolve) => setImmediate(resolve))
+}
+
+/**
+ * Stops accepting connections, then resolves once every open one has closed:
+ * a connection with a request in progress closes after its answer (which
+ * carries Connection: close), an idle one is closed here. At `deadline` the
+ * connections still open are cut.
+ */
+async function stopListening (httpServer: HttpServer, deadline: number): Promise<void> {
+  if (!httpServer.listening) return
+  // Connections waiting in the kernel's accept queue, requests and all, are
+  // taken first: closing the listener would reset them.
+  await afterNextPoll()
+  // net.Server's close, not http.Server's: the latter also destroys every
+  // connection without a request in progress, including one whose request
+  // has arrived but is still unread in the socket's buffer.
+  const closed = new Promise<true>((resolve) => {
+    NetServer.prototype.close.call(httpServer, () => resolve(true))
+  })
+  while (Date.now() < deadline) {
+    if (await Promise.race([closed, sleep(IDLE_CHECK_MS, false)])) return
+    // Every request whose bytes have arrived by now is read, and counts as
+    // in progress, before its connection could be taken for an idle one.
+    await afterNextPoll()
+    httpServer.closeIdleConnections()
+  }
+  server.log.warn({ drainLimitMs: DRAIN_LIMIT_MS }, 'requests still in progress at the drain limit: closing their connections')
+  httpServer.closeAllConnections()
+  await closed
+}
+
+closeWithGrace({ delay: config.shutdownDelayMs + EXIT_LIMIT_MS }, async ({ signal, err }) => {
+  const serving = server.server.listening
+  server.draining = true
+  const delayMs = signal === 'SIGTERM' && serving ? config.shutdownDelayMs : 0
   if (err !== undefined) server.log.error({ err }, 'shutting down after an error')
-  else server.log.info({ signal }, 'shutting down')
+  else server.log.info({ signal, delayMs }, 'shutting down')
+  await sleep(delayMs)
+  await stopListening(server.server, Date.now() + DRAIN_LIMIT_MS)
   await server.close()
 })
 

@@ -1,5 +1,17 @@
+import fp from 'fastify-plugin'
 import type { FastifyPluginAsync } from 'fastify'
 import { RETRY_AFTER_SECONDS } from '../plugins/errors.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /**
+     * True once the instance has begun to shut down (server.ts sets it on
+     * SIGTERM or SIGINT): /ready answers 503 from then on, while the other
+     * endpoints keep serving until the listener closes.
+     */
+    draining: boolean
+  }
+}
 
 // Answered within a second even when a dependency hangs.
 const CHECK_TIMEOUT_MS = 800
@@ -25,11 +37,21 @@ const unavailableResponse = {
   }
 } as const
 
+const drainingResponse = {
+  type: 'object',
+  required: ['status'],
+  properties: { status: { type: 'string', enum: ['draining'] } },
+  additionalProperties: false
+} as const
+
 // Readiness, not liveness: a 503 here asks the load balancer to stop sending
 // traffic to this instance; it is no reason to restart it (that is /health's
-// question). While the server closes, Fastify itself answers 503
-// (return503OnClosing), so draining instances leave the pool.
+// question). A draining instance answers 503 at once, without probing, so
+// that load balancers take it out of the pool before it stops listening.
+// Not encapsulated, so that server.ts sees the `draining` flag it sets.
 const readyRoute: FastifyPluginAsync = async (fastify) => {
+  fastify.decorate('draining', false)
+
   async function probe (name: string, check: Promise<void>): Promise<DependencyState> {
     try {
       await check
@@ -46,9 +68,12 @@ const readyRoute: FastifyPluginAsync = async (fastify) => {
     logLevel: 'warn',
     schema: {
       summary: 'Readiness: whether this instance can serve token requests now',
-      response: { 200: readyResponse, 503: unavailableResponse }
+      response: { 200: readyResponse, 503: { anyOf: [unavailableResponse, drainingResponse] } }
     }
   }, async (request, reply) => {
+    reply.header('cache-control', 'no-store')
+    // No Retry-After: this instance is not coming back.
+    if (fastify.draining) return reply.code(503).send({ status: 'draining' })
     const [postgresql, redis] = await Promise.all([
       probe('postgresql', fastify.pingPostgres(CHECK_TIMEOUT_MS)),
       // Without REDIS_URL there is no Redis to wait for.
@@ -57,7 +82,6 @@ const readyRoute: FastifyPluginAsync = async (fastify) => {
     // The keys plugin refuses to boot without a key; checked anyway so that
     // readiness never claims more than it verified.
     const signingKey = fastify.hasDecorator('keys') && fastify.keys.kid !== '' ? 'loaded' : 'missing'
-    reply.header('cache-control', 'no-store')
     if (postgresql === 'up' && (redis === 'up' || redis === 'unused') && signingKey === 'loaded') {
       return reply.code(200).send({ status: 'ready' })
     }
@@ -66,4 +90,4 @@ const readyRoute: FastifyPluginAsync = async (fastify) => {
   })
 }
 
-export default readyRoute
+export default fp(readyRoute, { name: 'ready-route' })
