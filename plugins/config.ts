@@ -354,8 +354,12 @@ function parseTrustProxy (value: string): Config['trustProxy'] {
   return entries
 }
 
-/** Compares waiting for a bcrypt worker by default: eight per worker (about 2 s of work at cost 12 each). */
-export const bcryptQueueDefault = (workers: number): number => 8 * Math.max(1, workers)
+/**
+ * Compares waiting for a bcrypt worker by default: four per worker, about a
+ * second of work at cost 12, so that the last one waiting is answered within
+ * a few seconds even on a loaded machine.
+ */
+export const bcryptQueueDefault = (workers: number): number => 4 * Math.max(1, workers)
 
 /** Whether API Gateway would accept this issuer: an absolute https URL without query or fragment. */
 export function isGatewayIssuer (issuer: string): boolean {

@@ -2,7 +2,8 @@
 // cost 12), which would cap a token endpoint at a few requests per second per
 // core and stall every other request meanwhile. So:
 // - compares run on worker threads, so the event loop keeps serving;
-// - the compares waiting for a worker are bounded (BCRYPT_QUEUE_LIMIT): over
+// - the compares waiting for a worker are bounded (BCRYPT_QUEUE_LIMIT, four
+//   per worker by default, about a second of work at cost 12 each): over
 //   it, a check is refused at once (503) instead of waiting for seconds; the
 //   queue is served round-robin by lane (the caller's address), and when it
 //   is full the longest lane gives way, so that a burst from one address
@@ -92,54 +93,57 @@ function mainThreadExecutor (): Executor {
   }
 }
 
-// One worker thread, one job at a time. Started at its first job, so that an
-// instance that never checks a secret starts none; unref'd, so that an idle
-// worker never keeps the process alive.
-function workerExecutor (): Executor {
-  let worker: Worker | undefined
-  let closed = false
-  let pending: { id: number, resolve: (result: BcryptResult) => void, reject: (err: Error) => void } | undefined
-  let nextId = 0
-  function start (): Worker {
-    // The worker module sits beside this one's directory, with this module's
-    // extension (.ts under the test loader, .js when built).
-    const extension = import.meta.url.endsWith('.ts') ? '.ts' : '.js'
-    const created = new Worker(new URL(`../workers/bcrypt${extension}`, import.meta.url))
-    created.unref()
-    created.on('message', (result: BcryptResult) => {
-      const waiter = pending
-      pending = undefined
-      if (waiter?.id === result.id) waiter.resolve(result)
-    })
-    const fail = (err: Error): void => {
-      if (worker === created) worker = undefined
-      const waiter = pending
-      pending = undefined
-      waiter?.reject(err)
-    }
-    created.on('error', fail)
-    created.on('exit', () => fail(new Error('the bcrypt worker stopped')))
-    return created
+// Worker threads are shared by every app in the process (the tests build
+// many; starting a thread costs far more than a compare), started at their
+// first job and unref'd, so that an idle one never keeps the process alive.
+// Each app's executor uses one of them as if it were its own: in a service
+// process there is one app, so one job at a time runs on each thread.
+interface SharedWorker {
+  worker: Worker
+  pending: Map<number, { resolve: (result: BcryptResult) => void, reject: (err: Error) => void }>
+}
+const sharedWorkers: Array<SharedWorker | undefined> = []
+let nextJobId = 0
+
+function sharedWorker (index: number): SharedWorker {
+  const existing = sharedWorkers[index]
+  if (existing !== undefined) return existing
+  // The worker module sits beside this one's directory, with this module's
+  // extension (.ts under the test loader, .js when built).
+  const extension = import.meta.url.endsWith('.ts') ? '.ts' : '.js'
+  const worker = new Worker(new URL(`../workers/bcrypt${extension}`, import.meta.url))
+  const entry: SharedWorker = { worker, pending: new Map() }
+  worker.on('message', (result: BcryptResult) => {
+    const waiter = entry.pending.get(result.id)
+    entry.pending.delete(result.id)
+    waiter?.resolve(result)
+  })
+  const fail = (err: Error): void => {
+    // A thread that died is replaced at the next job; its jobs fail.
+    if (sharedWorkers[index] === entry) sharedWorkers[index] = undefined
+    for (const waiter of entry.pending.values()) waiter.reject(err)
+    entry.pending.clear()
   }
+  worker.on('error', fail)
+  worker.on('exit', () => fail(new Error('the bcrypt worker stopped')))
+  // After the listeners: adding a 'message' listener refs the thread again.
+  worker.unref()
+  sharedWorkers[index] = entry
+  return entry
+}
+
+function workerExecutor (index: number): Executor {
   return {
     busy: false,
     run: async (job) => {
-      // After close (a background rehash that outlived its app), no new thread.
-      if (closed) throw new Error('the bcrypt workers are closed')
-      worker ??= start()
-      const id = nextId++
-      const running = worker
+      const { worker, pending } = sharedWorker(index)
+      const id = nextJobId++
       return await new Promise<BcryptResult>((resolve, reject) => {
-        pending = { id, resolve, reject }
-        running.postMessage({ ...job, id })
+        pending.set(id, { resolve, reject })
+        worker.postMessage({ ...job, id })
       })
     },
-    close: async () => {
-      closed = true
-      const running = worker
-      worker = undefined
-      if (running !== undefined) await running.terminate()
-    }
+    close: async () => {}
   }
 }
 
@@ -155,6 +159,8 @@ interface Queued {
 class BcryptQueue {
   private readonly lanes = new Map<string, Queued[]>()
   private queued = 0
+  /** the lane of the compare started last: it waits behind every other lane */
+  private lastServed: string | undefined
 
   constructor (
     private readonly executors: Executor[],
@@ -206,6 +212,11 @@ class BcryptQueue {
   // Round-robin over lanes: each lane's first entry in turn; a lane served
   // goes to the back.
   private next (): Queued | undefined {
+    const recent = this.lastServed === undefined ? undefined : this.lanes.get(this.lastServed)
+    if (recent !== undefined && this.lanes.size > 1) {
+      this.lanes.delete(this.lastServed as string)
+      this.lanes.set(this.lastServed as string, recent)
+    }
     for (;;) {
       const first = this.lanes.entries().next()
       if (first.done === true) return undefined
@@ -225,6 +236,7 @@ class BcryptQueue {
 
   private start (executor: Executor, entry: Queued): void {
     if (entry.job.op === 'compare') this.stats.compares++
+    this.lastServed = entry.lane
     executor.busy = true
     executor.run(entry.job).then(entry.resolve, entry.reject).finally(() => {
       executor.busy = false
@@ -239,7 +251,7 @@ export default fp(async (fastify) => {
   const stats = { compares: 0, refused: 0, dropped: 0, rehashes: 0 }
   const executors = config.bcryptWorkers === 0
     ? [mainThreadExecutor()]
-    : Array.from({ length: config.bcryptWorkers }, workerExecutor)
+    : Array.from({ length: config.bcryptWorkers }, (_, index) => workerExecutor(index))
   const queue = new BcryptQueue(executors, config.bcryptQueueLimit, stats)
   fastify.addHook('onClose', async () => { await Promise.all(executors.map(async (executor) => await executor.close())) })
 

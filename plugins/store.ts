@@ -14,8 +14,10 @@ export default fp(async (fastify) => {
   let store: Store
   if (config.redisUrl !== undefined) {
     // What the service caches in Redis is sealed with a secret of the
-    // database's (see storage/record-seal.ts), read once at start.
-    const seal = recordSeal(await readRecordSecret(fastify.db), fastify.log)
+    // database's (see storage/record-seal.ts), read at start when the
+    // database answers, else at the first need.
+    const seal = recordSeal(async () => await readRecordSecret(fastify.db), fastify.log)
+    await seal.load().catch((err: Error) => fastify.log.error({ cause: err.message }, 'could not read the record-signing secret; Redis records cannot be read or written until it is'))
     store = redisStore(fastify.redis, config.redisKeyPrefix, fastify.db, fastify.log, seal)
   } else {
     store = databaseStore(fastify.db, (err) => fastify.log.warn({ cause: err.message }, 'could not delete expired tokens'))

@@ -18,20 +18,36 @@ export interface RecordSealLog {
 
 export interface RecordSeal {
   /** `value` with its seal, for `key`. */
-  seal: (key: string, value: string) => string
+  seal: (key: string, value: string) => Promise<string>
   /** The value of a sealed record stored under `key`, or undefined when the seal does not check out. */
-  open: (key: string, sealed: string) => string | undefined
+  open: (key: string, sealed: string) => Promise<string | undefined>
+  /** Reads the secret now (at start), so that the first request does not wait for it. */
+  load: () => Promise<void>
   /** Records refused since start (for metrics). */
   readonly stats: { rejected: number }
 }
 
 const MAC_LENGTH = 43 // base64url of 32 bytes
 
-export function recordSeal (secret: Buffer, log: RecordSealLog): RecordSeal {
+/**
+ * `loadSecret` reads the secret from the database; it is read once, when
+ * first needed, and read again after a failure (the database may be down
+ * at start: the service starts anyway, and what needs the secret fails as a
+ * dependency failure until it answers).
+ */
+export function recordSeal (loadSecret: () => Promise<Buffer>, log: RecordSealLog): RecordSeal {
   const stats = { rejected: 0 }
   const logged = new Set<string>()
-  const mac = (key: string, value: string): Buffer =>
-    createHmac('sha256', secret).update(key).update('\0').update(value).digest()
+  let loading: Promise<Buffer> | undefined
+  async function secret (): Promise<Buffer> {
+    loading ??= loadSecret().catch((err: unknown) => {
+      loading = undefined
+      throw err
+    })
+    return await loading
+  }
+  const mac = async (key: string, value: string): Promise<Buffer> =>
+    createHmac('sha256', await secret()).update(key).update('\0').update(value).digest()
 
   function reject (key: string): undefined {
     stats.rejected++
@@ -44,15 +60,16 @@ export function recordSeal (secret: Buffer, log: RecordSealLog): RecordSeal {
   }
 
   return {
-    seal: (key, value) => `${mac(key, value).toString('base64url')}.${value}`,
-    open (key, sealed) {
+    seal: async (key, value) => `${(await mac(key, value)).toString('base64url')}.${value}`,
+    async open (key, sealed) {
       if (sealed.length <= MAC_LENGTH || sealed[MAC_LENGTH] !== '.') return reject(key)
       const given = Buffer.from(sealed.slice(0, MAC_LENGTH), 'base64url')
       const value = sealed.slice(MAC_LENGTH + 1)
-      const expected = mac(key, value)
+      const expected = await mac(key, value)
       if (given.length !== expected.length || !timingSafeEqual(given, expected)) return reject(key)
       return value
     },
+    load: async () => { await secret() },
     stats
   }
 }

@@ -235,8 +235,8 @@ export function redisStore (client: Redis, prefix: string, db: Database, log: St
   redis.defineCommand('refundAttempts', { lua: REFUND_ATTEMPTS })
 
   /** The record of a sealed value, or undefined when the seal or the JSON is bad. */
-  function openRecord (key: string, sealed: string): RefreshTokenRecord | undefined {
-    const text = seal.open(key, sealed)
+  async function openRecord (key: string, sealed: string): Promise<RefreshTokenRecord | undefined> {
+    const text = await seal.open(key, sealed)
     if (text === undefined) return undefined
     try {
       return JSON.parse(text) as RefreshTokenRecord
@@ -281,7 +281,7 @@ export function redisStore (client: Redis, prefix: string, db: Database, log: St
     const key = refreshKey(hash)
     const [sealed, used] = await redis.hmget(key, 'r', 'u')
     if (sealed === null || sealed === undefined) return undefined
-    const record = openRecord(key, sealed)
+    const record = await openRecord(key, sealed)
     if (record === undefined) return undefined
     return used === null || used === undefined ? record : { ...record, used: true }
   }
@@ -301,7 +301,7 @@ export function redisStore (client: Redis, prefix: string, db: Database, log: St
     async putRefreshToken (hash, record) {
       const key = refreshKey(hash)
       const { used, ...fields } = record
-      const results = await redis.multi().hset(key, 'r', seal.seal(key, JSON.stringify(fields))).expireat(key, record.exp).exec()
+      const results = await redis.multi().hset(key, 'r', await seal.seal(key, JSON.stringify(fields))).expireat(key, record.exp).exec()
       const failed = results?.find(([err]) => err !== null)?.[0]
       if (failed !== undefined && failed !== null) throw failed
     },
@@ -311,13 +311,13 @@ export function redisStore (client: Redis, prefix: string, db: Database, log: St
       const [status, value] = await redis.exchangeRefreshToken(key, request.clientId, prefix, request.scope,
         request.sessionTtl, request.audience, JSON.stringify(request.allowedAudiences))
       if (status === 'ok' && value !== undefined) {
-        const record = openRecord(key, value)
+        const record = await openRecord(key, value)
         return record === undefined ? { status: 'missing' } : { status, record }
       }
       if (status === 'reused' && value !== undefined) {
         // Already in force in Redis; the durable record follows, for a
         // record this service wrote (a forged one names no real session).
-        const record = openRecord(key, value)
+        const record = await openRecord(key, value)
         if (record !== undefined) await recordRevocation(db, 'session', record.sid, Math.floor(Date.now() / 1000) + request.sessionTtl)
       }
       return { status: status as Exclude<ExchangeOutcome['status'], 'ok'> }
@@ -353,9 +353,9 @@ export function redisStore (client: Redis, prefix: string, db: Database, log: St
     sharedCache: {
       get: async (key) => {
         const sealed = await redis.get(key)
-        return sealed === null ? null : seal.open(key, sealed) ?? null
+        return sealed === null ? null : await seal.open(key, sealed) ?? null
       },
-      set: async (key, value, ttlMs) => { await redis.set(key, seal.seal(key, value), 'PX', ttlMs) },
+      set: async (key, value, ttlMs) => { await redis.set(key, await seal.seal(key, value), 'PX', ttlMs) },
       del: async (key) => { await redis.del(key) }
     },
     // A database without the table yet (MIGRATE_ON_START=false) must not stop

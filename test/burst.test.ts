@@ -5,6 +5,7 @@
 // away is never run. Requests travel over real sockets, from two loopback
 // addresses (127.0.0.1 for the attacker, 127.0.0.2 for the client).
 import { request as httpRequest, Agent } from 'node:http'
+import { connect } from 'node:net'
 import { test } from 'tap'
 import bcrypt from 'bcryptjs'
 import type { FastifyInstance } from 'fastify'
@@ -35,6 +36,34 @@ async function tokenOverSocket (port: number, clientId: string, secret: string, 
   })
 }
 
+// The burst's requests as raw bytes on sockets of their own: the test's
+// client shares the service's process and event loop, and Node's HTTP
+// client costs more per request than the service does.
+async function rawToken (port: number, clientId: string, secret: string, localAddress: string): Promise<Answer> {
+  const started = performance.now()
+  const payload = form({ grant_type: 'client_credentials' })
+  const head = 'POST /oauth/token HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-type: application/x-www-form-urlencoded\r\n' +
+    `authorization: ${basicAuth(clientId, secret)}\r\ncontent-length: ${Buffer.byteLength(payload)}\r\n\r\n`
+  return await new Promise((resolve) => {
+    let received = ''
+    const socket = connect({ host: '127.0.0.1', port, localAddress }, () => socket.write(head + payload))
+    socket.setEncoding('latin1')
+    socket.setTimeout(20_000, () => socket.destroy(new Error('no answer')))
+    socket.on('data', (chunk: string) => { received += chunk })
+    socket.on('error', (err) => resolve({ status: 'error', ms: performance.now() - started, headers: {}, cause: err.message }))
+    socket.on('end', () => {
+      const [statusLine = '', ...lines] = received.split('\r\n\r\n')[0]?.split('\r\n') ?? []
+      const headers: Record<string, string> = {}
+      for (const line of lines) {
+        const colon = line.indexOf(':')
+        headers[line.slice(0, colon).toLowerCase()] = line.slice(colon + 1).trim()
+      }
+      const status = Number(statusLine.split(' ')[1])
+      resolve(Number.isInteger(status) ? { status, ms: performance.now() - started, headers } : { status: 'error', ms: performance.now() - started, headers, cause: 'no status line' })
+    })
+  })
+}
+
 async function metric (app: FastifyInstance, name: string): Promise<number> {
   const text = (await app.inject({ method: 'GET', url: '/metrics' })).body
   const line = text.split('\n').find((candidate) => candidate.startsWith(`${name} `))
@@ -52,16 +81,24 @@ test('300 concurrent wrong secrets from one address: few compares, quick answers
   await insertAtCost(databaseUrl, 'svc-legit', 'the-legit-secret', 12)
   await app.listen({ host: '127.0.0.1', port: 0 })
   const port = (app.server.address() as { port: number }).port
+  // The bcrypt worker thread starts at the first compare (which takes
+  // seconds under the tests' TypeScript loader): started before the measure.
+  t.equal((await tokenOverSocket(port, 'svc-warm-up', 'nothing', '127.0.0.3')).status, 401)
   const comparesBefore = await metric(app, 'session_service_bcrypt_compares_total')
 
-  const burst = Array.from({ length: 300 }, async (_, index) => await tokenOverSocket(port, 'svc-target', `wrong-${index}`, '127.0.0.1'))
+  const burst = Array.from({ length: 300 }, async (_, index) => await rawToken(port, 'svc-target', `wrong-${index}`, '127.0.0.1'))
   // The client's secret is not remembered yet: it needs a compare of its own, during the burst.
   await new Promise((resolve) => setTimeout(resolve, 100))
   const legit = await tokenOverSocket(port, 'svc-legit', 'the-legit-secret', '127.0.0.2')
   const answers = await Promise.all(burst)
 
   t.equal(legit.status, 200, 'the client from another address gets its token')
-  t.ok(legit.ms < 2000, `within 2 s (${legit.ms.toFixed(0)} ms)`)
+  // On a quiet machine it takes about a second; what this test can promise
+  // on a loaded one is the order: the client's compare does not wait behind
+  // the burst's queued ones.
+  const lastChecked = Math.max(...answers.filter((answer) => answer.status === 401).map((answer) => answer.ms))
+  t.ok(legit.ms + 100 < lastChecked, `before the burst's queued compares are done (${legit.ms.toFixed(0)} ms, the burst's last 401 at ${lastChecked.toFixed(0)} ms)`)
+  t.ok(legit.ms < 5000, `and in bounded time (${legit.ms.toFixed(0)} ms)`)
   const statuses = new Map<string, number>()
   for (const answer of answers) statuses.set(String(answer.status), (statuses.get(String(answer.status)) ?? 0) + 1)
   t.comment(`burst answers: ${JSON.stringify(Object.fromEntries(statuses))}`)
