@@ -374,15 +374,20 @@ test('refresh tokens are stored hashed in Redis, never in clear', { skip: needs.
   }
 
   const keys = new Set(entries.map((entry) => entry.key))
-  t.ok(keys.has(`${redisPrefix}refresh:${sha256Base64url(second.refresh_token)}`), 'the live refresh token is stored under its SHA-256')
+  const keyOf = (token: string): string => `${redisPrefix}refresh:v2:${sha256Base64url(token)}`
+  t.ok(keys.has(keyOf(second.refresh_token)), 'the live refresh token is stored under its SHA-256')
   // The used one stays, marked used, until it would have expired: that is how
-  // its reuse is recognised (RFC 9700 §4.14.2).
-  const used = entries.find((entry) => entry.key === `${redisPrefix}refresh:${sha256Base64url(first.refresh_token)}`)
-  t.equal(JSON.parse(used?.values[0] ?? '{}').used, true, 'the used refresh token is marked used')
+  // its reuse is recognised (RFC 9700 §4.14.2). Its record (r) is sealed: a
+  // MAC, a dot, then the record's JSON.
+  const used = entries.find((entry) => entry.key === keyOf(first.refresh_token))
+  const fields = Object.fromEntries((used?.values ?? []).flatMap((value, index, all) => index % 2 === 0 ? [[value, all[index + 1] ?? '']] : []))
+  t.equal(fields.u, '1', 'the used refresh token is marked used')
+  t.match(fields.r, /^[A-Za-z0-9_-]{43}\.\{/, 'its record is sealed')
+  t.equal(JSON.parse(String(fields.r).slice(44)).client_id, 'svc-store')
   const refreshKeys = [...keys].filter((key) => key.startsWith(`${redisPrefix}refresh:`))
   t.equal(refreshKeys.length, 2, 'the live token and the used one')
   const redis = new Redis(TEST_REDIS_URL)
   t.teardown(async () => await redis.quit())
-  const ttl = await redis.ttl(`${redisPrefix}refresh:${sha256Base64url(first.refresh_token)}`)
+  const ttl = await redis.ttl(keyOf(first.refresh_token))
   t.ok(ttl > 604700 && ttl <= 604800, 'the used record keeps the token\'s own expiry')
 })
