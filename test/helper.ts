@@ -7,7 +7,7 @@
 // form embedded:<folder>; where no Redis answers, the app keeps its state in
 // the database. Tests that need a real server skip with `needs.postgres` or
 // `needs.redis` as their reason.
-import { spawn, type ChildProcess } from 'node:child_process'
+import { spawn, type ChildProcess, type ChildProcessWithoutNullStreams } from 'node:child_process'
 import { generateKeyPairSync, randomBytes } from 'node:crypto'
 import { createConnection, createServer } from 'node:net'
 import { cp, mkdtemp, rm } from 'node:fs/promises'
@@ -413,4 +413,51 @@ export async function buildLogged (t: TestContext, env: Record<string, string>):
   trackEmbedded(instance, databaseUrl)
   await instance.ready()
   return { instance, lines }
+}
+
+export interface Exit {
+  code: number | null
+  signal: NodeJS.Signals | null
+}
+
+/** server.ts as a process of its own, with exactly `env`; killed at teardown if still running. */
+export class ServerProcess {
+  readonly child: ChildProcessWithoutNullStreams
+  readonly exited: Promise<Exit>
+  stdout = ''
+  stderr = ''
+
+  constructor (t: TestContext, env: Record<string, string>) {
+    this.child = spawn(process.execPath, [...process.execArgv, 'server.ts'], { cwd: PROJECT_DIR, env: { ...runnerEnv(), ...env } })
+    this.child.stdout.setEncoding('utf8').on('data', (chunk: string) => { this.stdout += chunk })
+    this.child.stderr.setEncoding('utf8').on('data', (chunk: string) => { this.stderr += chunk })
+    this.exited = new Promise((resolve) => {
+      this.child.on('close', (code, signal) => resolve({ code, signal }))
+    })
+    t.teardown(async () => {
+      if (this.child.exitCode === null && this.child.signalCode === null) {
+        this.child.kill('SIGKILL')
+        await this.exited
+      }
+    })
+  }
+
+  /** Both streams, stdout first. */
+  get output (): string {
+    return this.stdout + this.stderr
+  }
+
+  get running (): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null
+  }
+
+  /** The process's log lines, parsed (pino writes one JSON object a line). */
+  logLines (): Array<Record<string, unknown>> {
+    return this.stdout.split('\n').filter((line) => line !== '').map((line) => JSON.parse(line) as Record<string, unknown>)
+  }
+
+  /** Resolves with the exit, or undefined if the process still runs after `ms`. */
+  async exitWithin (ms: number): Promise<Exit | undefined> {
+    return await Promise.race([this.exited, sleep(ms).then(() => undefined)])
+  }
 }

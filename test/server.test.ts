@@ -1,49 +1,6 @@
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
-import { basicAuth, createDatabase, createRedisPrefix, freePort, generateRsaKeyPair, insertClient, needs, PROJECT_DIR, runnerEnv, testEnv, type TestContext } from './helper.js'
-
-interface Exit {
-  code: number | null
-  signal: NodeJS.Signals | null
-}
-
-/** server.ts as a process of its own, with exactly `env`; killed at teardown if still running. */
-class ServerProcess {
-  readonly child: ChildProcessWithoutNullStreams
-  readonly exited: Promise<Exit>
-  stdout = ''
-  stderr = ''
-
-  constructor (t: TestContext, env: Record<string, string>) {
-    this.child = spawn(process.execPath, [...process.execArgv, 'server.ts'], { cwd: PROJECT_DIR, env: { ...runnerEnv(), ...env } })
-    this.child.stdout.setEncoding('utf8').on('data', (chunk: string) => { this.stdout += chunk })
-    this.child.stderr.setEncoding('utf8').on('data', (chunk: string) => { this.stderr += chunk })
-    this.exited = new Promise((resolve) => {
-      this.child.on('close', (code, signal) => resolve({ code, signal }))
-    })
-    t.teardown(async () => {
-      if (this.child.exitCode === null && this.child.signalCode === null) {
-        this.child.kill('SIGKILL')
-        await this.exited
-      }
-    })
-  }
-
-  get running (): boolean {
-    return this.child.exitCode === null && this.child.signalCode === null
-  }
-
-  /** The process's log lines, parsed (pino writes one JSON object a line). */
-  logLines (): Array<Record<string, unknown>> {
-    return this.stdout.split('\n').filter((line) => line !== '').map((line) => JSON.parse(line) as Record<string, unknown>)
-  }
-
-  /** Resolves with the exit, or undefined if the process still runs after `ms`. */
-  async exitWithin (ms: number): Promise<Exit | undefined> {
-    return await Promise.race([this.exited, sleep(ms).then(() => undefined)])
-  }
-}
+import { basicAuth, createDatabase, createRedisPrefix, freePort, generateRsaKeyPair, insertClient, needs, ServerProcess, testEnv } from './helper.js'
 
 const FORM_TYPE = 'application/x-www-form-urlencoded'
 

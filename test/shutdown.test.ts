@@ -2,42 +2,10 @@
 // (or SIGINT) while 200 token requests are in flight on 200 connections, and
 // every one of them is answered in full. Real sockets throughout: what is
 // tested is what a load balancer or a client library sees.
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
 import { Agent, request, type OutgoingHttpHeaders } from 'node:http'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
-import { basicAuth, build, createDatabase, createRedisPrefix, form, freePort, insertClient, needs, PROJECT_DIR, runnerEnv, testEnv, type TestContext } from './helper.js'
-
-interface Exit {
-  code: number | null
-  signal: NodeJS.Signals | null
-}
-
-/** server.ts as a process of its own; killed at teardown if still running. */
-class ServerProcess {
-  readonly child: ChildProcessWithoutNullStreams
-  readonly exited: Promise<Exit>
-  output = ''
-
-  constructor (t: TestContext, env: Record<string, string>) {
-    this.child = spawn(process.execPath, [...process.execArgv, 'server.ts'], { cwd: PROJECT_DIR, env: { ...runnerEnv(), ...env } })
-    this.child.stdout.setEncoding('utf8').on('data', (chunk: string) => { this.output += chunk })
-    this.child.stderr.setEncoding('utf8').on('data', (chunk: string) => { this.output += chunk })
-    this.exited = new Promise((resolve) => {
-      this.child.on('close', (code, signal) => resolve({ code, signal }))
-    })
-    t.teardown(async () => {
-      if (this.child.exitCode === null && this.child.signalCode === null) {
-        this.child.kill('SIGKILL')
-        await this.exited
-      }
-    })
-  }
-
-  async exitWithin (ms: number): Promise<Exit | undefined> {
-    return await Promise.race([this.exited, sleep(ms).then(() => undefined)])
-  }
-}
+import { basicAuth, build, createDatabase, createRedisPrefix, form, freePort, insertClient, needs, ServerProcess, testEnv, type TestContext } from './helper.js'
 
 /** What the client saw: a status code, or the error code of a failed request. */
 interface Outcome {
