@@ -225,16 +225,27 @@ try {
   record('jwks', await load({ url, kind: 'get', path: '/.well-known/jwks.json' }), bareBase, '≥ 0.80')
   record('discovery', await load({ url, kind: 'get', path: '/.well-known/openid-configuration' }), bareBase, '≥ 0.80')
 
-  // A burst of wrong secrets must not stall the service: 300 connections
-  // send a different wrong secret each for one client (hashed at the
-  // service's cost) while verify is measured.
+  // A burst of wrong secrets must not stall the service: 300 requests at
+  // once, each on its own connection with a different wrong secret for one
+  // client (hashed at the service's cost), while verify is measured for the
+  // seconds the burst takes to be answered; verify alone over the same
+  // window is the reference.
+  const burstWindow = { duration: 3 }
+  const verifyAlone = await load({ url, kind: 'verify', path: '/oauth/verify', tokensFile: accessFile, ...burstWindow })
   const [attack, verifyUnderAttack] = await Promise.all([
-    load({ url, kind: 'wrong-secrets', path: '/oauth/token', body: ccBody, clientId: BURST_CLIENT_ID, connections: 300 }),
-    load({ url, kind: 'verify', path: '/oauth/verify', tokensFile: accessFile })
+    load({ url, kind: 'wrong-secrets', path: '/oauth/token', body: ccBody, clientId: BURST_CLIENT_ID, connections: 300, amount: 300 }),
+    load({ url, kind: 'verify', path: '/oauth/verify', tokensFile: accessFile, ...burstWindow })
   ])
-  record('wrong secrets (300 connections, distinct secrets, during the next row)', { ...attack, non2xx: 0 })
+  record('verify, 3 s (reference for the next rows)', verifyAlone, bareBase)
+  record('a burst: 300 wrong secrets at once on 300 connections', { ...attack, non2xx: 0 })
   rows[rows.length - 1]!.target = `${attack.non2xx} answered 401, 429 or 503; ${attack.errors} errors, ${attack.timeouts} timeouts`
-  record('verify during a burst of wrong secrets', verifyUnderAttack, bareBase, 'p99 < 50 ms')
+  record('verify, 3 s, during the burst', verifyUnderAttack, bareBase, 'p99 < 50 ms')
+  // The burst leaves this address throttled for a minute; the rows below
+  // measure other things, from the same address.
+  const counters = new Redis(REDIS_URL)
+  const throttled = await counters.keys(`${redisPrefix}auth-failures:*`)
+  if (throttled.length > 0) await counters.del(...throttled)
+  await counters.quit()
 
   // Memory: resident size after a tenth of the token requests, then after all.
   const tenth = Math.round(MEMORY_REQUESTS / 10)
