@@ -79,47 +79,33 @@ export default fp(async (fastify) => {
 
   const { cacheStats } = fastify.clients
   const secretStats = fastify.secrets.stats
-  new Counter({ // eslint-disable-line no-new
-    name: 'session_service_bcrypt_compares_total',
-    help: 'bcrypt compares run since start (a remembered secret, or a compare shared by concurrent requests, runs none)',
-    registers: [registry],
-    collect () {
-      this.reset()
-      this.inc(secretStats.compares)
-    }
-  })
+  // A total the service keeps itself, read at scrape time.
+  function countedSinceStart (name: string, help: string, read: () => number): void {
+    new Counter({ // eslint-disable-line no-new
+      name,
+      help,
+      registers: [registry],
+      collect () {
+        this.reset()
+        this.inc(read())
+      }
+    })
+  }
+  countedSinceStart('session_service_bcrypt_compares_total',
+    'bcrypt compares started since start (a remembered secret, or a compare shared by concurrent requests for one client, runs none)',
+    () => secretStats.compares)
+  countedSinceStart('session_service_bcrypt_refused_total',
+    'Client authentications answered 503 at once because the bcrypt queue was full', () => secretStats.refused)
+  countedSinceStart('session_service_bcrypt_dropped_total',
+    'Queued bcrypt compares dropped, not run, because their request had gone away', () => secretStats.dropped)
+  countedSinceStart('session_service_redis_records_rejected_total',
+    'Records read from Redis that failed their integrity check (written by something other than this service) and were ignored',
+    () => fastify.store.rejectedRecords())
   new Gauge({ // eslint-disable-line no-new
     name: 'session_service_bcrypt_queue_length',
     help: 'bcrypt compares waiting for a worker now (bounded by BCRYPT_QUEUE_LIMIT)',
     registers: [registry],
     collect () { this.set(fastify.secrets.queueLength()) }
-  })
-  new Counter({ // eslint-disable-line no-new
-    name: 'session_service_bcrypt_refused_total',
-    help: 'Client authentications answered 503 at once because the bcrypt queue was full',
-    registers: [registry],
-    collect () {
-      this.reset()
-      this.inc(secretStats.refused)
-    }
-  })
-  new Counter({ // eslint-disable-line no-new
-    name: 'session_service_bcrypt_dropped_total',
-    help: 'Queued bcrypt compares dropped, not run, because their request had gone away',
-    registers: [registry],
-    collect () {
-      this.reset()
-      this.inc(secretStats.dropped)
-    }
-  })
-  new Counter({ // eslint-disable-line no-new
-    name: 'session_service_redis_records_rejected_total',
-    help: 'Records read from Redis that failed their integrity check (written by something other than this service) and were ignored',
-    registers: [registry],
-    collect () {
-      this.reset()
-      this.inc(fastify.store.rejectedRecords())
-    }
   })
   // Cumulative counts, so a counter: rate() then survives restarts.
   new Counter({ // eslint-disable-line no-new
