@@ -1,4 +1,5 @@
 import fp from 'fastify-plugin'
+import createError from '@fastify/error'
 import type { FastifyError, FastifyReply } from 'fastify'
 import { oauthError } from '../schemas/oauth.js'
 
@@ -20,34 +21,42 @@ export class OAuthError extends Error {
 export const invalidRequest = (description: string): OAuthError => new OAuthError(400, 'invalid_request', description)
 export const invalidGrant = (description: string): OAuthError => new OAuthError(400, 'invalid_grant', description)
 
+/** The dependencies the service names in errors, logs and health answers. */
+export type DependencyName = 'postgresql' | 'redis'
+
+/** An operation that did not settle in its time bound (withTimeout). */
+export const TimeoutError = createError<'SS_TIMEOUT', 503, [string, number]>('SS_TIMEOUT', '%s did not answer within %d ms', 503)
+
 /**
  * PostgreSQL or Redis did not answer in time or refused the connection.
  * Answered with 503 `temporarily_unavailable` and Retry-After.
  */
-export class DependencyError extends Error {
-  readonly dependency: string
+export class DependencyError extends createError<'SS_DEPENDENCY_UNAVAILABLE', 503, [string, { cause: unknown }]>('SS_DEPENDENCY_UNAVAILABLE', '%s is unavailable', 503) {
+  readonly dependency: DependencyName
+  /** what went wrong, by the code of the cause: its time bound ran out, or anything else */
+  readonly failure: 'timeout' | 'unreachable'
 
-  constructor (dependency: string, cause: unknown) {
-    super(`${dependency} is unavailable`, { cause })
-    this.name = 'DependencyError'
+  constructor (dependency: DependencyName, cause: unknown) {
+    super(dependency, { cause })
     this.dependency = dependency
+    this.failure = (cause as { code?: unknown } | null)?.code === 'SS_TIMEOUT' ? 'timeout' : 'unreachable'
   }
 }
 
 /** Runs a storage operation; any failure of it becomes a DependencyError. */
-export async function guard<T> (dependency: string, operation: Promise<T>): Promise<T> {
+export async function guard<T> (dependency: DependencyName, operation: Promise<T>): Promise<T> {
   try {
     return await operation
   } catch (err) {
-    throw new DependencyError(dependency, err)
+    throw err instanceof DependencyError ? err : new DependencyError(dependency, err)
   }
 }
 
-/** Rejects after `ms` milliseconds unless the operation settles first. */
+/** Rejects with a TimeoutError after `ms` milliseconds unless the operation settles first. */
 export async function withTimeout<T> (operation: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined
   const timeout = new Promise<never>((resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not answer within ${ms} ms`)), ms)
+    timer = setTimeout(() => reject(new TimeoutError(what, ms)), ms)
   })
   try {
     return await Promise.race([operation, timeout])
@@ -56,15 +65,13 @@ export async function withTimeout<T> (operation: Promise<T>, ms: number, what: s
   }
 }
 
-// Errors raised by ioredis or pg outside our guard() calls (the rate-limit
-// store talks to Redis on its own). They mean a dependency is down, not a bug.
+// Codes of errors raised by ioredis or pg (network errors, PostgreSQL's
+// connection and shutdown classes) that reach the handler outside a guard():
+// a dependency is down, not a bug.
 const DEPENDENCY_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', '57P01', '57P02', '57P03', '08000', '08001', '08003', '08006'])
-const DEPENDENCY_MESSAGES = /Connection is closed|Stream isn't writeable|Command timed out|Reached the max retries|Connection terminated|timeout exceeded when trying to connect/
 
 function isDependencyFailure (err: FastifyError): boolean {
-  if (err instanceof DependencyError) return true
-  if (err.code !== undefined && DEPENDENCY_CODES.has(err.code)) return true
-  return DEPENDENCY_MESSAGES.test(err.message) || err.name === 'MaxRetriesPerRequestError'
+  return err instanceof DependencyError || (err.code !== undefined && DEPENDENCY_CODES.has(err.code))
 }
 
 export const RETRY_AFTER_SECONDS = 2

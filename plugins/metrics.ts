@@ -136,14 +136,11 @@ export default fp(async (fastify) => {
     labelNames: ['dependency'] as const,
     registers: [registry],
     async collect () {
-      const { pingRedis } = fastify
-      const [postgresql, redis] = await Promise.allSettled([
-        fastify.pingPostgres(SCRAPE_PING_TIMEOUT_MS),
-        pingRedis === null ? Promise.resolve() : pingRedis(SCRAPE_PING_TIMEOUT_MS)
-      ])
-      this.set({ dependency: 'postgresql' }, postgresql.status === 'fulfilled' ? 1 : 0)
-      // No series for a Redis that is not configured.
-      if (pingRedis !== null) this.set({ dependency: 'redis' }, redis.status === 'fulfilled' ? 1 : 0)
+      const states = await fastify.probeDependencies(SCRAPE_PING_TIMEOUT_MS, 'metrics dependency check')
+      for (const [dependency, state] of Object.entries(states)) {
+        // No series for a Redis that is not configured.
+        if (state !== 'unused') this.set({ dependency }, state === 'up' ? 1 : 0)
+      }
     }
   })
 
@@ -172,4 +169,4 @@ export default fp(async (fastify) => {
     const text = await registry.metrics()
     return reply.header('cache-control', 'no-store').type(registry.contentType).send(text)
   })
-}, { name: 'metrics', dependencies: ['clients', 'secrets', 'store', 'postgres', 'redis'] })
+}, { name: 'metrics', dependencies: ['clients', 'secrets', 'store', 'dependency-probe'] })

@@ -1,7 +1,7 @@
 import fp from 'fastify-plugin'
 import rateLimit from '@fastify/rate-limit'
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import { OAuthError } from './errors.js'
+import { guard, OAuthError } from './errors.js'
 
 const WINDOW_MS = 60_000
 
@@ -45,7 +45,8 @@ export default fp(async (fastify) => {
 
   fastify.decorate('limitTokenRequests', async (request: FastifyRequest, reply: FastifyReply, client: LimitedClient) => {
     request.limitedClient = client
-    const state = await countRequest(request)
+    // Counted in Redis when it is configured: a failure there is Redis's.
+    const state = await guard('redis', countRequest(request))
     if (state.isAllowed) return // only for an allow-list, which is not configured
     reply.header('x-ratelimit-limit', state.max)
     reply.header('x-ratelimit-remaining', state.remaining)

@@ -16,8 +16,6 @@ declare module 'fastify' {
 // Answered within a second even when a dependency hangs.
 const CHECK_TIMEOUT_MS = 800
 
-type DependencyState = 'up' | 'timeout' | 'unreachable' | 'unused'
-
 const dependencyState = { type: 'string', enum: ['up', 'timeout', 'unreachable', 'unused'] } as const
 
 const readyResponse = {
@@ -52,17 +50,6 @@ const drainingResponse = {
 const readyRoute: FastifyPluginAsync = async (fastify) => {
   fastify.decorate('draining', false)
 
-  async function probe (name: string, check: Promise<void>): Promise<DependencyState> {
-    try {
-      await check
-      return 'up'
-    } catch (err) {
-      const cause = ((err as Error).cause as Error | undefined)?.message ?? (err as Error).message
-      fastify.log.warn({ dependency: name, cause }, 'readiness check failed')
-      return /did not answer/.test(cause) ? 'timeout' : 'unreachable'
-    }
-  }
-
   fastify.get('/ready', {
     // Probed every few seconds: only failures are worth a log line.
     logLevel: 'warn',
@@ -74,11 +61,7 @@ const readyRoute: FastifyPluginAsync = async (fastify) => {
     reply.header('cache-control', 'no-store')
     // No Retry-After: this instance is not coming back.
     if (fastify.draining) return reply.code(503).send({ status: 'draining' })
-    const [postgresql, redis] = await Promise.all([
-      probe('postgresql', fastify.pingPostgres(CHECK_TIMEOUT_MS)),
-      // Without REDIS_URL there is no Redis to wait for.
-      fastify.pingRedis === null ? 'unused' as const : probe('redis', fastify.pingRedis(CHECK_TIMEOUT_MS))
-    ])
+    const { postgresql, redis } = await fastify.probeDependencies(CHECK_TIMEOUT_MS, 'readiness check')
     // The keys plugin refuses to boot without a key; checked anyway so that
     // readiness never claims more than it verified.
     const signingKey = fastify.hasDecorator('keys') && fastify.keys.kid !== '' ? 'loaded' : 'missing'
