@@ -117,15 +117,17 @@ export function redisRevocations (client: Redis, db: Queryable, log: Revocations
     return found
   }
 
+  // Enforced at once, then recorded durably; the caller waits for both, so
+  // a revocation that was answered survives Redis, and one whose durable
+  // record failed (a reuse found while PostgreSQL is down) still holds.
   return {
     async denyAccessToken (jti, exp) {
-      await insertRevocation(db, 'access_token', jti, exp)
       await guard('redis', redis.set(denyKey(jti), '1', 'EXAT', exp))
+      await insertRevocation(db, 'access_token', jti, exp)
     },
-    // The durable record first: a revocation that was answered must survive.
     async revokeSession (sid, ttl) {
-      await insertRevocation(db, 'session', sid, secondsFromNow(ttl))
       await guard('redis', redis.set(sessionKey(sid), '1', 'EX', ttl))
+      await insertRevocation(db, 'session', sid, secondsFromNow(ttl))
     },
     isRevoked: async (jti, sid) => await countRevoked(sid === undefined ? [denyKey(jti)] : [denyKey(jti), sessionKey(sid)]) > 0,
     isSessionRevoked: async (sid) => await countRevoked([sessionKey(sid)]) > 0,
