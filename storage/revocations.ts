@@ -69,16 +69,11 @@ export const sessionKey = (sid: string): string => `revoked-session:${sid}`
 const RESTORED_MARKER = 'store:revocations-restored'
 
 /**
- * Revocations enforced by Redis (`redis` applies the key prefix) and kept
- * in the database: each is written there first, and when Redis comes back
- * without its data (flushed, or restarted with no persistence) they are put
- * back before any token is checked against them. A marker key says that the
- * dataset holds them; a check that finds it missing restores first.
+ * Puts the durable revocations back into a Redis dataset that lacks them
+ * (flushed, or restarted with no persistence); one restore at a time. A
+ * marker key says that the dataset holds them.
  */
-export function redisRevocations (client: Redis, db: Queryable, log: RevocationsLog): Revocations {
-  const redis = client as RedisWithRevocationScripts
-  redis.defineCommand('checkRevoked', { lua: CHECK_REVOKED })
-
+function revocationRestorer (redis: Redis, db: Queryable, log: RevocationsLog): () => Promise<void> {
   async function restore (): Promise<void> {
     const { rows } = await guard('postgresql', db.query<{ kind: string, id: string, exp: number }>(
       "SELECT kind, id, floor(extract(epoch FROM expires_at))::float8 AS exp FROM revocations WHERE expires_at > now() + interval '1 second'"))
@@ -89,8 +84,7 @@ export function redisRevocations (client: Redis, db: Queryable, log: Revocations
     log.info({ revocations: rows.length }, 'revocations restored to Redis from the database')
   }
   let restoring: Promise<void> | undefined
-  /** Puts the revocations back unless the dataset has them; one restore at a time. */
-  async function ensureRestored (): Promise<void> {
+  return async function ensureRestored (): Promise<void> {
     restoring ??= (async () => {
       try {
         if (await guard('redis', redis.exists(RESTORED_MARKER)) === 0) await restore()
@@ -100,6 +94,18 @@ export function redisRevocations (client: Redis, db: Queryable, log: Revocations
     })()
     await restoring
   }
+}
+
+/**
+ * Revocations enforced by Redis (`redis` applies the key prefix) and kept
+ * in the database, so that when Redis comes back without its data they are
+ * put back before any token is checked against them: a check that finds the
+ * restore marker missing restores first.
+ */
+export function redisRevocations (client: Redis, db: Queryable, log: RevocationsLog): Revocations {
+  const redis = client as RedisWithRevocationScripts
+  redis.defineCommand('checkRevoked', { lua: CHECK_REVOKED })
+  const ensureRestored = revocationRestorer(redis, db, log)
   const logRestoreFailure = (err: Error): void => {
     log.error({ cause: (err.cause as Error | undefined)?.message ?? err.message }, 'could not restore revocations to Redis')
   }
