@@ -37,7 +37,8 @@ COPY --from=deps /app/node_modules ./node_modules
 # package.json makes dist/*.js ES modules ("type": "module") and marks the
 # project folder: the migrations are looked up beside it, in /app/migrations.
 COPY package.json ./
-# dist/workers/bcrypt.js is loaded at run time beside dist/plugins/.
+# dist/workers/bcrypt.js is loaded at run time beside dist/plugins/, and
+# dist/storage/lua/*.lua (copied there by npm run build) beside dist/storage/.
 COPY --from=build /app/dist ./dist
 COPY migrations ./migrations
 # Without DATABASE_URL the service runs embedded (one process) and keeps its

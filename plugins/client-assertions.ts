@@ -10,7 +10,6 @@ import { BlockList, isIP } from 'node:net'
 import fp from 'fastify-plugin'
 import { createVerifier, TokenError } from 'fast-jwt'
 import type { FastifyRequest } from 'fastify'
-import { guard } from './errors.js'
 import type { Client } from './clients.js'
 
 /** Asymmetric algorithms a client may sign its assertions with; never none or HMAC. */
@@ -329,7 +328,7 @@ export default fp(async (fastify) => {
     // Single use (RFC 7523 §3, item 7): the first presentation records the
     // jti until the assertion expires; any later one finds it.
     const marker = `assertion:${createHash('sha256').update(`${client.id}\0${claims.jti}`).digest('base64url')}`
-    const recorded = await guard(store.dependency, store.recordOnce(marker, exp))
+    const recorded = await store.replayGuard.recordOnce(marker, exp)
     if (!recorded) return 'the assertion was already used'
     return undefined
   }

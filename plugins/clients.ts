@@ -197,7 +197,7 @@ export function addressKey (ip: string): string {
 }
 
 /** Redis channel (after the key prefix) on which the CLI announces a changed client's id. */
-export const CLIENT_CHANGES_CHANNEL = 'clients:changed'
+export { CLIENT_CHANGES_CHANNEL } from '../storage/client-cache.js'
 
 /** bcrypt cost of the secrets this service hashes by default (BCRYPT_COST). */
 export const BCRYPT_COST = 12
@@ -240,7 +240,7 @@ declare module 'fastify' {
 
 export default fp(async (fastify) => {
   const { config, db, store, clientAssertions, secrets } = fastify
-  const shared = store.sharedCache
+  const shared = store.clientCache
   const realm = config.issuer.replace(/["\\]/g, '')
   // Compared against when the client is unknown (or has no secret), so that
   // such a request costs the same bcrypt work as a wrong secret and the
@@ -304,7 +304,7 @@ export default fp(async (fastify) => {
     // A cached record is sealed by this service (a forged one reads as
     // absent), and its time is capped at now: no record outlives
     // CLIENT_CACHE_TTL in memory, whatever time it claims.
-    const cached = shared === undefined ? null : await guard('redis', shared.get(cacheKey(clientId)))
+    const cached = await shared.get(cacheKey(clientId))
     if (cached !== null) {
       const { readAt, ...client } = JSON.parse(cached) as Client & { readAt?: number }
       remember(client, Math.min(typeof readAt === 'number' ? readAt : 0, now))
@@ -316,7 +316,7 @@ export default fp(async (fastify) => {
     const row = rows[0]
     if (row === undefined) return undefined
     const client = clientFromRow(row)
-    if (shared !== undefined) await guard('redis', shared.set(cacheKey(clientId), JSON.stringify({ ...client, readAt: now }), ttlMs))
+    await shared.set(cacheKey(clientId), JSON.stringify({ ...client, readAt: now }), ttlMs)
     remember(client, now)
     return client
   }
@@ -338,7 +338,7 @@ export default fp(async (fastify) => {
     return [`auth-failures:client:${id}:${address}`, `auth-failures:address:${address}`]
   }
   async function countAttempt (request: FastifyRequest, clientId: string | undefined): Promise<void> {
-    const [forClient = 0, forAddress = 0] = await guard(store.dependency, store.countAttempts(attemptKeys(request, clientId), ATTEMPT_WINDOW_SECONDS))
+    const [forClient = 0, forAddress = 0] = await store.counters.count(attemptKeys(request, clientId), ATTEMPT_WINDOW_SECONDS)
     if (forClient <= config.authFailureLimit && forAddress <= config.authFailureLimitPerAddress) return
     request.log.warn({ clientId, address: addressKey(request.ip) }, 'client authentication throttled after repeated failures')
     throw new OAuthError(429, 'rate_limit_exceeded', `too many failed client authentications; retry in ${ATTEMPT_WINDOW_SECONDS} s`, {
@@ -348,7 +348,7 @@ export default fp(async (fastify) => {
   function refundAttempt (request: FastifyRequest, clientId: string): void {
     // In the background: the answer does not wait for it, and a failure is
     // logged, never turned into another answer.
-    store.refundAttempts(attemptKeys(request, clientId))
+    store.counters.refund(attemptKeys(request, clientId))
       .catch((err: Error) => request.log.warn({ cause: err.message }, 'could not take back a counted authentication attempt'))
   }
 
@@ -391,7 +391,7 @@ export default fp(async (fastify) => {
     }
     if (clientId === undefined || clientSecret === undefined || Buffer.byteLength(clientSecret, 'utf8') > MAX_SECRET_BYTES) {
       // Cheap to refuse, so never refused for the count; but a failure all the same.
-      store.countAttempts(attemptKeys(request, clientId), ATTEMPT_WINDOW_SECONDS)
+      store.counters.count(attemptKeys(request, clientId), ATTEMPT_WINDOW_SECONDS)
         .catch((err: Error) => request.log.warn({ cause: err.message }, 'could not count a failed authentication'))
       throw rejected(request, credentials, clientSecret === undefined || clientId === undefined ? 'no credentials' : 'secret longer than 72 bytes')
     }
@@ -421,7 +421,7 @@ export default fp(async (fastify) => {
 
   async function forget (clientId: string): Promise<void> {
     local.delete(clientId)
-    if (shared !== undefined) await guard('redis', shared.del(cacheKey(clientId)))
+    await shared.del(cacheKey(clientId))
   }
 
   function enabled (client: Client): Client {
@@ -431,15 +431,8 @@ export default fp(async (fastify) => {
 
   // With Redis, a change announced by the CLI drops the record from every
   // instance's memory at once, instead of after CLIENT_CACHE_TTL.
-  if (config.redisUrl !== undefined) {
-    const subscriber = fastify.redis.duplicate({ enableOfflineQueue: true, connectionName: 'session-service-sub' })
-    subscriber.on('error', () => {}) // the main connection reports Redis trouble
-    subscriber.on('message', (_channel: string, clientId: string) => { local.delete(clientId) })
-    await subscriber.subscribe(`${config.redisKeyPrefix}${CLIENT_CHANGES_CHANNEL}`)
-    fastify.addHook('onClose', async () => {
-      subscriber.disconnect()
-    })
-  }
+  const unsubscribe = await shared.subscribe((clientId) => { local.delete(clientId) })
+  fastify.addHook('onClose', async () => { unsubscribe() })
 
   fastify.decorate('clients', {
     find,

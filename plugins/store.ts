@@ -1,10 +1,13 @@
 import fp from 'fastify-plugin'
-import { databaseStore, redisStore, type Store } from '../storage/store.js'
+import { redisStore, sqlStore, type Store } from '../storage/index.js'
 import { readRecordSecret, recordSeal } from '../storage/record-seal.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
-    /** Refresh tokens, revocations and markers: in Redis, or in the SQL database without REDIS_URL. */
+    /**
+     * Refresh tokens, revocations, single-use markers, attempt counters and
+     * the shared client cache: in Redis, or in the SQL database without REDIS_URL.
+     */
     store: Store
   }
 }
@@ -18,9 +21,9 @@ export default fp(async (fastify) => {
     // database answers, else at the first need.
     const seal = recordSeal(async () => await readRecordSecret(fastify.db), fastify.log)
     await seal.load().catch((err: Error) => fastify.log.error({ cause: err.message }, 'could not read the record-signing secret; Redis records cannot be read or written until it is'))
-    store = redisStore(fastify.redis, config.redisKeyPrefix, fastify.db, fastify.log, seal)
+    store = redisStore({ redis: fastify.redis, prefix: config.redisKeyPrefix, db: fastify.db, seal, log: fastify.log })
   } else {
-    store = databaseStore(fastify.db, (err) => fastify.log.warn({ cause: err.message }, 'could not delete expired tokens'))
+    store = sqlStore(fastify.db, fastify.log)
     // Said once, at start: rate limits and the client cache are per process
     // without Redis, so several instances would not add up to one service.
     fastify.log.warn('no REDIS_URL: refresh tokens and revocations are kept in the database, rate limits in this process; run a single instance in this mode')

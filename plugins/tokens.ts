@@ -1,11 +1,11 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto'
 import fp from 'fastify-plugin'
-import type { RefreshTokenRecord } from '../storage/store.js'
-import { guard, invalidGrant, OAuthError } from './errors.js'
+import type { RefreshTokenRecord } from '../storage/refresh-tokens.js'
+import { invalidGrant, OAuthError } from './errors.js'
 import type { AccessTokenClaims, TokenCheck } from './keys.js'
 import type { Client } from './clients.js'
 
-export type { RefreshTokenRecord } from '../storage/store.js'
+export type { RefreshTokenRecord } from '../storage/refresh-tokens.js'
 
 export interface TokenResponse {
   access_token: string
@@ -89,7 +89,6 @@ const INVALID_REFRESH_TOKEN = 'the refresh token is invalid, expired, revoked or
 
 export default fp(async (fastify) => {
   const { config, keys, store } = fastify
-  const dependency = store.dependency
 
   // A session's last token expires at most this long after its revocation.
   const sessionRevocationTtl = Math.max(config.accessTokenTtl, config.refreshTokenTtl)
@@ -129,7 +128,7 @@ export default fp(async (fastify) => {
     }
     const accessToken = keys.sign(claims)
     // Stored before it is handed out: a token the client holds always exists.
-    await guard(dependency, store.putRefreshToken(tokenHash(refreshToken), record))
+    await store.refreshTokens.put(tokenHash(refreshToken), record)
     const response: TokenResponse = {
       access_token: accessToken,
       token_type: 'Bearer',
@@ -141,11 +140,11 @@ export default fp(async (fastify) => {
   }
 
   async function isRevoked (jti: string, sid: unknown): Promise<boolean> {
-    return await guard(dependency, store.isRevoked(jti, typeof sid === 'string' ? sid : undefined))
+    return await store.revocations.isRevoked(jti, typeof sid === 'string' ? sid : undefined)
   }
 
   async function readRefreshToken (token: string): Promise<RefreshTokenRecord | undefined> {
-    return await guard(dependency, store.getRefreshToken(tokenHash(token)))
+    return await store.refreshTokens.get(tokenHash(token))
   }
 
   const tokens: Tokens = {
@@ -158,13 +157,13 @@ export default fp(async (fastify) => {
     async refresh (refreshToken, client, request) {
       // Scopes the client has lost since the session began are not granted again.
       const requested = request.scope === undefined ? undefined : grantScope(client, request.scope, client.scopes)
-      const outcome = await guard(dependency, store.exchangeRefreshToken(tokenHash(refreshToken), {
+      const outcome = await store.refreshTokens.exchange(tokenHash(refreshToken), {
         clientId: client.id,
         scope: requested?.join(' ') ?? '',
         audience: request.audience ?? '',
         allowedAudiences: [config.audience, ...client.audiences],
         sessionTtl: sessionRevocationTtl
-      }))
+      })
       const status = outcome.status
       if (status === 'scope') throw new OAuthError(400, 'invalid_scope', 'a refresh may narrow the scope, never widen it')
       if (status === 'target') throw new OAuthError(400, 'invalid_target', 'a refresh keeps the audience of its session')
@@ -210,7 +209,7 @@ export default fp(async (fastify) => {
       }
       const record = await readRefreshToken(token)
       if (record === undefined || record.client_id !== clientId || record.used === true) return { active: false }
-      if (await guard(dependency, store.isSessionRevoked(record.sid))) return { active: false }
+      if (await store.revocations.isSessionRevoked(record.sid)) return { active: false }
       return {
         active: true,
         token_type: 'refresh_token',
@@ -237,10 +236,10 @@ export default fp(async (fastify) => {
         const { jti, exp } = result.claims
         // The entry lives as long as the token could: after that the token
         // fails on its own expiry and the entry is dead weight.
-        if (exp * 1000 > Date.now()) await guard(dependency, store.denyAccessToken(jti, exp))
+        if (exp * 1000 > Date.now()) await store.revocations.denyAccessToken(jti, exp)
         return
       }
-      const outcome = await guard(dependency, store.revokeRefreshToken(tokenHash(token), clientId, sessionRevocationTtl))
+      const outcome = await store.refreshTokens.revoke(tokenHash(token), clientId, sessionRevocationTtl)
       if (outcome === 'foreign') {
         throw new OAuthError(400, 'unauthorized_client', 'the token was not issued to this client')
       }

@@ -1,0 +1,62 @@
+// The cache of client records shared by instances, and the notices of a
+// changed client that let every instance drop its own copy at once. Only
+// Redis provides one: without Redis each instance reads PostgreSQL and keeps
+// its records in memory for CLIENT_CACHE_TTL, so the SQL flavour is a cache
+// that never holds anything (reads miss, writes and notices do nothing).
+import type { Redis } from 'ioredis'
+import { guard } from '../plugins/errors.js'
+import type { RecordSeal } from './record-seal.js'
+
+/** Redis channel (after the key prefix) on which a changed client's id is announced. */
+export const CLIENT_CHANGES_CHANNEL = 'clients:changed'
+
+export interface ClientCache {
+  /** The value under `key`, or null (absent, expired, or not written by this service). */
+  get: (key: string) => Promise<string | null>
+  set: (key: string, value: string, ttlMs: number) => Promise<void>
+  del: (key: string) => Promise<void>
+  /** Tells every subscribed instance that the client changed. */
+  announce: (clientId: string) => Promise<void>
+  /** Calls `onChange` with each announced client id until the returned function is called. */
+  subscribe: (onChange: (clientId: string) => void) => Promise<() => void>
+}
+
+/**
+ * The cache in Redis (`redis` applies `prefix` to keys, not to channels).
+ * Values are sealed on the way in and checked on the way out: a value that
+ * anyone but this service wrote reads as absent. The seal's secret is read
+ * from PostgreSQL, and failing that, so is the call.
+ */
+export function redisClientCache (redis: Redis, prefix: string, seal: RecordSeal): ClientCache {
+  const channel = `${prefix}${CLIENT_CHANGES_CHANNEL}`
+  return {
+    async get (key) {
+      const sealed = await guard('redis', redis.get(key))
+      return sealed === null ? null : await guard('postgresql', seal.open(key, sealed)) ?? null
+    },
+    async set (key, value, ttlMs) {
+      const sealed = await guard('postgresql', seal.seal(key, value))
+      await guard('redis', redis.set(key, sealed, 'PX', ttlMs))
+    },
+    del: async (key) => { await guard('redis', redis.del(key)) },
+    announce: async (clientId) => { await guard('redis', redis.publish(channel, clientId)) },
+    async subscribe (onChange) {
+      const subscriber = redis.duplicate({ enableOfflineQueue: true, connectionName: 'session-service-sub' })
+      subscriber.on('error', () => {}) // the main connection reports Redis trouble
+      subscriber.on('message', (_channel: string, clientId: string) => { onChange(clientId) })
+      await subscriber.subscribe(channel)
+      return () => { subscriber.disconnect() }
+    }
+  }
+}
+
+/** No shared cache: every read misses, so each instance asks PostgreSQL. */
+export function noClientCache (): ClientCache {
+  return {
+    get: async () => null,
+    set: async () => {},
+    del: async () => {},
+    announce: async () => {},
+    subscribe: async () => () => {}
+  }
+}

@@ -1,0 +1,72 @@
+// Counters of attempts over a window (failed client authentications): each
+// call adds one, atomically, so a concurrent burst cannot pass whole.
+import type { Redis } from 'ioredis'
+import { guard } from '../plugins/errors.js'
+import { luaScript } from './redis-commands.js'
+
+export interface Counters {
+  /**
+   * Adds one to each counter and returns their new values, atomically: of
+   * many concurrent calls, each sees a different count. A counter lives
+   * `windowSeconds` from its first count.
+   */
+  count: (keys: string[], windowSeconds: number) => Promise<number[]>
+  /** Takes back one count from each counter that still exists (an attempt that succeeded). */
+  refund: (keys: string[]) => Promise<void>
+}
+
+const COUNT_ATTEMPTS = luaScript('count-attempts')
+const REFUND_ATTEMPTS = luaScript('refund-attempts')
+
+interface RedisWithCounterScripts extends Redis {
+  countAttempts: (numberOfKeys: number, ...keysAndWindow: Array<string | number>) => Promise<number[]>
+  refundAttempts: (numberOfKeys: number, ...keys: string[]) => Promise<number>
+}
+
+/** Counters in Redis (`redis` applies the key prefix): shared by every instance. */
+export function redisCounters (client: Redis): Counters {
+  const redis = client as RedisWithCounterScripts
+  redis.defineCommand('countAttempts', { lua: COUNT_ATTEMPTS })
+  redis.defineCommand('refundAttempts', { lua: REFUND_ATTEMPTS })
+  return {
+    count: async (keys, windowSeconds) => await guard('redis', redis.countAttempts(keys.length, ...keys, windowSeconds)),
+    refund: async (keys) => { await guard('redis', redis.refundAttempts(keys.length, ...keys)) }
+  }
+}
+
+/** In-process counters kept at most (the oldest go first). */
+const MAX_COUNTERS = 100_000
+
+/**
+ * Counters in this process, for the store without Redis: like the rate
+ * limits in that mode, they hold for one instance only. Synchronous, so each
+ * call sees the counts of the calls before it.
+ */
+export function processCounters (): Counters {
+  const counters = new Map<string, { count: number, until: number }>()
+  return {
+    async count (keys, windowSeconds) {
+      const now = Date.now()
+      const counts = keys.map((key) => {
+        const counter = counters.get(key)
+        if (counter === undefined || counter.until <= now) {
+          counters.set(key, { count: 1, until: now + windowSeconds * 1000 })
+          return 1
+        }
+        return ++counter.count
+      })
+      if (counters.size > MAX_COUNTERS) {
+        for (const [key, counter] of counters) if (counter.until <= now) counters.delete(key)
+        while (counters.size > MAX_COUNTERS) counters.delete(counters.keys().next().value as string)
+      }
+      return counts
+    },
+    async refund (keys) {
+      const now = Date.now()
+      for (const key of keys) {
+        const counter = counters.get(key)
+        if (counter !== undefined && counter.until > now && counter.count > 0) counter.count--
+      }
+    }
+  }
+}

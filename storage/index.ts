@@ -1,0 +1,93 @@
+// Where the short-lived state lives, by concern: refresh tokens, revocations,
+// single-use markers, attempt counters and the shared client cache. With
+// REDIS_URL that is Redis (scripts make each change atomic, so concurrent
+// instances agree; revocations are kept in the database too); without it,
+// tables of the SQL database, counters in the process and no shared cache.
+// Each call fails as a DependencyError naming what it really touched.
+import type { Redis } from 'ioredis'
+import type { Database } from './database.js'
+import type { RecordSeal } from './record-seal.js'
+import { noClientCache, redisClientCache, type ClientCache } from './client-cache.js'
+import { processCounters, redisCounters, type Counters } from './counters.js'
+import { redisRefreshTokens, sqlRefreshTokens, type RefreshTokens } from './refresh-tokens.js'
+import { redisReplayGuard, sqlReplayGuard, type ReplayGuard } from './replay-guard.js'
+import { redisRevocations, sqlRevocations, type Revocations } from './revocations.js'
+import { sweepExpired, type ExpiringTable } from './sweeper.js'
+
+export type { ClientCache } from './client-cache.js'
+export type { Counters } from './counters.js'
+export type { ExchangeOutcome, ExchangeRequest, RefreshTokenRecord, RefreshTokens } from './refresh-tokens.js'
+export type { ReplayGuard } from './replay-guard.js'
+export type { Revocations } from './revocations.js'
+
+export interface Store {
+  /** 'redis', or 'database' (the SQL database; one instance only, as rate limits stay in process) */
+  readonly kind: 'redis' | 'database'
+  readonly refreshTokens: RefreshTokens
+  readonly revocations: Revocations
+  readonly replayGuard: ReplayGuard
+  readonly counters: Counters
+  /** Shared by instances with Redis; without it, a cache that holds nothing. */
+  readonly clientCache: ClientCache
+  /** Records in Redis refused by their integrity check since start (0 without Redis). */
+  readonly rejectedRecords: () => number
+  /** Brings the store up to date at start (the Redis store restores revocations). */
+  start: () => Promise<void>
+  /** Stops background work (the sweepers of expired rows). */
+  close: () => void
+}
+
+export interface StoreLog {
+  info: (fields: object, message: string) => void
+  warn: (fields: object, message: string) => void
+  error: (fields: object, message: string) => void
+}
+
+/** Sweeps the expired rows of `tables` in the background; returns the stop of them all. */
+function sweepTables (db: Database, tables: ExpiringTable[], log: StoreLog): () => void {
+  const stops = tables.map((table) => sweepExpired(db, table, (err) => log.warn({ table, cause: err.message }, 'could not delete expired rows')))
+  return () => { for (const stop of stops) stop() }
+}
+
+export interface RedisStoreOptions {
+  /** applies `prefix` to every key it is given */
+  redis: Redis
+  prefix: string
+  /** where revocations are kept durably, and the seal's secret */
+  db: Database
+  seal: RecordSeal
+  log: StoreLog
+}
+
+/** The store in Redis, revocations written through to the database. */
+export function redisStore ({ redis, prefix, db, seal, log }: RedisStoreOptions): Store {
+  const revocations = redisRevocations(redis, db, log)
+  return {
+    kind: 'redis',
+    refreshTokens: redisRefreshTokens(redis, seal, revocations),
+    revocations,
+    replayGuard: redisReplayGuard(redis),
+    counters: redisCounters(redis),
+    clientCache: redisClientCache(redis, prefix, seal),
+    rejectedRecords: () => seal.stats.rejected,
+    start: revocations.start,
+    // Expired revocations leave the database as they leave Redis.
+    close: sweepTables(db, ['revocations'], log)
+  }
+}
+
+/** The store in the SQL database (tables of migrations/003): one instance only. */
+export function sqlStore (db: Database, log: StoreLog): Store {
+  const revocations = sqlRevocations(db)
+  return {
+    kind: 'database',
+    refreshTokens: sqlRefreshTokens(db, revocations),
+    revocations,
+    replayGuard: sqlReplayGuard(db),
+    counters: processCounters(),
+    clientCache: noClientCache(),
+    rejectedRecords: () => 0,
+    start: revocations.start,
+    close: sweepTables(db, ['refresh_tokens', 'revocations', 'used_client_assertions'], log)
+  }
+}
