@@ -1,5 +1,6 @@
 import type { FastifyRequest } from 'fastify'
 import type { Client } from '../plugins/clients.js'
+import type { CredentialParameters } from '../schemas/oauth.js'
 import type { ClientAssertions } from '../plugins/client-assertions.js'
 import type { Secrets } from '../plugins/secrets.js'
 
@@ -14,13 +15,7 @@ export interface PresentedCredentials {
   assertion?: string
 }
 
-/** The form parameters that carry client credentials. */
-export interface CredentialParameters {
-  client_id?: string
-  client_secret?: string
-  client_assertion_type?: string
-  client_assertion?: string
-}
+export type { CredentialParameters } from '../schemas/oauth.js'
 
 /**
  * What a method's verification may use. The entry point owns the throttle,

@@ -23,6 +23,12 @@ const credentialParameters = {
   client_assertion: parameter(8192)
 }
 
+/** The client credential parameters alone, as an object schema. */
+export const credentialParametersSchema = Type.Object(credentialParameters)
+
+/** The form parameters that carry client credentials (client-auth/ reads them). */
+export type CredentialParameters = Static<typeof credentialParametersSchema>
+
 /** POST /oauth/token form body. Unknown parameters are ignored (RFC 6749 §3.2). */
 export const tokenRequest = Type.Object({
   grant_type: Type.String({ maxLength: 100 }),
