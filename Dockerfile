@@ -21,6 +21,8 @@ RUN --mount=type=cache,target=/root/.npm npm ci --no-audit --no-fund
 # entry point needs no change here; tests and benchmarks stay out.
 COPY tsconfig.json tsconfig.build.json *.ts ./
 COPY plugins ./plugins
+COPY grants ./grants
+COPY client-auth ./client-auth
 COPY storage ./storage
 COPY routes ./routes
 COPY schemas ./schemas

@@ -1,6 +1,8 @@
 import fp from 'fastify-plugin'
 import formBody from '@fastify/formbody'
-import type { onRequestAsyncHookHandler, preParsingAsyncHookHandler, preValidationAsyncHookHandler } from 'fastify'
+import type { FastifyInstance, onRequestAsyncHookHandler, preParsingAsyncHookHandler, preValidationAsyncHookHandler } from 'fastify'
+import type { TSchema } from 'typebox'
+import { clientErrorResponses } from '../schemas/oauth.js'
 import { invalidRequest } from './errors.js'
 
 declare module 'fastify' {
@@ -15,6 +17,22 @@ declare module 'fastify' {
     normalizeFormParameters: preValidationAsyncHookHandler
     /** An onRequest hook marking every answer of the route Cache-Control: no-store, Pragma: no-cache. */
     noStore: onRequestAsyncHookHandler
+  }
+}
+
+/**
+ * The route options of an OAuth form endpoint that authenticates a client
+ * (token, revoke, introspect): the body limit, the form media type, no
+ * caching, RFC 6749 §3.2 parameters, and the schemas with every error status.
+ */
+export function formEndpointOptions<Body extends TSchema, Ok extends TSchema> (fastify: FastifyInstance, body: Body, ok: Ok) {
+  return {
+    bodyLimit: fastify.config.bodyLimit,
+    preParsing: fastify.requireMediaType('application/x-www-form-urlencoded'),
+    // RFC 6749 §5.1: no caching, errors included (they may concern credentials).
+    onRequest: fastify.noStore,
+    preValidation: fastify.normalizeFormParameters,
+    schema: { body, response: { 200: ok, ...clientErrorResponses } }
   }
 }
 

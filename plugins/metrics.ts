@@ -2,14 +2,13 @@ import fp from 'fastify-plugin'
 import fastifyMetricsModule from 'fastify-metrics'
 import { Counter, Gauge, Registry } from 'prom-client'
 import type { FastifyReply, FastifyRequest } from 'fastify'
+import { GRANT_TYPES } from '../grants/index.js'
 
 /** Each ping of a scrape gives up after this long, so a scrape never hangs on a dead dependency. */
 const SCRAPE_PING_TIMEOUT_MS = 500
 
 /** The route label of requests that matched no route (one series, whatever the URL). */
 const UNMATCHED_ROUTE = '__unknown__'
-
-const GRANT_TYPES = ['client_credentials', 'refresh_token'] as const
 
 // Error codes are the service's own, but the body is only parsed, not
 // trusted: anything unexpected is left out rather than becoming a label.
@@ -67,7 +66,7 @@ export default fp(async (fastify) => {
     labelNames: ['grant_type'] as const,
     registers: [registry]
   })
-  // Both series exist from the start, so rate() sees the first token too.
+  // Every grant's series exists from the start, so rate() sees the first token too.
   for (const grantType of GRANT_TYPES) tokensIssued.inc({ grant_type: grantType }, 0)
 
   const oauthErrors = new Counter({
@@ -150,7 +149,7 @@ export default fp(async (fastify) => {
     const status = reply.statusCode
     if (status === 200 && request.method === 'POST' && request.routeOptions.url === '/oauth/token') {
       const grantType = (request.body as { grant_type?: unknown } | undefined)?.grant_type
-      if (grantType === 'client_credentials' || grantType === 'refresh_token') tokensIssued.inc({ grant_type: grantType })
+      if (typeof grantType === 'string' && GRANT_TYPES.includes(grantType)) tokensIssued.inc({ grant_type: grantType })
     } else if (status >= 400) {
       const error = answeredErrorCode(reply, payload)
       if (error !== undefined) oauthErrors.inc({ route: routeLabel(request), error })

@@ -85,7 +85,8 @@ export function customClaims (claims: Record<string, unknown>): Record<string, u
   return Object.fromEntries(Object.entries(claims).filter(([name]) => !REGISTERED_CLAIMS.has(name)))
 }
 
-const INVALID_REFRESH_TOKEN = 'the refresh token is invalid, expired, revoked or already used'
+/** The one answer to a refresh token that cannot be used, whatever the reason. */
+export const INVALID_REFRESH_TOKEN = 'the refresh token is invalid, expired, revoked or already used'
 
 export default fp(async (fastify) => {
   const { config, keys, store } = fastify

@@ -1,18 +1,19 @@
-// JSON Schemas shared by the routes. Request schemas bound every parameter's
-// length; response schemas make Fastify serialize only the listed fields.
+// JSON Schemas shared by the routes, written with TypeBox so that the body
+// and response types are derived from them. Request schemas bound every
+// parameter's length; response schemas make Fastify serialize only the
+// listed fields.
+import { Type, type Static } from 'typebox'
 
 /** RFC 6749 §5.2 error body, used by every endpoint for every 4xx and 5xx. */
-export const oauthError = {
-  $id: 'oauthError',
-  type: 'object',
-  required: ['error', 'error_description'],
-  properties: {
-    error: { type: 'string' },
-    error_description: { type: 'string' }
-  }
-} as const
+export const oauthError = Type.Object({
+  error: Type.String(),
+  error_description: Type.String()
+}, { $id: 'oauthError' })
 
-const parameter = (maxLength: number) => ({ type: 'string', maxLength } as const)
+/** The shared error body, by reference to its $id (registered once, in plugins/errors.ts). */
+export const oauthErrorRef = Type.Unsafe<Static<typeof oauthError>>({ $ref: 'oauthError#' })
+
+const parameter = (maxLength: number) => Type.Optional(Type.String({ maxLength }))
 
 /** Client authentication parameters (RFC 6749 §2.3.1, RFC 7523 §2.2). */
 const credentialParameters = {
@@ -20,113 +21,94 @@ const credentialParameters = {
   client_secret: parameter(1024),
   client_assertion_type: parameter(100),
   client_assertion: parameter(8192)
-} as const
-
-/** POST /oauth/token form body. Unknown parameters are ignored (RFC 6749 §3.2). */
-export const tokenRequest = {
-  type: 'object',
-  required: ['grant_type'],
-  properties: {
-    grant_type: parameter(100),
-    refresh_token: parameter(1024),
-    scope: parameter(2048),
-    // RFC 8707 resource indicator, or the audience parameter many clients send.
-    audience: parameter(2048),
-    resource: parameter(2048),
-    ...credentialParameters
-  }
-} as const
-
-export const tokenResponse = {
-  type: 'object',
-  required: ['access_token', 'token_type', 'expires_in', 'refresh_token'],
-  properties: {
-    access_token: { type: 'string' },
-    token_type: { type: 'string' },
-    expires_in: { type: 'integer' },
-    refresh_token: { type: 'string' },
-    scope: { type: 'string' }
-  }
-} as const
-
-/** POST /oauth/revoke (RFC 7009 §2.1) and /oauth/introspect (RFC 7662 §2.1) form body. */
-export const tokenParameterRequest = {
-  type: 'object',
-  required: ['token'],
-  properties: {
-    // Longer than any token looked at (8192), so that an over-long token is
-    // simply not active (RFC 7662 §2.2) or ignored (RFC 7009 §2.2); a body
-    // over BODY_LIMIT is 413 before this is checked.
-    token: parameter(16384),
-    token_type_hint: parameter(100),
-    ...credentialParameters
-  }
-} as const
-
-export interface TokenParameterBody {
-  token: string
-  token_type_hint?: string
-  client_id?: string
-  client_secret?: string
-  client_assertion_type?: string
-  client_assertion?: string
 }
 
+/** The client credential parameters alone, as an object schema. */
+export const credentialParametersSchema = Type.Object(credentialParameters)
+
+/** The form parameters that carry client credentials (client-auth/ reads them). */
+export type CredentialParameters = Static<typeof credentialParametersSchema>
+
+/** POST /oauth/token form body. Unknown parameters are ignored (RFC 6749 §3.2). */
+export const tokenRequest = Type.Object({
+  grant_type: Type.String({ maxLength: 100 }),
+  refresh_token: parameter(1024),
+  scope: parameter(2048),
+  // RFC 8707 resource indicator, or the audience parameter many clients send.
+  audience: parameter(2048),
+  resource: parameter(2048),
+  ...credentialParameters
+})
+
+export type TokenRequestBody = Static<typeof tokenRequest>
+
+export const tokenResponse = Type.Object({
+  access_token: Type.String(),
+  token_type: Type.String(),
+  expires_in: Type.Integer(),
+  refresh_token: Type.String(),
+  scope: Type.Optional(Type.String())
+})
+
+/** POST /oauth/revoke (RFC 7009 §2.1) and /oauth/introspect (RFC 7662 §2.1) form body. */
+export const tokenParameterRequest = Type.Object({
+  // Longer than any token looked at (8192), so that an over-long token is
+  // simply not active (RFC 7662 §2.2) or ignored (RFC 7009 §2.2); a body
+  // over BODY_LIMIT is 413 before this is checked.
+  token: Type.String({ maxLength: 16384 }),
+  token_type_hint: parameter(100),
+  ...credentialParameters
+})
+
+export type TokenParameterBody = Static<typeof tokenParameterRequest>
+
 /** POST /oauth/verify JSON body. */
-export const verifyRequest = {
-  type: 'object',
-  required: ['token'],
-  properties: {
-    token: { type: 'string' },
-    // The audience the caller expects (its own identifier); default JWT_AUDIENCE.
-    audience: { type: 'string', minLength: 1, maxLength: 2048 }
-  }
-} as const
+export const verifyRequest = Type.Object({
+  token: Type.String(),
+  // The audience the caller expects (its own identifier); default JWT_AUDIENCE.
+  audience: Type.Optional(Type.String({ minLength: 1, maxLength: 2048 }))
+})
 
-export const verifyResponse = {
-  type: 'object',
-  required: ['valid'],
-  properties: {
-    valid: { type: 'boolean' },
-    error: { type: 'string' },
-    claims: { type: 'object', additionalProperties: true }
-  }
-} as const
+export const verifyResponse = Type.Object({
+  valid: Type.Boolean(),
+  error: Type.Optional(Type.String()),
+  claims: Type.Optional(Type.Object({}, { additionalProperties: true }))
+})
 
-export const jwks = {
-  type: 'object',
-  required: ['keys'],
-  properties: {
-    keys: {
-      type: 'array',
-      items: { type: 'object', additionalProperties: { type: 'string' } }
-    }
-  }
-} as const
+/** GET /.well-known/jwks.json (RFC 7517 §5): every member of each key is a string. */
+export const jwks = Type.Object({
+  keys: Type.Array(Type.Object({}, { additionalProperties: Type.String() }))
+})
+
+/** An answer without a body (RFC 7009 §2.2: revocation answers 200 and nothing else). */
+export const emptyResponse = Type.Unsafe<undefined>({ type: 'null' })
 
 /** Error responses every endpoint may give, by status. */
 export const errorResponses = {
-  400: { $ref: 'oauthError#' },
-  413: { $ref: 'oauthError#' },
-  500: { $ref: 'oauthError#' },
-  503: { $ref: 'oauthError#' }
-} as const
+  400: oauthErrorRef,
+  413: oauthErrorRef,
+  500: oauthErrorRef,
+  503: oauthErrorRef
+}
+
+/** Error responses of the endpoints that authenticate a client: those of every endpoint, 401 and 429. */
+export const clientErrorResponses = {
+  401: oauthErrorRef,
+  429: oauthErrorRef,
+  ...errorResponses
+}
 
 /** RFC 7662 §2.2. Only `active` when the token is not active for the caller. */
-export const introspectionResponse = {
-  type: 'object',
-  required: ['active'],
-  properties: {
-    active: { type: 'boolean' },
-    token_type: { type: 'string' },
-    client_id: { type: 'string' },
-    sub: { type: 'string' },
-    iss: { type: 'string' },
-    aud: { anyOf: [{ type: 'string' }, { type: 'array', items: { type: 'string' } }] },
-    exp: { type: 'integer' },
-    iat: { type: 'integer' },
-    jti: { type: 'string' },
-    sid: { type: 'string' },
-    scope: { type: 'string' }
-  }
-} as const
+export const introspectionResponse = Type.Object({
+  active: Type.Boolean(),
+  token_type: Type.Optional(Type.String()),
+  client_id: Type.Optional(Type.String()),
+  sub: Type.Optional(Type.String()),
+  iss: Type.Optional(Type.String()),
+  aud: Type.Optional(Type.Union([Type.String(), Type.Array(Type.String())])),
+  exp: Type.Optional(Type.Integer()),
+  iat: Type.Optional(Type.Integer()),
+  jti: Type.Optional(Type.String()),
+  sid: Type.Optional(Type.String()),
+  scope: Type.Optional(Type.String())
+})

@@ -9,7 +9,7 @@ import { connect } from 'node:net'
 import { test } from 'tap'
 import bcrypt from 'bcryptjs'
 import type { FastifyInstance } from 'fastify'
-import { addressKey } from '../plugins/clients.js'
+import { addressKey } from '../client-auth/throttle.js'
 import { basicAuth, build, form, FORM, sql } from './helper.js'
 
 interface Answer { status: number | 'error', ms: number, headers: Record<string, string | string[] | undefined>, cause?: string }

@@ -1,10 +1,10 @@
-import type { FastifyPluginAsync } from 'fastify'
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { errorResponses, verifyRequest, verifyResponse } from '../../schemas/oauth.js'
 
-const verifyRoute: FastifyPluginAsync = async (fastify) => {
+const verifyRoute: FastifyPluginAsyncTypebox = async (fastify) => {
   const { tokens, config } = fastify
 
-  fastify.post<{ Body: { token: string, audience?: string } }>('/oauth/verify', {
+  fastify.post('/oauth/verify', {
     bodyLimit: config.bodyLimit,
     preParsing: fastify.requireMediaType('application/json'),
     schema: {

@@ -1,12 +1,16 @@
 import type { FastifyPluginAsync } from 'fastify'
+import { AUTH_METHODS_SUPPORTED } from '../../client-auth/index.js'
+import { GRANT_TYPES } from '../../grants/index.js'
 import { ASSERTION_ALGORITHMS } from '../../plugins/client-assertions.js'
+import { discoveryDocument } from '../../schemas/discovery.js'
+import { errorResponses } from '../../schemas/oauth.js'
 
 // One document answers both RFC 8414 and OpenID Connect Discovery 1.0: a
 // gateway reads the OpenID path, OAuth client libraries either one.
 const discoveryRoute: FastifyPluginAsync = async (fastify) => {
   const { config, keys } = fastify
 
-  const authMethods = ['client_secret_basic', 'client_secret_post', 'private_key_jwt']
+  const authMethods = [...AUTH_METHODS_SUPPORTED]
   const assertionAlgorithms = [...ASSERTION_ALGORITHMS]
 
   // Serialized once, from configuration only: the document is publicly
@@ -19,7 +23,7 @@ const discoveryRoute: FastifyPluginAsync = async (fastify) => {
     jwks_uri: `${base}/.well-known/jwks.json`,
     revocation_endpoint: `${base}/oauth/revoke`,
     introspection_endpoint: `${base}/oauth/introspect`,
-    grant_types_supported: ['client_credentials', 'refresh_token'],
+    grant_types_supported: GRANT_TYPES,
     token_endpoint_auth_methods_supported: authMethods,
     token_endpoint_auth_signing_alg_values_supported: assertionAlgorithms,
     revocation_endpoint_auth_methods_supported: authMethods,
@@ -38,7 +42,9 @@ const discoveryRoute: FastifyPluginAsync = async (fastify) => {
   })
 
   for (const url of ['/.well-known/openid-configuration', '/.well-known/oauth-authorization-server']) {
-    fastify.get(url, async (_request, reply) => {
+    // The schema documents the answer; a string with a JSON content type is
+    // sent as it is, not serialized again.
+    fastify.get(url, { schema: { response: { 200: discoveryDocument, ...errorResponses } } }, async (_request, reply) => {
       return reply
         .header('cache-control', `public, max-age=${config.jwksMaxAge}`)
         .type('application/json; charset=utf-8')

@@ -1,0 +1,46 @@
+import { readCredentials, requireEnabled } from '../client-auth/index.js'
+import type { Client } from '../plugins/clients.js'
+import { OAuthError } from '../plugins/errors.js'
+import type { TokenResponse } from '../plugins/tokens.js'
+import { clientCredentials } from './client-credentials.js'
+import type { Grant, GrantContext } from './grant.js'
+import { refreshToken } from './refresh-token.js'
+
+export type { Grant, GrantContext } from './grant.js'
+
+/** Every grant the service supports, by grant_type. A new grant is one module and one line here. */
+export const GRANTS: ReadonlyMap<string, Grant> = new Map([clientCredentials, refreshToken].map((grant) => [grant.type, grant]))
+
+/** The supported grant_type values, in registry order (discovery, metrics). */
+export const GRANT_TYPES: readonly string[] = [...GRANTS.keys()]
+
+/** The grant types a client may use when nothing else is registered for it (the column's default). */
+export const DEFAULT_CLIENT_GRANT_TYPES: readonly string[] = ['client_credentials', 'refresh_token']
+
+/** RFC 6749 §5.2 unauthorized_client unless the client is registered for the grant. */
+function requireGrantAllowed (client: Client, grantType: string): void {
+  // A record cached by a release that did not read grant_types has none: it
+  // gets the column's default, as that release did.
+  const allowed: readonly string[] = (client.grantTypes as string[] | undefined) ?? DEFAULT_CLIENT_GRANT_TYPES
+  if (!allowed.includes(grantType)) {
+    throw new OAuthError(400, 'unauthorized_client', `the client may not use the grant type ${grantType}`)
+  }
+}
+
+/**
+ * POST /oauth/token: the grant named by grant_type, for a client that is
+ * authenticated, enabled, registered for that grant and within its rate limit.
+ */
+export async function grantTokens (context: Omit<GrantContext, 'credentials'>): Promise<TokenResponse> {
+  const { request, body, reply, fastify } = context
+  const grantType = body.grant_type
+  const grant = GRANTS.get(grantType)
+  if (grant === undefined) {
+    throw new OAuthError(400, 'unsupported_grant_type', `grant_type ${grantType.slice(0, 40)} is not supported; use ${GRANT_TYPES.join(' or ')}`)
+  }
+  const credentials = readCredentials(request.headers.authorization, body)
+  const client = requireEnabled(await grant.identifyClient({ ...context, credentials }))
+  requireGrantAllowed(client, grant.type)
+  await fastify.limitTokenRequests(request, reply, client)
+  return await grant.handle({ ...context, credentials, client })
+}

@@ -1,0 +1,17 @@
+import { OAuthError } from '../plugins/errors.js'
+
+/** RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ). */
+export const SCOPE_TOKEN = /^[\x21\x23-\x5B\x5D-\x7E]+$/
+
+/**
+ * Parses a scope parameter (RFC 6749 §3.3: space-delimited scope tokens) into
+ * its distinct tokens; undefined when the parameter is absent or names none.
+ * A malformed token is invalid_scope.
+ */
+export function parseScope (scope: string | undefined): string[] | undefined {
+  if (scope === undefined) return undefined
+  const scopes = scope.split(' ').filter((value) => value !== '')
+  const bad = scopes.find((value) => !SCOPE_TOKEN.test(value))
+  if (bad !== undefined) throw new OAuthError(400, 'invalid_scope', 'scope must be space-delimited scope tokens (RFC 6749 §3.3)')
+  return scopes.length === 0 ? undefined : [...new Set(scopes)]
+}
