@@ -181,6 +181,14 @@ export class DataDirInUseError extends Error {
 const heldHere = new Set<string>()
 
 /**
+ * Whether this very process holds the data directory (a service started in
+ * it), as opposed to a lock file left with our pid by an earlier process.
+ */
+export function heldByThisProcess (dir: string): boolean {
+  return heldHere.has(resolve(dir))
+}
+
+/**
  * Takes the data directory for this process: the embedded database may be
  * opened by one process only. A lock left by a process that died is taken
  * over. Returns the function that gives it back. The embedded database's
