@@ -2,7 +2,7 @@
 // tell them: the embedded service directly, instances sharing Redis by the
 // cache entry and a notice; otherwise within CLIENT_CACHE_TTL.
 import { Redis } from 'ioredis'
-import { CLIENT_CHANGES_CHANNEL, clientCacheKey } from '../plugins/clients.js'
+import { CLIENT_CHANGES_CHANNEL, clientCacheKey } from '../storage/clients.js'
 import { redisConnectionOptions, withoutRedisPassword } from '../plugins/redis.js'
 import type { Connection } from './connection.js'
 import { describeFailure, type Output } from './io.js'

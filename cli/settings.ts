@@ -3,7 +3,7 @@
 import { existsSync, readFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { parse as parseDotenv } from 'dotenv'
-import { BCRYPT_COST } from '../plugins/clients.js'
+import { BCRYPT_COST } from '../storage/clients.js'
 import type { KeyAlgorithm } from '../storage/data-dir.js'
 import { CliError } from './io.js'
 

@@ -148,6 +148,27 @@ async function rotateSecret ({ values, positionals, config, out, io }: CommandCo
   })
 }
 
+async function showClient ({ positionals, config, out }: CommandContext): Promise<void> {
+  const id = clientIdArgument(positionals, 'clients show')
+  await withDatabase(config, async ({ db }) => {
+    const record = await clientsRepository(db).findRecord(id)
+    if (record === undefined) throw noClient(id)
+    const view = clientView(record)
+    if (out.json) out.data(view)
+    else printClient(out, view)
+  })
+}
+
+async function deleteClient ({ positionals, config, out }: CommandContext): Promise<void> {
+  const id = clientIdArgument(positionals, 'clients delete')
+  await withDatabase(config, async (connection) => {
+    if (!await clientsRepository(connection.db).delete(id)) throw noClient(id)
+    await announceChange(config, connection, id, out)
+    if (out.json) out.data({ client_id: id, deleted: true })
+    else out.print(`client ${id} deleted`)
+  })
+}
+
 export const clientsCommands: CommandTable = {
   'clients create': {
     summary: 'register a client and print its secret (shown once)',
@@ -191,16 +212,7 @@ among --scope). --rate-limit: token requests per minute (default: RATE_LIMIT_DEF
     usage: 'clients show <client_id> [--json]',
     help: 'Shows a client\'s settings. The secret is never shown (only its hash is stored).',
     options: JSON_OPTION,
-    async run ({ positionals, config, out }) {
-      const id = clientIdArgument(positionals, 'clients show')
-      await withDatabase(config, async ({ db }) => {
-        const record = await clientsRepository(db).findRecord(id)
-        if (record === undefined) throw noClient(id)
-        const view = clientView(record)
-        if (out.json) out.data(view)
-        else printClient(out, view)
-      })
-    }
+    run: showClient
   },
   'clients rotate-secret': {
     summary: 'give a client a new secret (shown once); the old one stops working',
@@ -231,14 +243,6 @@ within CLIENT_CACHE_TTL. Tokens already issued stay valid until they expire.`,
     usage: 'clients delete <client_id> [--json]',
     help: 'Deletes a client. Its token requests fail as for an unknown client; tokens already issued stay valid until they expire.',
     options: JSON_OPTION,
-    async run ({ positionals, config, out }) {
-      const id = clientIdArgument(positionals, 'clients delete')
-      await withDatabase(config, async (connection) => {
-        if (!await clientsRepository(connection.db).delete(id)) throw noClient(id)
-        await announceChange(config, connection, id, out)
-        if (out.json) out.data({ client_id: id, deleted: true })
-        else out.print(`client ${id} deleted`)
-      })
-    }
+    run: deleteClient
   }
 }
