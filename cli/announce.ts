@@ -3,10 +3,10 @@
 // cache entry and a notice; otherwise within CLIENT_CACHE_TTL.
 import { Redis } from 'ioredis'
 import { CLIENT_CHANGES_CHANNEL, clientCacheKey } from '../storage/clients.js'
+import type { Settings } from '../plugins/config.js'
 import { redisConnectionOptions, withoutRedisPassword } from '../plugins/redis.js'
 import type { Connection } from './connection.js'
 import { describeFailure, type Output } from './io.js'
-import type { Settings } from './settings.js'
 
 export async function announceChange (config: Settings, connection: Connection, clientId: string, out: Output): Promise<void> {
   if (connection.service !== undefined) {
@@ -14,7 +14,7 @@ export async function announceChange (config: Settings, connection: Connection, 
     return
   }
   if (config.redisUrl === undefined) {
-    if (config.databaseUrl !== undefined) out.note(`running instances see the change within CLIENT_CACHE_TTL (${config.clientCacheTtl})`)
+    if (config.databaseUrl !== undefined) out.note(`running instances see the change within CLIENT_CACHE_TTL (${config.clientCacheTtl}s)`)
     return
   }
   let redis: Redis | undefined
@@ -37,7 +37,7 @@ export async function announceChange (config: Settings, connection: Connection, 
     // keyPrefix does not apply to channels: the prefix is added here.
     await redis.publish(`${config.redisKeyPrefix}${CLIENT_CHANGES_CHANNEL}`, clientId)
   } catch (err) {
-    out.note(`Redis did not answer (${withoutRedisPassword(describeFailure(err), config.redisUrl)}): running instances see the change within CLIENT_CACHE_TTL (${config.clientCacheTtl})`)
+    out.note(`Redis did not answer (${withoutRedisPassword(describeFailure(err), config.redisUrl)}): running instances see the change within CLIENT_CACHE_TTL (${config.clientCacheTtl}s)`)
   } finally {
     redis?.disconnect()
   }

@@ -8,7 +8,7 @@ import { embeddedDatabase, serverDatabase, type Database } from '../storage/data
 import { CONTROL_SOCKET, DataDirInUseError, heldByThisProcess, lockDataDir, lockHolder, PGDATA } from '../storage/data-dir.js'
 import { connectControl, type ControlClient } from '../storage/control.js'
 import { CliError, describeFailure, PROGRAM } from './io.js'
-import type { Settings } from './settings.js'
+import type { Settings } from '../plugins/config.js'
 
 /** How long to wait for another command that holds the embedded database. */
 const LOCK_WAIT_MS = 10_000

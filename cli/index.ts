@@ -5,12 +5,12 @@
 // one, since the embedded database admits a single process).
 import { resolve } from 'node:path'
 import { parseArgs } from 'node:util'
+import { loadSettings } from '../plugins/config.js'
 import type { Command, CommandTable } from './command.js'
 import { clientsCommands } from './commands/clients.js'
 import { keysCommands } from './commands/keys.js'
 import { migrateCommands } from './commands/migrate.js'
 import { CliError, output, PROGRAM, processIo, usage, type CliIo } from './io.js'
-import { settings } from './settings.js'
 
 const COMMANDS: CommandTable = { ...clientsCommands, ...keysCommands, ...migrateCommands }
 
@@ -61,7 +61,7 @@ async function runCommand (name: string, command: Command, argv: string[], io: C
       throw usage((err as Error).message.split('\n')[0] ?? 'bad arguments', name)
     }
     const out = output(parsed.values.json === true, io)
-    await command.run({ ...parsed, config: settings(io.env, io.cwd), out, io })
+    await command.run({ ...parsed, config: loadSettings(io.env, { dotenv: true, cwd: io.cwd }), out, io })
     return 0
   } catch (err) {
     const error = err instanceof CliError ? err : new CliError(`${(err as Error).message}`)

@@ -8,13 +8,14 @@ import { join } from 'node:path'
 import { test, type Test } from 'tap'
 import Fastify, { type FastifyInstance } from 'fastify'
 import app, { options } from '../app.js'
-import { loadConfig } from '../plugins/config.js'
+import { ensureDataDirSigningKey, loadConfig } from '../plugins/config.js'
 import { decodeJwt, tokenRequest } from './helper.js'
 import { assertTokenError, basic, cli, CLIENT_CREDENTIALS, failed, GENERATED_SECRET, parsed, succeeded } from './helpers/cli.js'
 
 /** The app with the embedded database in `dataDir` (its signing key generated there), as the server starts it. */
 async function embeddedApp (dataDir: string): Promise<FastifyInstance> {
-  const config = loadConfig({ DATA_DIR: dataDir, LOG_LEVEL: 'silent' })
+  const env = { DATA_DIR: dataDir, LOG_LEVEL: 'silent' }
+  const config = loadConfig(env, { dataDirKey: ensureDataDirSigningKey(env) })
   const instance = Fastify({ ...options, logger: false })
   try {
     await instance.register(app, { config })

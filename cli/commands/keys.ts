@@ -3,15 +3,16 @@ import { existsSync, mkdirSync } from 'node:fs'
 import { createPublicKey } from 'node:crypto'
 import { join, resolve } from 'node:path'
 import { publicJwk } from '../../plugins/keys.js'
-import { generatePrivateKeyPem, writeOwnerOnly } from '../../storage/data-dir.js'
+import { isSigningAlgorithm, SIGNING_ALGORITHMS } from '../../keys/algorithms.js'
+import { generatePrivateKeyPem } from '../../keys/generate.js'
+import { writeOwnerOnly } from '../../storage/data-dir.js'
 import { JSON_OPTION, noPositionals, type CommandTable } from '../command.js'
 import { CliError, describeFailure, usage } from '../io.js'
-import { ALGORITHMS, isAlgorithm } from '../settings.js'
 
 export const keysCommands: CommandTable = {
   'keys generate': {
     summary: 'write a new signing key pair (PEM)',
-    usage: 'keys generate [--algorithm RS256|ES256|EdDSA] [--out <dir>] [--json]',
+    usage: `keys generate [--algorithm ${SIGNING_ALGORITHMS.join('|')}] [--out <dir>] [--json]`,
     help: `Writes private.pem (owner-only) and public.pem into --out (default ./keys),
 for the algorithm given or JWT_ALGORITHM (default RS256: a 2048-bit RSA key).
 Refuses to overwrite existing files. Point JWT_PRIVATE_KEY_FILE at private.pem;
@@ -21,7 +22,7 @@ to rotate, publish public.pem through JWT_ADDITIONAL_PUBLIC_KEYS_FILE first.`,
       const command = 'keys generate'
       noPositionals(positionals, command)
       const algorithm = (values.algorithm as string | undefined) ?? config.algorithm
-      if (!isAlgorithm(algorithm)) throw usage(`--algorithm must be one of ${ALGORITHMS.join(', ')}`, command)
+      if (!isSigningAlgorithm(algorithm)) throw usage(`--algorithm must be one of ${SIGNING_ALGORITHMS.join(', ')}`, command)
       const dir = resolve(io.cwd, (values.out as string | undefined) ?? 'keys')
       const privatePath = join(dir, 'private.pem')
       const publicPath = join(dir, 'public.pem')

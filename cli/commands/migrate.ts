@@ -2,7 +2,7 @@
 import { applyMigrations } from '../../plugins/migrations.js'
 import { JSON_OPTION, noPositionals, type CommandTable } from '../command.js'
 import { withDatabase } from '../connection.js'
-import type { Settings } from '../settings.js'
+import type { Settings } from '../../plugins/config.js'
 
 /** Applies pending migrations to the configured database; returns the names applied. */
 async function migrate (config: Settings, onApplied: (name: string) => void): Promise<string[]> {
