@@ -5,15 +5,15 @@ import fp from 'fastify-plugin'
 import { envSchema } from 'env-schema'
 import { parse as parseDotenv } from 'dotenv'
 import { Type, type Static } from 'typebox'
-import { DEFAULT_SIGNING_ALGORITHM, SIGNING_ALGORITHMS, type SigningAlgorithm } from '../keys/algorithms.js'
-import { configuredKeys, keyProblem } from '../keys/configured.js'
-import type { AdditionalKey } from '../keys/pem.js'
+import { DEFAULT_SIGNING_ALGORITHM, SIGNING_ALGORITHMS, type SigningAlgorithm } from '../signing-keys/algorithms.js'
+import { configuredKeys, keyProblem } from '../signing-keys/configured.js'
+import type { AdditionalKey } from '../signing-keys/pem.js'
 import { BCRYPT_COST } from '../storage/clients.js'
 import { createDataDirSigningKey, dataDirPermissionProblem } from '../storage/data-dir.js'
 
 // Named here too for the code that imports them from the config plugin.
-export { SIGNING_ALGORITHMS, type SigningAlgorithm } from '../keys/algorithms.js'
-export { algorithmForKey, type AdditionalKey } from '../keys/pem.js'
+export { SIGNING_ALGORITHMS, type SigningAlgorithm } from '../signing-keys/algorithms.js'
+export { algorithmForKey, type AdditionalKey } from '../signing-keys/pem.js'
 
 // A setting that cannot be used. The message always starts with the variable's
 // name, so that the process can stop with one line an operator can act on.
