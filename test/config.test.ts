@@ -2,7 +2,7 @@ import { createPublicKey, generateKeyPairSync } from 'node:crypto'
 import { existsSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'tap'
-import { ConfigError, ensureDataDirSigningKey, loadConfig, type Config } from '../plugins/config.js'
+import { ConfigError, ensureDataDirSigningKey, loadConfig, loadSettings, type Config } from '../plugins/config.js'
 import { generateRsaKeyPair, testKeys } from './helper.js'
 
 // The smallest environment loadConfig accepts.
@@ -156,6 +156,19 @@ test('a .env file in the working directory is read, signing key included', async
   t.equal(config.databaseUrl, 'postgres://postgres@127.0.0.1:5432/from_dotenv')
   t.equal(config.issuer, 'from-dotenv')
   t.equal(pkcs8(config.privateKey), pkcs8(loadConfig(minimalEnv()).privateKey))
+})
+
+test('loadSettings: the same schema without keys, .env and DATA_DIR taken from the folder given (the CLI\'s working folder)', async (t) => {
+  const dir = t.testdir({ '.env': 'DATA_DIR=state\nBCRYPT_COST=11\nJWT_ALGORITHM=EdDSA\n' })
+  const settings = loadSettings({ CLIENT_CACHE_TTL: '1m' }, { dotenv: true, cwd: dir })
+  t.equal(settings.dataDir, join(dir, 'state'), 'a relative DATA_DIR starts at that folder')
+  t.equal(settings.bcryptCost, 11, 'BCRYPT_COST from .env')
+  t.equal(settings.algorithm, 'EdDSA', 'JWT_ALGORITHM from .env')
+  t.equal(settings.clientCacheTtl, 60, 'the environment besides .env')
+  t.notOk(existsSync(join(dir, 'state')), 'no key, so nothing written')
+  t.equal(loadSettings({}).bcryptCost, 12, 'BCRYPT_COST: 12 by default')
+  t.throws(() => loadSettings({ JWT_ALGORITHM: 'HS256' }), { name: 'ConfigError', message: 'JWT_ALGORITHM: must be one of RS256, ES256, EdDSA' }, 'the algorithm list of the schema')
+  t.throws(() => loadSettings({ BCRYPT_COST: '9' }), { name: 'ConfigError', message: /^BCRYPT_COST: / }, 'a bad value names its variable')
 })
 
 test('keys are read from the files named by *_FILE', async (t) => {
