@@ -28,6 +28,7 @@ COPY routes ./routes
 COPY schemas ./schemas
 COPY workers ./workers
 COPY cli ./cli
+COPY signing-keys ./signing-keys
 RUN npm run build
 
 FROM node:${NODE_VERSION}-slim AS runtime

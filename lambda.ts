@@ -1,13 +1,13 @@
 import Fastify from 'fastify'
 import awsLambdaFastify from '@fastify/aws-lambda'
 import serviceApp, { options } from './app.js'
-import { loadConfig } from './plugins/config.js'
+import { ensureDataDirSigningKey, loadConfig } from './plugins/config.js'
 import { LOG_SERIALIZERS, REDACTED_PATHS } from './logging.js'
 
 // Read once per execution environment, from the function's environment only
 // (no .env file in a Lambda package). A bad setting throws its ConfigError
 // here, during init, so Lambda reports the message that names the variable.
-const config = loadConfig(process.env)
+const config = loadConfig(process.env, { dataDirKey: ensureDataDirSigningKey(process.env) })
 
 /** The instance behind the handler; exported so that tests can close it. */
 export const app = Fastify({

@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify from 'fastify'
 import closeWithGrace from 'close-with-grace'
 import app, { options } from './app.js'
-import { ConfigError, loadConfig, type Config } from './plugins/config.js'
+import { ConfigError, ensureDataDirSigningKey, loadConfig, type Config } from './plugins/config.js'
 import { LOG_SERIALIZERS, REDACTED_PATHS } from './logging.js'
 
 // Everything this process creates (the embedded database, the control
@@ -18,7 +18,9 @@ function fail (message: string): never {
 
 let config: Config
 try {
-  config = loadConfig(process.env, { dotenv: true })
+  // The embedded mode's signing key is made here, before the configuration reads it.
+  const dataDirKey = ensureDataDirSigningKey(process.env, { dotenv: true })
+  config = loadConfig(process.env, { dotenv: true, dataDirKey })
 } catch (err) {
   fail(err instanceof ConfigError ? err.message : `configuration error: ${(err as Error).message}`)
 }

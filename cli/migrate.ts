@@ -1,5 +1,6 @@
 // `node dist/cli/migrate.js`: the same as `session-service migrate` (the
 // docker-compose migrate service and `npm run migrate` run this).
 import { main } from './index.js'
+import { processIo } from './io.js'
 
-process.exitCode = await main(['migrate', ...process.argv.slice(2)])
+process.exitCode = await main(['migrate', ...process.argv.slice(2)], processIo)

@@ -1,5 +1,5 @@
 import type { FastifyRequest } from 'fastify'
-import { MAX_SECRET_BYTES, type Client } from '../plugins/clients.js'
+import { MAX_SECRET_BYTES, type Client } from '../storage/clients.js'
 import type { SecretCheck } from '../plugins/secrets.js'
 import type { VerificationContext } from './method.js'
 import { addressKey } from './throttle.js'

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import fp from 'fastify-plugin'
 import bcrypt from 'bcryptjs'
 import type { FastifyRequest } from 'fastify'
-import type { Client } from '../plugins/clients.js'
+import { clientsRepository, type Client } from '../storage/clients.js'
 import { OAuthError } from '../plugins/errors.js'
 import { clientSecretBasic } from './client-secret-basic.js'
 import { clientSecretPost } from './client-secret-post.js'
@@ -62,6 +62,7 @@ declare module 'fastify' {
 
 export default fp(async (fastify) => {
   const { config, db, clients, clientAssertions, secrets } = fastify
+  const repository = clientsRepository(db)
   const throttle = attemptThrottle(fastify)
   const realm = config.issuer.replace(/["\\]/g, '')
   // Compared against when the client is unknown (or has no secret), so that
@@ -79,8 +80,7 @@ export default fp(async (fastify) => {
     const oldHash = client.secretHash
     if (oldHash === null) return
     secrets.rehash(secret).then(async (hash) => {
-      const { rows } = await db.query('UPDATE clients SET client_secret_hash = $1 WHERE client_id = $2 AND client_secret_hash = $3 RETURNING client_id', [hash, client.id, oldHash])
-      if (rows.length > 0) {
+      if (await repository.replaceSecretHash(client.id, oldHash, hash)) {
         request.log.info({ clientId: client.id, cost: config.bcryptCost }, 'client secret hash upgraded to the service\'s bcrypt cost')
         await clients.forget(client.id)
       }

@@ -1,5 +1,5 @@
 import type { FastifyRequest } from 'fastify'
-import type { Client } from '../plugins/clients.js'
+import type { Client } from '../storage/clients.js'
 import type { CredentialParameters } from '../schemas/oauth.js'
 import type { ClientAssertions } from '../plugins/client-assertions.js'
 import type { Secrets } from '../plugins/secrets.js'

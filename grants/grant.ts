@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { PresentedCredentials } from '../client-auth/index.js'
-import type { Client } from '../plugins/clients.js'
+import type { Client } from '../storage/clients.js'
 import type { TokenResponse } from '../plugins/tokens.js'
 import type { TokenRequestBody } from '../schemas/oauth.js'
 

@@ -1,5 +1,5 @@
 import { readCredentials, requireEnabled } from '../client-auth/index.js'
-import type { Client } from '../plugins/clients.js'
+import type { Client } from '../storage/clients.js'
 import { OAuthError } from '../plugins/errors.js'
 import type { TokenResponse } from '../plugins/tokens.js'
 import { clientCredentials } from './client-credentials.js'

@@ -1,10 +1,19 @@
 import { existsSync, readFileSync } from 'node:fs'
-import { createPrivateKey, createPublicKey, type KeyObject } from 'node:crypto'
+import type { KeyObject } from 'node:crypto'
+import { join, resolve } from 'node:path'
 import fp from 'fastify-plugin'
 import { envSchema } from 'env-schema'
 import { parse as parseDotenv } from 'dotenv'
-import { resolve } from 'node:path'
-import { dataDirPermissionProblem, dataDirSigningKey, keyFilePermissionProblem } from '../storage/data-dir.js'
+import { Type, type Static } from 'typebox'
+import { DEFAULT_SIGNING_ALGORITHM, SIGNING_ALGORITHMS, type SigningAlgorithm } from '../signing-keys/algorithms.js'
+import { configuredKeys, keyProblem } from '../signing-keys/configured.js'
+import type { AdditionalKey } from '../signing-keys/pem.js'
+import { BCRYPT_COST } from '../storage/clients.js'
+import { createDataDirSigningKey, dataDirPermissionProblem } from '../storage/data-dir.js'
+
+// Named here too for the code that imports them from the config plugin.
+export { SIGNING_ALGORITHMS, type SigningAlgorithm } from '../signing-keys/algorithms.js'
+export { algorithmForKey, type AdditionalKey } from '../signing-keys/pem.js'
 
 // A setting that cannot be used. The message always starts with the variable's
 // name, so that the process can stop with one line an operator can act on.
@@ -18,31 +27,16 @@ export class ConfigError extends Error {
   }
 }
 
-export type SigningAlgorithm = 'RS256' | 'ES256' | 'EdDSA'
-
-export const SIGNING_ALGORITHMS: readonly SigningAlgorithm[] = ['RS256', 'ES256', 'EdDSA']
-
-/** A public key that verifies tokens besides the signing key (the next key, or retired ones). */
-export interface AdditionalKey {
-  publicKey: KeyObject
-  algorithm: SigningAlgorithm
-}
-
-export interface Config {
+/** The validated settings of the service, keys aside: what the CLI needs too. */
+export interface Settings {
   /** PostgreSQL server; undefined: the embedded database in dataDir */
   databaseUrl: string | undefined
   /** Redis server; undefined: kept in the database and in process (one instance only) */
   redisUrl: string | undefined
   /** absolute path of DATA_DIR (the embedded database, a generated key) */
   dataDir: string
-  /** where the signing key came from; a file path when it lives in the data directory */
-  signingKeySource: { kind: 'environment' } | { kind: 'data-dir', path: string, generated: boolean }
   redisKeyPrefix: string
-  privateKey: KeyObject
-  publicKey: KeyObject
   algorithm: SigningAlgorithm
-  /** published in the JWKS and accepted for verification, never used to sign */
-  additionalKeys: AdditionalKey[]
   issuer: string
   /**
    * Base URL of every published endpoint and of the audiences accepted in
@@ -97,93 +91,67 @@ export interface Config {
   redisTlsCaFile: string | undefined
 }
 
+/** The settings with the keys they name: what the service runs on. */
+export interface Config extends Settings {
+  /** where the signing key came from; a file path when it lives in the data directory */
+  signingKeySource: { kind: 'environment' } | { kind: 'data-dir', path: string, generated: boolean }
+  privateKey: KeyObject
+  publicKey: KeyObject
+  /** published in the JWKS and accepted for verification, never used to sign */
+  additionalKeys: AdditionalKey[]
+}
+
 const DURATION = '^\\s*\\d+\\s*(s|m|h|d)?\\s*$'
 const DURATION_MS = '^\\s*\\d+\\s*(ms|s|m|h|d)?\\s*$'
 
-const schema = {
-  type: 'object',
-  properties: {
-    DATABASE_URL: { type: 'string' },
-    REDIS_URL: { type: 'string' },
-    DATA_DIR: { type: 'string', minLength: 1, default: './data' },
-    REDIS_KEY_PREFIX: { type: 'string', default: 'session-service:', maxLength: 100 },
-    JWT_PRIVATE_KEY: { type: 'string' },
-    JWT_PRIVATE_KEY_FILE: { type: 'string' },
-    JWT_PUBLIC_KEY: { type: 'string' },
-    JWT_PUBLIC_KEY_FILE: { type: 'string' },
-    JWT_ADDITIONAL_PUBLIC_KEYS: { type: 'string' },
-    JWT_ADDITIONAL_PUBLIC_KEYS_FILE: { type: 'string' },
-    JWT_ALGORITHM: { type: 'string', enum: ['RS256', 'ES256', 'EdDSA'], default: 'RS256' },
-    JWT_ISSUER: { type: 'string', minLength: 1, default: 'session-service' },
-    JWT_AUDIENCE: { type: 'string', minLength: 1, default: 'api' },
-    PUBLIC_URL: { type: 'string' },
-    SCOPES_SUPPORTED: { type: 'string', default: '', maxLength: 8192 },
-    JWT_EXPIRY: { type: 'string', pattern: DURATION, default: '3600s' },
-    REFRESH_TOKEN_EXPIRY: { type: 'string', pattern: DURATION, default: '604800s' },
-    REFRESH_TOKEN_LENGTH: { type: 'integer', minimum: 16, maximum: 256, default: 32 },
-    REFRESH_TOKEN_CLIENT_AUTH: { type: 'string', enum: ['required', 'optional'], default: 'required' },
-    CLIENT_CACHE_TTL: { type: 'string', pattern: DURATION, default: '30s' },
-    SECRET_CACHE_TTL: { type: 'string', pattern: DURATION, default: '300s' },
-    BCRYPT_WORKERS: { type: 'integer', minimum: 0, maximum: 64, default: 1 },
-    BCRYPT_QUEUE_LIMIT: { type: 'integer', minimum: 1, maximum: 100000 },
-    BCRYPT_COST: { type: 'integer', minimum: 10, maximum: 16, default: 12 },
-    RATE_LIMIT_DEFAULT: { type: 'integer', minimum: 1, default: 60 },
-    AUTH_FAILURE_LIMIT: { type: 'integer', minimum: 1, default: 10 },
-    AUTH_FAILURE_LIMIT_PER_ADDRESS: { type: 'integer', minimum: 1, default: 50 },
-    MIGRATE_ON_START: { type: 'boolean', default: true },
-    DEPENDENCY_TIMEOUT: { type: 'string', pattern: DURATION_MS, default: '2s' },
-    JWKS_MAX_AGE: { type: 'string', pattern: DURATION, default: '300s' },
-    BODY_LIMIT: { type: 'integer', minimum: 1024, maximum: 1048576, default: 16384 },
-    PG_POOL_MAX: { type: 'integer', minimum: 1, maximum: 1000, default: 10 },
-    SERVER_HOST: { type: 'string', minLength: 1, default: '0.0.0.0' },
-    SERVER_PORT: { type: 'integer', minimum: 0, maximum: 65535, default: 8080 },
-    LOG_LEVEL: { type: 'string', enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info' },
-    TRUST_PROXY: { type: 'string', default: 'false', maxLength: 4096 },
-    JWKS_URI_ALLOW_PRIVATE: { type: 'boolean', default: false },
-    SHUTDOWN_DELAY: { type: 'string', pattern: DURATION_MS, default: '5s' },
-    REDIS_TLS_CA_FILE: { type: 'string' }
-  }
-} as const
+const duration = (fallback: string): ReturnType<typeof Type.String> => Type.String({ pattern: DURATION, default: fallback })
+const durationMs = (fallback: string): ReturnType<typeof Type.String> => Type.String({ pattern: DURATION_MS, default: fallback })
 
-interface RawEnv {
-  DATABASE_URL?: string
-  REDIS_URL?: string
-  DATA_DIR: string
-  REDIS_KEY_PREFIX: string
-  JWT_PRIVATE_KEY?: string
-  JWT_PRIVATE_KEY_FILE?: string
-  JWT_PUBLIC_KEY?: string
-  JWT_PUBLIC_KEY_FILE?: string
-  JWT_ALGORITHM: SigningAlgorithm
-  JWT_ISSUER: string
-  JWT_AUDIENCE: string
-  PUBLIC_URL?: string
-  SCOPES_SUPPORTED: string
-  JWT_EXPIRY: string
-  REFRESH_TOKEN_EXPIRY: string
-  REFRESH_TOKEN_LENGTH: number
-  REFRESH_TOKEN_CLIENT_AUTH: 'required' | 'optional'
-  CLIENT_CACHE_TTL: string
-  SECRET_CACHE_TTL: string
-  BCRYPT_WORKERS: number
-  BCRYPT_QUEUE_LIMIT?: number
-  BCRYPT_COST: number
-  RATE_LIMIT_DEFAULT: number
-  AUTH_FAILURE_LIMIT: number
-  AUTH_FAILURE_LIMIT_PER_ADDRESS: number
-  MIGRATE_ON_START: boolean
-  DEPENDENCY_TIMEOUT: string
-  JWKS_MAX_AGE: string
-  BODY_LIMIT: number
-  PG_POOL_MAX: number
-  SERVER_HOST: string
-  SERVER_PORT: number
-  LOG_LEVEL: string
-  TRUST_PROXY: string
-  JWKS_URI_ALLOW_PRIVATE: boolean
-  SHUTDOWN_DELAY: string
-  REDIS_TLS_CA_FILE?: string
-}
+/** The environment the service reads: each variable, its type and its default. */
+export const EnvSchema = Type.Object({
+  DATABASE_URL: Type.Optional(Type.String()),
+  REDIS_URL: Type.Optional(Type.String()),
+  DATA_DIR: Type.String({ minLength: 1, default: './data' }),
+  REDIS_KEY_PREFIX: Type.String({ default: 'session-service:', maxLength: 100 }),
+  JWT_PRIVATE_KEY: Type.Optional(Type.String()),
+  JWT_PRIVATE_KEY_FILE: Type.Optional(Type.String()),
+  JWT_PUBLIC_KEY: Type.Optional(Type.String()),
+  JWT_PUBLIC_KEY_FILE: Type.Optional(Type.String()),
+  JWT_ADDITIONAL_PUBLIC_KEYS: Type.Optional(Type.String()),
+  JWT_ADDITIONAL_PUBLIC_KEYS_FILE: Type.Optional(Type.String()),
+  JWT_ALGORITHM: Type.Enum(SIGNING_ALGORITHMS, { default: DEFAULT_SIGNING_ALGORITHM }),
+  JWT_ISSUER: Type.String({ minLength: 1, default: 'session-service' }),
+  JWT_AUDIENCE: Type.String({ minLength: 1, default: 'api' }),
+  PUBLIC_URL: Type.Optional(Type.String()),
+  SCOPES_SUPPORTED: Type.String({ default: '', maxLength: 8192 }),
+  JWT_EXPIRY: duration('3600s'),
+  REFRESH_TOKEN_EXPIRY: duration('604800s'),
+  REFRESH_TOKEN_LENGTH: Type.Integer({ minimum: 16, maximum: 256, default: 32 }),
+  REFRESH_TOKEN_CLIENT_AUTH: Type.Enum(['required', 'optional'], { default: 'required' }),
+  CLIENT_CACHE_TTL: duration('30s'),
+  SECRET_CACHE_TTL: duration('300s'),
+  BCRYPT_WORKERS: Type.Integer({ minimum: 0, maximum: 64, default: 1 }),
+  BCRYPT_QUEUE_LIMIT: Type.Optional(Type.Integer({ minimum: 1, maximum: 100000 })),
+  BCRYPT_COST: Type.Integer({ minimum: 10, maximum: 16, default: BCRYPT_COST }),
+  RATE_LIMIT_DEFAULT: Type.Integer({ minimum: 1, default: 60 }),
+  AUTH_FAILURE_LIMIT: Type.Integer({ minimum: 1, default: 10 }),
+  AUTH_FAILURE_LIMIT_PER_ADDRESS: Type.Integer({ minimum: 1, default: 50 }),
+  MIGRATE_ON_START: Type.Boolean({ default: true }),
+  DEPENDENCY_TIMEOUT: durationMs('2s'),
+  JWKS_MAX_AGE: duration('300s'),
+  BODY_LIMIT: Type.Integer({ minimum: 1024, maximum: 1048576, default: 16384 }),
+  PG_POOL_MAX: Type.Integer({ minimum: 1, maximum: 1000, default: 10 }),
+  SERVER_HOST: Type.String({ minLength: 1, default: '0.0.0.0' }),
+  SERVER_PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 8080 }),
+  LOG_LEVEL: Type.Enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], { default: 'info' }),
+  TRUST_PROXY: Type.String({ default: 'false', maxLength: 4096 }),
+  JWKS_URI_ALLOW_PRIVATE: Type.Boolean({ default: false }),
+  SHUTDOWN_DELAY: durationMs('5s'),
+  REDIS_TLS_CA_FILE: Type.Optional(Type.String())
+})
+
+/** The environment once validated, defaults filled in. */
+export type Env = Static<typeof EnvSchema>
 
 const UNIT_SECONDS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 }
 
@@ -207,73 +175,6 @@ export function parseDurationMs (variable: string, value: string, options: { all
 
 type EnvSource = Record<string, string | undefined>
 
-// PEM text from VAR or from the file named by VAR_FILE, never both. Literal
-// "\n" sequences are accepted because many secret stores flatten newlines.
-function readPem (env: EnvSource, variable: string): { text: string, from: string } | undefined {
-  const inline = env[variable]
-  const path = env[`${variable}_FILE`]
-  if (inline !== undefined && inline !== '' && path !== undefined && path !== '') {
-    throw new ConfigError(variable, `set either ${variable} or ${variable}_FILE, not both`)
-  }
-  if (path !== undefined && path !== '') {
-    try {
-      return { text: readFileSync(path, 'utf8'), from: `${variable}_FILE` }
-    } catch (err) {
-      throw new ConfigError(`${variable}_FILE`, `cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? 'error'})`)
-    }
-  }
-  if (inline !== undefined && inline !== '') return { text: inline.replace(/\\n/g, '\n'), from: variable }
-  return undefined
-}
-
-// What each algorithm needs of a key: RS256 an RSA key of 2048 bits or more
-// (RFC 7518 §3.3), ES256 a P-256 key, EdDSA an Ed25519 key.
-function keyTypeProblem (key: KeyObject, algorithm: SigningAlgorithm): string | undefined {
-  const type = key.asymmetricKeyType ?? 'unknown'
-  switch (algorithm) {
-    case 'RS256': {
-      if (type !== 'rsa') return `is a ${type} key, but ${algorithm} needs an RSA key`
-      const bits = key.asymmetricKeyDetails?.modulusLength ?? 0
-      return bits < 2048 ? `is a ${bits}-bit RSA key; at least 2048 bits are required` : undefined
-    }
-    case 'ES256':
-      if (type !== 'ec') return `is a ${type} key, but ${algorithm} needs an EC P-256 key`
-      return key.asymmetricKeyDetails?.namedCurve === 'prime256v1' ? undefined : `is an EC key on ${key.asymmetricKeyDetails?.namedCurve ?? 'an unknown curve'}, but ${algorithm} needs P-256`
-    case 'EdDSA':
-      return type === 'ed25519' ? undefined : `is a ${type} key, but ${algorithm} needs an Ed25519 key`
-  }
-}
-
-/** The algorithm a public key signs with, from its type; undefined if none of ours. */
-export function algorithmForKey (key: KeyObject): SigningAlgorithm | undefined {
-  return SIGNING_ALGORITHMS.find((algorithm) => keyTypeProblem(key, algorithm) === undefined)
-}
-
-const PEM_BLOCK = /-----BEGIN ([A-Z0-9 ]+)-----[\s\S]*?-----END \1-----/g
-
-// Zero or more PEM public keys, concatenated. A private key here is refused:
-// this setting is published, and a private key must never be.
-function loadAdditionalKeys (env: EnvSource): AdditionalKey[] {
-  const pem = readPem(env, 'JWT_ADDITIONAL_PUBLIC_KEYS')
-  if (pem === undefined) return []
-  const blocks = [...pem.text.matchAll(PEM_BLOCK)]
-  if (blocks.length === 0) throw new ConfigError(pem.from, 'holds no PEM block (expected one or more -----BEGIN PUBLIC KEY----- blocks)')
-  return blocks.map((block, index) => {
-    if (/PRIVATE/.test(block[1] ?? '')) throw new ConfigError(pem.from, `key ${index + 1} is a private key; give public keys only`)
-    let publicKey: KeyObject
-    try {
-      publicKey = createPublicKey(block[0])
-    } catch {
-      throw new ConfigError(pem.from, `key ${index + 1} is not a PEM public key`)
-    }
-    const algorithm = algorithmForKey(publicKey)
-    if (algorithm === undefined) {
-      throw new ConfigError(pem.from, `key ${index + 1} is not an RSA (2048 bits or more), EC P-256 or Ed25519 key`)
-    }
-    return { publicKey, algorithm }
-  })
-}
-
 const SCOPE_TOKEN = /^[\x21\x23-\x5B\x5D-\x7E]+$/
 
 function parseScopes (variable: string, value: string): string[] {
@@ -281,31 +182,6 @@ function parseScopes (variable: string, value: string): string[] {
   const bad = scopes.find((scope) => !SCOPE_TOKEN.test(scope))
   if (bad !== undefined) throw new ConfigError(variable, `"${bad}" is not a valid scope (RFC 6749 §3.3)`)
   return [...new Set(scopes)]
-}
-
-function loadKeys (env: EnvSource, algorithm: SigningAlgorithm, privatePem: { text: string, from: string }): { privateKey: KeyObject, publicKey: KeyObject } {
-  let privateKey: KeyObject
-  try {
-    privateKey = createPrivateKey(privatePem.text)
-  } catch {
-    throw new ConfigError(privatePem.from, 'is not a PEM private key')
-  }
-  const problem = keyTypeProblem(privateKey, algorithm)
-  if (problem !== undefined) throw new ConfigError(privatePem.from, problem)
-  const derived = createPublicKey(privateKey)
-
-  const publicPem = readPem(env, 'JWT_PUBLIC_KEY')
-  if (publicPem === undefined) return { privateKey, publicKey: derived }
-  let publicKey: KeyObject
-  try {
-    publicKey = createPublicKey(publicPem.text)
-  } catch {
-    throw new ConfigError(publicPem.from, 'is not a PEM public key')
-  }
-  const given = publicKey.export({ type: 'spki', format: 'der' })
-  const expected = derived.export({ type: 'spki', format: 'der' })
-  if (!given.equals(expected)) throw new ConfigError(publicPem.from, 'does not match JWT_PRIVATE_KEY')
-  return { privateKey, publicKey }
 }
 
 function isHttpUrl (value: string): boolean {
@@ -381,65 +257,46 @@ function nonEmpty (value: string | undefined): string | undefined {
   return value === undefined || value.trim() === '' ? undefined : value
 }
 
-function readDotenv (): EnvSource {
-  if (!existsSync('.env')) return {}
+function readDotenv (cwd: string): EnvSource {
+  const path = join(cwd, '.env')
+  if (!existsSync(path)) return {}
   try {
-    return parseDotenv(readFileSync('.env'))
+    return parseDotenv(readFileSync(path))
   } catch (err) {
     throw new ConfigError('.env', `cannot read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`)
   }
 }
 
-/**
- * Validates the environment once. Throws a ConfigError naming the first bad
- * variable. `dotenv` reads a `.env` file from the working directory first.
- */
-export function loadConfig (env: EnvSource = process.env, options: { dotenv?: boolean } = {}): Config {
-  // The given environment wins over the file, as with dotenv itself. Both the
-  // schema and the key loader read this one merged source.
-  const source: EnvSource = options.dotenv === true ? { ...readDotenv(), ...env } : { ...env }
-  let raw: RawEnv
+export interface LoadOptions {
+  /** read a `.env` file from the working folder first (the given environment wins) */
+  dotenv?: boolean
+  /** the working folder: where `.env` is and relative paths start (default: the process's) */
+  cwd?: string
+}
+
+/** The signing key file of the embedded mode, and whether it was generated just now. */
+export interface DataDirKey {
+  path: string
+  generated: boolean
+}
+
+/** The environment (and .env) checked against the schema; a ConfigError names the first bad variable. */
+function readEnv (env: EnvSource, options: LoadOptions): Env {
+  const source: EnvSource = options.dotenv === true ? { ...readDotenv(options.cwd ?? process.cwd()), ...env } : { ...env }
   try {
-    raw = envSchema<RawEnv>({ schema, data: { ...source }, env: false, dotenv: false })
+    return envSchema<Env>({ schema: EnvSchema, data: source, env: false, dotenv: false })
   } catch (err) {
     throw describeSchemaError(err)
   }
-  const databaseUrl = nonEmpty(raw.DATABASE_URL)
-  const dataDir = resolve(raw.DATA_DIR)
-  let privatePem = readPem(source, 'JWT_PRIVATE_KEY')
-  // Both hold secrets: refuse what another user may read or change.
-  const unsafeDataDir = databaseUrl === undefined ? dataDirPermissionProblem(dataDir) : undefined
-  if (unsafeDataDir !== undefined) throw new ConfigError('DATA_DIR', unsafeDataDir)
-  const unsafeKeyFile = privatePem?.from === 'JWT_PRIVATE_KEY_FILE' ? keyFilePermissionProblem(source.JWT_PRIVATE_KEY_FILE ?? '') : undefined
-  if (unsafeKeyFile !== undefined) throw new ConfigError('JWT_PRIVATE_KEY_FILE', unsafeKeyFile)
-  let signingKeySource: Config['signingKeySource'] = { kind: 'environment' }
-  if (privatePem === undefined) {
-    // Instances sharing a PostgreSQL server must sign with one key, which a
-    // key generated by each of them would not be: only the embedded mode
-    // (one process, one data directory) makes its own.
-    if (databaseUrl !== undefined) {
-      throw new ConfigError('JWT_PRIVATE_KEY', 'is required with DATABASE_URL (PEM text, or a path in JWT_PRIVATE_KEY_FILE); `npm run cli -- keys generate` writes a key pair')
-    }
-    let key: ReturnType<typeof dataDirSigningKey>
-    try {
-      key = dataDirSigningKey(dataDir, raw.JWT_ALGORITHM)
-    } catch (err) {
-      throw new ConfigError('DATA_DIR', `cannot keep a signing key in ${dataDir} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`)
-    }
-    privatePem = { text: key.pem, from: key.path }
-    signingKeySource = { kind: 'data-dir', path: key.path, generated: key.generated }
-  }
-  const { privateKey, publicKey } = loadKeys(source, raw.JWT_ALGORITHM, privatePem)
+}
+
+function settingsFromEnv (raw: Env, cwd: string): Settings {
   return {
-    databaseUrl,
+    databaseUrl: nonEmpty(raw.DATABASE_URL),
     redisUrl: nonEmpty(raw.REDIS_URL),
-    dataDir,
-    signingKeySource,
+    dataDir: resolve(cwd, raw.DATA_DIR),
     redisKeyPrefix: raw.REDIS_KEY_PREFIX,
-    privateKey,
-    publicKey,
     algorithm: raw.JWT_ALGORITHM,
-    additionalKeys: loadAdditionalKeys(source),
     issuer: raw.JWT_ISSUER,
     publicUrl: resolvePublicUrl(raw.PUBLIC_URL, raw.JWT_ISSUER, raw.SERVER_PORT),
     audience: raw.JWT_AUDIENCE,
@@ -471,6 +328,47 @@ export function loadConfig (env: EnvSource = process.env, options: { dotenv?: bo
   }
 }
 
+/**
+ * Validates the settings once, keys aside (the CLI's need). Throws a
+ * ConfigError naming the first bad variable.
+ */
+export function loadSettings (env: EnvSource = process.env, options: LoadOptions = {}): Settings {
+  return settingsFromEnv(readEnv(env, options), options.cwd ?? process.cwd())
+}
+
+/**
+ * Validates the environment once, keys included. Throws a ConfigError naming
+ * the first bad variable. `dotenv` reads a `.env` file from the working
+ * directory first.
+ */
+export function loadConfig (env: EnvSource = process.env, options: LoadOptions & { dataDirKey?: DataDirKey } = {}): Config {
+  const raw = readEnv(env, options)
+  const settings = settingsFromEnv(raw, options.cwd ?? process.cwd())
+  return { ...settings, ...configuredKeys(raw, settings, options.dataDirKey) }
+}
+
+/**
+ * The step of the service's start that makes the embedded mode's signing
+ * key: with neither DATABASE_URL nor JWT_PRIVATE_KEY(_FILE), creates DATA_DIR
+ * (owner-only) and a key in it unless there is one. Undefined when no key is
+ * needed there. Pass the result to loadConfig as `dataDirKey`, which then
+ * reads the key (loadConfig itself never writes).
+ */
+export function ensureDataDirSigningKey (env: EnvSource = process.env, options: LoadOptions = {}): DataDirKey | undefined {
+  const raw = readEnv(env, options)
+  const { databaseUrl, dataDir, algorithm } = settingsFromEnv(raw, options.cwd ?? process.cwd())
+  const keyConfigured = (raw.JWT_PRIVATE_KEY ?? '') !== '' || (raw.JWT_PRIVATE_KEY_FILE ?? '') !== ''
+  if (databaseUrl !== undefined || keyConfigured) return undefined
+  // Refused before anything is created in it.
+  const unsafe = dataDirPermissionProblem(dataDir)
+  if (unsafe !== undefined) throw new ConfigError('DATA_DIR', unsafe)
+  try {
+    return createDataDirSigningKey(dataDir, algorithm)
+  } catch (err) {
+    throw keyProblem(dataDir, err)
+  }
+}
+
 export interface ConfigPluginOptions {
   /** A configuration already loaded (server.ts, tests). */
   config?: Config
@@ -483,7 +381,8 @@ declare module 'fastify' {
 }
 
 export default fp<ConfigPluginOptions>(async (fastify, opts) => {
-  fastify.decorate('config', opts.config ?? loadConfig(process.env, { dotenv: true }))
+  // Started without a loaded configuration (fastify-cli): the start's two steps here.
+  fastify.decorate('config', opts.config ?? loadConfig(process.env, { dotenv: true, dataDirKey: ensureDataDirSigningKey(process.env, { dotenv: true }) }))
   const source = fastify.config.signingKeySource
   if (source.kind === 'data-dir') {
     fastify.log.info({ path: source.path, algorithm: fastify.config.algorithm },

@@ -1,7 +1,8 @@
 import { createHash, type JsonWebKey, type KeyObject } from 'node:crypto'
 import fp from 'fastify-plugin'
 import { createSigner, createVerifier, TokenError } from 'fast-jwt'
-import { SIGNING_ALGORITHMS, type AdditionalKey, type SigningAlgorithm } from './config.js'
+import { SIGNING_ALGORITHMS, type SigningAlgorithm } from '../signing-keys/algorithms.js'
+import type { AdditionalKey } from '../signing-keys/pem.js'
 
 export interface PublicJwk {
   kty: string

@@ -2,10 +2,9 @@
 // the generated signing key, the lock that keeps it to one service process,
 // and the control socket through which the CLI reaches that process.
 import { chmodSync, closeSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeSync, type Stats } from 'node:fs'
-import { generateKeyPairSync } from 'node:crypto'
 import { join, resolve } from 'node:path'
-
-export type KeyAlgorithm = 'RS256' | 'ES256' | 'EdDSA'
+import type { SigningAlgorithm } from '../signing-keys/algorithms.js'
+import { generatePrivateKeyPem } from '../signing-keys/generate.js'
 
 export const PGDATA = 'pgdata'
 export const SIGNING_KEY_FILE = 'signing-key.pem'
@@ -103,19 +102,6 @@ export function ensureDataDir (dir: string): string {
   return path
 }
 
-/** A new private key of the algorithm, as PKCS#8 PEM. */
-export function generatePrivateKeyPem (algorithm: KeyAlgorithm): { privateKey: string, publicKey: string } {
-  const pair = algorithm === 'RS256'
-    ? generateKeyPairSync('rsa', { modulusLength: 2048 })
-    : algorithm === 'ES256'
-      ? generateKeyPairSync('ec', { namedCurve: 'P-256' })
-      : generateKeyPairSync('ed25519')
-  return {
-    privateKey: pair.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
-    publicKey: pair.publicKey.export({ type: 'spki', format: 'pem' }).toString()
-  }
-}
-
 /** Writes a new file readable by its owner only; refuses to replace one. */
 export function writeOwnerOnly (path: string, content: string): void {
   const fd = openSync(path, 'wx', 0o600)
@@ -129,21 +115,27 @@ export function writeOwnerOnly (path: string, content: string): void {
 }
 
 /**
- * The signing key kept in the data directory: read when it exists, generated
- * (and saved, owner-only) on the first start otherwise.
+ * The signing key kept in the data directory, if there is one. Written by
+ * this service into its own folder: no exception for a root-owned file here.
  */
-export function dataDirSigningKey (dir: string, algorithm: KeyAlgorithm): { pem: string, path: string, generated: boolean } {
-  const root = ensureDataDir(dir)
-  const path = join(root, SIGNING_KEY_FILE)
-  if (existsSync(path)) {
-    // Written by this service into its own folder: no exception for root here.
-    const uid = processUid()
-    const problem = uid === undefined ? undefined : ownerOnlyProblem(path, statSync(path), uid, '600')
-    if (problem !== undefined) throw new Error(problem)
-    return { pem: readFileSync(path, 'utf8'), path, generated: false }
-  }
+export function readDataDirSigningKey (dir: string): { pem: string, path: string } | undefined {
+  const path = join(resolve(dir), SIGNING_KEY_FILE)
+  if (!existsSync(path)) return undefined
+  const uid = processUid()
+  const problem = uid === undefined ? undefined : ownerOnlyProblem(path, statSync(path), uid, '600')
+  if (problem !== undefined) throw new Error(problem)
+  return { pem: readFileSync(path, 'utf8'), path }
+}
+
+/**
+ * Creates the data directory (owner-only) and a signing key in it, saved
+ * owner-only, unless it has one already: a key is never replaced.
+ */
+export function createDataDirSigningKey (dir: string, algorithm: SigningAlgorithm): { path: string, generated: boolean } {
+  const path = join(ensureDataDir(dir), SIGNING_KEY_FILE)
+  if (readDataDirSigningKey(dir) !== undefined) return { path, generated: false }
   writeOwnerOnly(path, generatePrivateKeyPem(algorithm).privateKey)
-  return { pem: readFileSync(path, 'utf8'), path, generated: true }
+  return { path, generated: true }
 }
 
 function processAlive (pid: number): boolean {
@@ -179,6 +171,14 @@ export class DataDirInUseError extends Error {
 
 // Data directories this process holds (a pid check cannot tell them apart).
 const heldHere = new Set<string>()
+
+/**
+ * Whether this very process holds the data directory (a service started in
+ * it), as opposed to a lock file left with our pid by an earlier process.
+ */
+export function heldByThisProcess (dir: string): boolean {
+  return heldHere.has(resolve(dir))
+}
 
 /**
  * Takes the data directory for this process: the embedded database may be

@@ -2,7 +2,7 @@ import { createPublicKey, generateKeyPairSync } from 'node:crypto'
 import { existsSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'tap'
-import { ConfigError, loadConfig, type Config } from '../plugins/config.js'
+import { ConfigError, ensureDataDirSigningKey, loadConfig, loadSettings, type Config } from '../plugins/config.js'
 import { generateRsaKeyPair, testKeys } from './helper.js'
 
 // The smallest environment loadConfig accepts.
@@ -97,9 +97,17 @@ test('with DATABASE_URL, a missing JWT_PRIVATE_KEY is named first in the message
   t.match(err.message, /keys generate/, 'and says how to make one')
 })
 
+/** What a starting service does: the data directory's key step, then loadConfig. */
+function startConfig (env: Record<string, string>): Config {
+  return loadConfig(env, { dataDirKey: ensureDataDirSigningKey(env) })
+}
+
 test('without DATABASE_URL and REDIS_URL: the embedded mode, with a key generated once in DATA_DIR', async (t) => {
   const dataDir = join(t.testdir({}), 'data')
-  const first = loadConfig({ DATA_DIR: dataDir, DATABASE_URL: '', REDIS_URL: '  ' })
+  const notYet = configError({ DATA_DIR: dataDir })
+  t.equal(notYet.variable, 'DATA_DIR', 'loadConfig alone reads: a data directory without a key is refused')
+  t.notOk(existsSync(dataDir), 'and loadConfig writes nothing, not even the folder')
+  const first = startConfig({ DATA_DIR: dataDir, DATABASE_URL: '', REDIS_URL: '  ' })
   t.equal(first.databaseUrl, undefined, 'an empty DATABASE_URL means none')
   t.equal(first.redisUrl, undefined, 'a blank REDIS_URL means none')
   t.equal(first.dataDir, dataDir)
@@ -108,16 +116,16 @@ test('without DATABASE_URL and REDIS_URL: the embedded mode, with a key generate
   t.equal(statSync(join(dataDir, 'signing-key.pem')).mode & 0o777, 0o600, 'the key file is owner-only')
   t.equal(first.privateKey.asymmetricKeyDetails?.modulusLength, 2048, 'an RSA 2048 key for RS256')
 
-  const second = loadConfig({ DATA_DIR: dataDir })
+  const second = startConfig({ DATA_DIR: dataDir })
   t.same(second.signingKeySource, { kind: 'data-dir', path: join(dataDir, 'signing-key.pem'), generated: false }, 'reused, not generated again')
   t.equal(pkcs8(second.privateKey), pkcs8(first.privateKey), 'the same key')
 
   const err = configError({ DATA_DIR: dataDir, JWT_ALGORITHM: 'ES256' })
   t.match(err.message, /ES256 needs an EC P-256 key/, 'a saved key of another algorithm is refused, not replaced')
 
-  const es = loadConfig({ DATA_DIR: join(dataDir, 'es'), JWT_ALGORITHM: 'ES256' })
+  const es = startConfig({ DATA_DIR: join(dataDir, 'es'), JWT_ALGORITHM: 'ES256' })
   t.equal(es.privateKey.asymmetricKeyDetails?.namedCurve, 'prime256v1', 'ES256 gets a P-256 key')
-  const configured = loadConfig({ DATA_DIR: join(dataDir, 'configured'), JWT_PRIVATE_KEY: testKeys.privateKey })
+  const configured = startConfig({ DATA_DIR: join(dataDir, 'configured'), JWT_PRIVATE_KEY: testKeys.privateKey })
   t.same(configured.signingKeySource, { kind: 'environment' }, 'a configured key wins')
   t.notOk(existsSync(join(dataDir, 'configured', 'signing-key.pem')), 'and nothing is written')
 })
@@ -148,6 +156,19 @@ test('a .env file in the working directory is read, signing key included', async
   t.equal(config.databaseUrl, 'postgres://postgres@127.0.0.1:5432/from_dotenv')
   t.equal(config.issuer, 'from-dotenv')
   t.equal(pkcs8(config.privateKey), pkcs8(loadConfig(minimalEnv()).privateKey))
+})
+
+test('loadSettings: the same schema without keys, .env and DATA_DIR taken from the folder given (the CLI\'s working folder)', async (t) => {
+  const dir = t.testdir({ '.env': 'DATA_DIR=state\nBCRYPT_COST=11\nJWT_ALGORITHM=EdDSA\n' })
+  const settings = loadSettings({ CLIENT_CACHE_TTL: '1m' }, { dotenv: true, cwd: dir })
+  t.equal(settings.dataDir, join(dir, 'state'), 'a relative DATA_DIR starts at that folder')
+  t.equal(settings.bcryptCost, 11, 'BCRYPT_COST from .env')
+  t.equal(settings.algorithm, 'EdDSA', 'JWT_ALGORITHM from .env')
+  t.equal(settings.clientCacheTtl, 60, 'the environment besides .env')
+  t.notOk(existsSync(join(dir, 'state')), 'no key, so nothing written')
+  t.equal(loadSettings({}).bcryptCost, 12, 'BCRYPT_COST: 12 by default')
+  t.throws(() => loadSettings({ JWT_ALGORITHM: 'HS256' }), { name: 'ConfigError', message: 'JWT_ALGORITHM: must be one of RS256, ES256, EdDSA' }, 'the algorithm list of the schema')
+  t.throws(() => loadSettings({ BCRYPT_COST: '9' }), { name: 'ConfigError', message: /^BCRYPT_COST: / }, 'a bad value names its variable')
 })
 
 test('keys are read from the files named by *_FILE', async (t) => {

@@ -13,7 +13,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import tap, { test, type Test } from 'tap'
 import Fastify, { type FastifyInstance, type LightMyRequestResponse } from 'fastify'
 import serviceApp, { options } from '../app.js'
-import { loadConfig } from '../plugins/config.js'
+import { ensureDataDirSigningKey, loadConfig } from '../plugins/config.js'
 import { insertClientRow } from '../plugins/clients.js'
 import { CONTROL_SOCKET, LOCK_FILE, SIGNING_KEY_FILE } from '../storage/data-dir.js'
 import { basicAuth, decodeJwt, form, FORM, freePort, PROJECT_DIR, runEntry, runnerEnv, tokenRequest, verify } from './helper.js'
@@ -62,7 +62,8 @@ function testDataDir (t: Test, content: Record<string, string> = {}): string {
 async function start (t: Test, dir: string, stream?: Writable): Promise<FastifyInstance> {
   const apps = openApps.get(t)
   if (apps === undefined) throw new Error('call testDataDir(t) first')
-  const config = loadConfig({ DATA_DIR: dir, LOG_LEVEL: 'silent' })
+  const env = { DATA_DIR: dir, LOG_LEVEL: 'silent' }
+  const config = loadConfig(env, { dataDirKey: ensureDataDirSigningKey(env) })
   const app = Fastify({ ...options, logger: stream === undefined ? false : { level: 'info', stream } })
   apps.add(app)
   app.addHook('onClose', async () => { apps.delete(app) })

@@ -11,7 +11,7 @@ import { join } from 'node:path'
 import tap, { test, type Test } from 'tap'
 import Fastify, { type FastifyInstance } from 'fastify'
 import serviceApp, { options } from '../app.js'
-import { ConfigError, loadConfig } from '../plugins/config.js'
+import { ConfigError, ensureDataDirSigningKey, loadConfig } from '../plugins/config.js'
 import { insertClientRow } from '../plugins/clients.js'
 import { CONTROL_SOCKET, PGDATA, SIGNING_KEY_FILE } from '../storage/data-dir.js'
 import { basicAuth, freePort, PROJECT_DIR, runEntry, runnerEnv, testKeys, tokenRequest } from './helper.js'
@@ -30,7 +30,8 @@ async function folder (t: Test): Promise<string> {
 
 /** The embedded app on `dataDir`, as server.ts builds it (no umask of its own: a library user's process). */
 async function startEmbedded (t: Test, dataDir: string): Promise<FastifyInstance> {
-  const config = loadConfig({ DATA_DIR: dataDir, LOG_LEVEL: 'silent' })
+  const env = { DATA_DIR: dataDir, LOG_LEVEL: 'silent' }
+  const config = loadConfig(env, { dataDirKey: ensureDataDirSigningKey(env) })
   const app = Fastify({ ...options, logger: false })
   t.teardown(async () => await app.close())
   await app.register(serviceApp, { config })

@@ -1,0 +1,44 @@
+// A changed client reaches running instances at once where this process can
+// tell them: the embedded service directly, instances sharing Redis by the
+// cache entry and a notice; otherwise within CLIENT_CACHE_TTL.
+import { Redis } from 'ioredis'
+import { CLIENT_CHANGES_CHANNEL, clientCacheKey } from '../storage/clients.js'
+import type { Settings } from '../plugins/config.js'
+import { redisConnectionOptions, withoutRedisPassword } from '../plugins/redis.js'
+import type { Connection } from './connection.js'
+import { describeFailure, type Output } from './io.js'
+
+export async function announceChange (config: Settings, connection: Connection, clientId: string, out: Output): Promise<void> {
+  if (connection.service !== undefined) {
+    await connection.service.forget(clientId)
+    return
+  }
+  if (config.redisUrl === undefined) {
+    if (config.databaseUrl !== undefined) out.note(`running instances see the change within CLIENT_CACHE_TTL (${config.clientCacheTtl}s)`)
+    return
+  }
+  let redis: Redis | undefined
+  try {
+    // The service's own TLS and ACL options; a bad REDIS_TLS_CA_FILE is
+    // reported like an unreachable Redis, since the change itself is made.
+    redis = new Redis(config.redisUrl, {
+      ...redisConnectionOptions(config),
+      keyPrefix: config.redisKeyPrefix,
+      lazyConnect: true,
+      connectTimeout: 2000,
+      commandTimeout: 2000,
+      maxRetriesPerRequest: 0,
+      enableOfflineQueue: true,
+      retryStrategy: () => null
+    })
+    redis.on('error', () => {})
+    await redis.connect()
+    await redis.del(clientCacheKey(clientId))
+    // keyPrefix does not apply to channels: the prefix is added here.
+    await redis.publish(`${config.redisKeyPrefix}${CLIENT_CHANGES_CHANNEL}`, clientId)
+  } catch (err) {
+    out.note(`Redis did not answer (${withoutRedisPassword(describeFailure(err), config.redisUrl)}): running instances see the change within CLIENT_CACHE_TTL (${config.clientCacheTtl}s)`)
+  } finally {
+    redis?.disconnect()
+  }
+}

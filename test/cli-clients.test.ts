@@ -1,0 +1,185 @@
+// The operator's command line against a PostgreSQL server, run in this
+// process through main(argv, io): what the operator sees (exit codes, stdout
+// and stderr, the JSON it prints), what is stored, and that the running app
+// honours each change at once (the CLI announces it through Redis).
+import { readdirSync } from 'node:fs'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { test } from 'tap'
+import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
+import { backends, build, decodeJwt, sql, TEST_REDIS_URL, tokenRequest } from './helper.js'
+import { assertTokenError, basic, cli, CLIENT_CREDENTIALS, failed, GENERATED_SECRET, parsed, succeeded } from './helpers/cli.js'
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
+const ISO_TIME = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/
+const BCRYPT_HASH = /\$2[aby]\$\d\d\$/
+/** The fields of a client as `clients show --json` and `clients list --json` print them. */
+const VIEW_FIELDS = ['audiences', 'authentication', 'client_id', 'created_at', 'default_scopes', 'name', 'rate_limit', 'scopes', 'status', 'updated_at']
+
+const needsServers = !backends.postgres
+  ? 'needs a PostgreSQL server (none answers)'
+  : !backends.redis ? 'needs a Redis server (none answers): changes reach the app through its pub/sub' : false
+
+/**
+ * Token requests until one answers `status`, for up to about a second: a
+ * change made with the CLI is to reach the running app at once (the
+ * announcement travels through Redis, so it may take a few milliseconds).
+ */
+async function answersWithin (service: FastifyInstance, headers: Record<string, string>, status: number, fields: Record<string, string> = {}): Promise<LightMyRequestResponse> {
+  const deadline = Date.now() + 1000
+  for (;;) {
+    const res = await tokenRequest(service, { ...CLIENT_CREDENTIALS, ...fields }, headers)
+    if (res.statusCode === status || Date.now() > deadline) return res
+    await sleep(20)
+  }
+}
+
+test('PostgreSQL: a client created, rotated, disabled, enabled and deleted with the CLI; the running app follows each step at once', { skip: needsServers }, async (t) => {
+  const { app, databaseUrl, redisPrefix } = await build(t)
+  const cwd = t.testdir({})
+  const env = { DATABASE_URL: databaseUrl, REDIS_URL: TEST_REDIS_URL, REDIS_KEY_PREFIX: redisPrefix }
+
+  // create
+  let res = await cli(t, ['clients', 'create', '--name', 'x', '--scope', 'read write', '--default-scope', 'read', '--audience', 'other', '--rate-limit', '5', '--json'], { env, cwd })
+  succeeded(t, res, 'clients create --json')
+  const created = parsed<Record<string, unknown>>(t, res, 'clients create --json')
+  t.strictSame(Object.keys(created).sort(), [...VIEW_FIELDS, 'client_secret'].sort(), 'create prints the client and its secret, nothing else')
+  t.match(created.client_id, UUID, 'without --id, the client id is a UUID')
+  t.match(created.client_secret, GENERATED_SECRET, 'the secret is 43 base64url characters (32 random bytes)')
+  t.match(created, {
+    name: 'x',
+    status: 'enabled',
+    scopes: ['read', 'write'],
+    default_scopes: ['read'],
+    audiences: ['other'],
+    rate_limit: 5,
+    authentication: ['client_secret'],
+    created_at: ISO_TIME,
+    updated_at: ISO_TIME
+  }, 'the settings as given')
+  t.notMatch(res.stdout, /hash/i, 'no hash field printed')
+  t.notMatch(res.stdout, BCRYPT_HASH, 'no bcrypt hash printed')
+  const id = String(created.client_id)
+  const secret = String(created.client_secret)
+  const { client_secret: _shownOnce, ...view } = created
+
+  const [stored] = await sql<{ client_secret_hash: string }>(databaseUrl, 'SELECT client_secret_hash FROM clients WHERE client_id = $1', [id])
+  t.match(stored?.client_secret_hash, /^\$2[aby]\$12\$/, 'only a bcrypt hash of the secret is stored')
+
+  // the secret works, with the settings given
+  let token = await tokenRequest(app, CLIENT_CREDENTIALS, basic(id, secret))
+  t.equal(token.statusCode, 200, 'the printed secret gets a token (Basic)', { body: token.body })
+  t.equal(decodeJwt(token.json().access_token).payload.scope, 'read', 'a request naming no scope gets the --default-scope')
+  t.equal(token.headers['x-ratelimit-limit'], '5', 'the --rate-limit applies to the client')
+
+  // list, as a table and as JSON; show
+  const [table, listed, shown] = await Promise.all([
+    cli(t, ['clients', 'list'], { env, cwd }),
+    cli(t, ['clients', 'list', '--json'], { env, cwd }),
+    cli(t, ['clients', 'show', id], { env, cwd })
+  ])
+  res = table
+  succeeded(t, res, 'clients list')
+  const lines = res.stdout.trimEnd().split('\n')
+  t.equal(lines.length, 2, 'the table: a header and one client')
+  t.match(lines[0], /^CLIENT_ID\s+STATUS\s+NAME\s+SCOPES\s+AUDIENCES$/, 'the table header')
+  t.match(lines[1], new RegExp(`^${id}\\s+enabled\\s+x\\s+read write\\s+other$`), 'the client\'s row')
+  t.notOk(res.stdout.includes(secret), 'the list shows no secret')
+
+  res = listed
+  succeeded(t, res, 'clients list --json')
+  t.strictSame(parsed(t, res, 'clients list --json'), [view], 'list --json: the client as created, without its secret')
+
+  res = shown
+  succeeded(t, res, 'clients show')
+  t.match(res.stdout, new RegExp(`^client_id:\\s+${id}$`, 'm'), 'show: the id')
+  t.match(res.stdout, /^name:\s+x$/m, 'show: the name')
+  t.match(res.stdout, /^status:\s+enabled$/m, 'show: the status')
+  t.match(res.stdout, /^scopes:\s+read write$/m, 'show: the scopes')
+  t.match(res.stdout, /^default_scopes:\s+read$/m, 'show: the default scope')
+  t.match(res.stdout, /^audiences:\s+other$/m, 'show: the audience')
+  t.match(res.stdout, /^rate_limit:\s+5$/m, 'show: the rate limit')
+  t.match(res.stdout, /^authentication:\s+client_secret$/m, 'show: how it authenticates')
+  t.notOk(res.stdout.includes(secret), 'show prints no secret')
+  t.notMatch(res.stdout, /secret:|hash/i, 'show prints no secret or hash field')
+  t.notMatch(res.stdout, BCRYPT_HASH, 'show prints no bcrypt hash')
+
+  // rotate-secret: the old secret is refused at once, the new one works
+  res = await cli(t, ['clients', 'rotate-secret', id, '--json'], { env, cwd })
+  succeeded(t, res, 'clients rotate-secret --json')
+  const rotated = parsed<Record<string, unknown>>(t, res, 'clients rotate-secret --json')
+  t.strictSame(Object.keys(rotated).sort(), ['client_id', 'client_secret'], 'rotate-secret prints the id and the new secret')
+  t.equal(rotated.client_id, id, 'the client rotated')
+  t.match(rotated.client_secret, GENERATED_SECRET, 'the new secret is 43 base64url characters')
+  t.not(rotated.client_secret, secret, 'the new secret differs from the old one')
+  const newSecret = String(rotated.client_secret)
+  token = await answersWithin(app, basic(id, secret), 401)
+  assertTokenError(t, token, 401, 'invalid_client', 'the old secret, right after rotate-secret')
+  token = await tokenRequest(app, CLIENT_CREDENTIALS, basic(id, newSecret))
+  t.equal(token.statusCode, 200, 'the new secret gets a token', { body: token.body })
+
+  // disable, enable
+  res = await cli(t, ['clients', 'disable', id], { env, cwd })
+  succeeded(t, res, 'clients disable')
+  t.equal(res.stdout, `client ${id} disabled\n`, 'disable says what it did')
+  token = await answersWithin(app, basic(id, newSecret), 400)
+  assertTokenError(t, token, 400, 'unauthorized_client', 'a token request right after disable')
+
+  res = await cli(t, ['clients', 'enable', id, '--json'], { env, cwd })
+  succeeded(t, res, 'clients enable --json')
+  t.strictSame(parsed(t, res, 'clients enable --json'), { client_id: id, status: 'enabled' }, 'enable --json: the id and the new status')
+  token = await answersWithin(app, basic(id, newSecret), 200, { audience: 'other' })
+  t.equal(token.statusCode, 200, 'a token request right after enable gets a token', { body: token.body })
+  t.equal(decodeJwt(token.json().access_token).payload.aud, 'other', 'the --audience given at creation is granted')
+
+  // delete
+  res = await cli(t, ['clients', 'delete', id], { env, cwd })
+  succeeded(t, res, 'clients delete')
+  t.equal(res.stdout, `client ${id} deleted\n`, 'delete says what it did')
+  token = await answersWithin(app, basic(id, newSecret), 401)
+  assertTokenError(t, token, 401, 'invalid_client', 'a token request right after delete')
+  res = await cli(t, ['clients', 'show', id], { env, cwd })
+  t.equal(failed(t, res, 1, 'clients show of a deleted client'), `session-service: no client "${id}"`, 'show: no such client')
+
+  t.strictSame(readdirSync(cwd), [], 'nothing written into the working folder')
+})
+
+test('PostgreSQL: --secret-stdin takes a secret of at most 72 bytes, all of which count', { skip: needsServers }, async (t) => {
+  const { app, databaseUrl, redisPrefix } = await build(t)
+  const cwd = t.testdir({})
+  const env = { DATABASE_URL: databaseUrl, REDIS_URL: TEST_REDIS_URL, REDIS_KEY_PREFIX: redisPrefix }
+  const secret72 = 'Aa0-'.repeat(18)
+
+  let res = await cli(t, ['clients', 'create', '--name', 'too long', '--id', 'svc-73', '--secret-stdin', '--json'], { env, cwd, stdin: `${secret72}x\n` })
+  const refusal = failed(t, res, 2, 'a 73-byte secret on stdin')
+  t.match(refusal, /\b73 bytes\b/, 'the message gives the secret\'s length')
+  t.match(refusal, /\b72\b/, 'and the limit of 72 bytes')
+  t.strictSame(await sql(databaseUrl, 'SELECT client_id FROM clients'), [], 'no client was created')
+
+  res = await cli(t, ['clients', 'create', '--name', 'stdin', '--id', 'svc-72', '--secret-stdin', '--json'], { env, cwd, stdin: `${secret72}\n` })
+  succeeded(t, res, 'a 72-byte secret on stdin (and its newline)')
+  const created = parsed<Record<string, unknown>>(t, res, 'clients create --secret-stdin --json')
+  t.equal(created.client_id, 'svc-72', 'the --id given')
+  t.equal(created.client_secret, secret72, 'the secret printed is the one read, without the trailing newline')
+
+  let token = await tokenRequest(app, CLIENT_CREDENTIALS, basic('svc-72', secret72))
+  t.equal(token.statusCode, 200, 'the 72-byte secret gets a token', { body: token.body })
+  token = await tokenRequest(app, CLIENT_CREDENTIALS, basic('svc-72', `${secret72.slice(0, 71)}!`))
+  assertTokenError(t, token, 401, 'invalid_client', 'the secret with its 72nd byte changed')
+})
+
+test('PostgreSQL: creating a client with an id that exists fails and leaves the first one alone', { skip: needsServers }, async (t) => {
+  const { app, redisPrefix, databaseUrl } = await build(t)
+  const cwd = t.testdir({})
+  const env = { DATABASE_URL: databaseUrl, REDIS_URL: TEST_REDIS_URL, REDIS_KEY_PREFIX: redisPrefix }
+
+  let res = await cli(t, ['clients', 'create', '--name', 'first', '--id', 'svc-dup', '--json'], { env, cwd })
+  succeeded(t, res, 'the first create')
+  const secret = String(parsed(t, res, 'clients create --json').client_secret)
+
+  res = await cli(t, ['clients', 'create', '--name', 'second', '--id', 'svc-dup', '--json'], { env, cwd })
+  t.equal(failed(t, res, 1, 'the second create with the same --id'), 'session-service: a client "svc-dup" already exists', 'the message: the id is taken')
+
+  t.strictSame(await sql(databaseUrl, 'SELECT name FROM clients'), [{ name: 'first' }], 'the first client is unchanged')
+  const token = await tokenRequest(app, CLIENT_CREDENTIALS, basic('svc-dup', secret))
+  t.equal(token.statusCode, 200, 'the first client\'s secret still gets a token', { body: token.body })
+})
