@@ -3,6 +3,7 @@ import autoLoad from '@fastify/autoload'
 import fp from 'fastify-plugin'
 import type { FastifyPluginAsync, FastifyReply, FastifyServerOptions } from 'fastify'
 import type { Config } from './plugins/config.js'
+import { LOG_SERIALIZERS, REDACTED_PATHS } from './logging.js'
 
 export interface AppOptions {
   /** A configuration already loaded; without it the config plugin reads the environment. */
@@ -32,6 +33,20 @@ export const options: FastifyServerOptions = {
   // WebAssembly), which can take longer than Fastify's default 10 s on a
   // loaded machine. Unreachable servers fail sooner, on their own timeouts.
   pluginTimeout: 60_000
+}
+
+/** The options of an instance serving `config`: the app's, plus its logger and proxy and body settings. */
+export function instanceOptions (config: Config): FastifyServerOptions {
+  return {
+    ...options,
+    logger: {
+      level: config.logLevel,
+      redact: { paths: REDACTED_PATHS, censor: '[redacted]' },
+      serializers: LOG_SERIALIZERS
+    },
+    trustProxy: config.trustProxy,
+    bodyLimit: config.bodyLimit
+  }
 }
 
 // The service as a plugin: every concern from plugins/ (ordered by their

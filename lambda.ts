@@ -1,8 +1,7 @@
 import Fastify from 'fastify'
 import awsLambdaFastify from '@fastify/aws-lambda'
-import serviceApp, { options } from './app.js'
+import serviceApp, { instanceOptions } from './app.js'
 import { ensureDataDirSigningKey, loadConfig } from './plugins/config.js'
-import { LOG_SERIALIZERS, REDACTED_PATHS } from './logging.js'
 
 // Read once per execution environment, from the function's environment only
 // (no .env file in a Lambda package). A bad setting throws its ConfigError
@@ -10,16 +9,7 @@ import { LOG_SERIALIZERS, REDACTED_PATHS } from './logging.js'
 const config = loadConfig(process.env, { dataDirKey: ensureDataDirSigningKey(process.env) })
 
 /** The instance behind the handler; exported so that tests can close it. */
-export const app = Fastify({
-  ...options,
-  logger: {
-    level: config.logLevel,
-    redact: { paths: REDACTED_PATHS, censor: '[redacted]' },
-    serializers: LOG_SERIALIZERS
-  },
-  trustProxy: config.trustProxy,
-  bodyLimit: config.bodyLimit
-})
+export const app = Fastify(instanceOptions(config))
 
 await app.register(serviceApp, { config })
 

@@ -3,9 +3,8 @@ import { Server as NetServer } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify from 'fastify'
 import closeWithGrace from 'close-with-grace'
-import app, { options } from './app.js'
+import app, { instanceOptions } from './app.js'
 import { ConfigError, ensureDataDirSigningKey, loadConfig, type Config } from './plugins/config.js'
-import { LOG_SERIALIZERS, REDACTED_PATHS } from './logging.js'
 
 // Everything this process creates (the embedded database, the control
 // socket, keys) is for its own user only.
@@ -26,14 +25,7 @@ try {
 }
 
 const server = Fastify({
-  ...options,
-  logger: {
-    level: config.logLevel,
-    redact: { paths: REDACTED_PATHS, censor: '[redacted]' },
-    serializers: LOG_SERIALIZERS
-  },
-  trustProxy: config.trustProxy,
-  bodyLimit: config.bodyLimit,
+  ...instanceOptions(config),
   // No request hangs: a client that stalls mid-request is cut off.
   requestTimeout: 30_000,
   connectionTimeout: 30_000

@@ -2,7 +2,7 @@
 // tell them: the embedded service directly, instances sharing Redis by the
 // cache entry and a notice; otherwise within CLIENT_CACHE_TTL.
 import { Redis } from 'ioredis'
-import { CLIENT_CHANGES_CHANNEL, clientCacheKey } from '../storage/clients.js'
+import { invalidateClient } from '../storage/client-cache.js'
 import type { Settings } from '../plugins/config.js'
 import { redisConnectionOptions, withoutRedisPassword } from '../plugins/redis.js'
 import type { Connection } from './connection.js'
@@ -33,9 +33,7 @@ export async function announceChange (config: Settings, connection: Connection, 
     })
     redis.on('error', () => {})
     await redis.connect()
-    await redis.del(clientCacheKey(clientId))
-    // keyPrefix does not apply to channels: the prefix is added here.
-    await redis.publish(`${config.redisKeyPrefix}${CLIENT_CHANGES_CHANNEL}`, clientId)
+    await invalidateClient(redis, config.redisKeyPrefix, clientId)
   } catch (err) {
     out.note(`Redis did not answer (${withoutRedisPassword(describeFailure(err), config.redisUrl)}): running instances see the change within CLIENT_CACHE_TTL (${config.clientCacheTtl}s)`)
   } finally {

@@ -1,6 +1,7 @@
 import fp from 'fastify-plugin'
 import { guard } from './errors.js'
-import { clientCacheKey, clientsRepository, type Client } from '../storage/clients.js'
+import { clientsRepository, type Client } from '../storage/clients.js'
+import { clientCacheKey } from '../storage/client-cache.js'
 
 // The clients table's types and SQL live in the repository; named here too
 // for the code that imports them from the plugin.

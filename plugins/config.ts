@@ -9,6 +9,7 @@ import { DEFAULT_SIGNING_ALGORITHM, SIGNING_ALGORITHMS, type SigningAlgorithm } 
 import { configuredKeys, keyProblem } from '../signing-keys/configured.js'
 import type { AdditionalKey } from '../signing-keys/pem.js'
 import { BCRYPT_COST } from '../storage/clients.js'
+import { SCOPE_TOKEN } from '../schemas/scope.js'
 import { createDataDirSigningKey, dataDirPermissionProblem } from '../storage/data-dir.js'
 
 // Named here too for the code that imports them from the config plugin.
@@ -174,8 +175,6 @@ export function parseDurationMs (variable: string, value: string, options: { all
 }
 
 type EnvSource = Record<string, string | undefined>
-
-const SCOPE_TOKEN = /^[\x21\x23-\x5B\x5D-\x7E]+$/
 
 function parseScopes (variable: string, value: string): string[] {
   const scopes = value.split(/[\s,]+/).filter((scope) => scope !== '')

@@ -10,6 +10,24 @@ import type { RecordSeal } from './record-seal.js'
 /** Redis channel (after the key prefix) on which a changed client's id is announced. */
 export const CLIENT_CHANGES_CHANNEL = 'clients:changed'
 
+/**
+ * The shared-cache key of a client record (before the Redis key prefix).
+ * v3: records are sealed (storage/record-seal.ts); instances of an older
+ * release keep reading their own entries during a rolling update, and
+ * nothing of theirs is trusted here.
+ */
+export const clientCacheKey = (clientId: string): string => `client:v3:${clientId}`
+
+/**
+ * Drops a changed client's shared record and tells every instance to drop
+ * its own copy: what the CLI does after it changes a client, through a
+ * connection of its own (`redis` applies `prefix` to keys, not to channels).
+ */
+export async function invalidateClient (redis: Redis, prefix: string, clientId: string): Promise<void> {
+  await redis.del(clientCacheKey(clientId))
+  await redis.publish(`${prefix}${CLIENT_CHANGES_CHANNEL}`, clientId)
+}
+
 export interface ClientCache {
   /** The value under `key`, or null (absent, expired, or not written by this service). */
   get: (key: string) => Promise<string | null>

@@ -75,15 +75,7 @@ export const MAX_SECRET_BYTES = 72
 /** bcrypt cost of the secrets this service hashes by default (BCRYPT_COST). */
 export const BCRYPT_COST = 12
 
-/**
- * The shared-cache key of a client record (before the Redis key prefix).
- * v3: records are sealed (storage/record-seal.ts); instances of an older
- * release keep reading their own entries during a rolling update, and
- * nothing of theirs is trusted here.
- */
-export const clientCacheKey = (clientId: string): string => `client:v3:${clientId}`
-
-export { CLIENT_CHANGES_CHANNEL } from './client-cache.js'
+export { CLIENT_CHANGES_CHANNEL, clientCacheKey } from './client-cache.js'
 
 export function clientFromRow (row: ClientRow): Client {
   return {

@@ -5,9 +5,9 @@ import { clientsRepository, ClientExistsError, MAX_SECRET_BYTES, type ClientReco
 import { announceChange } from '../announce.js'
 import { JSON_OPTION, noPositionals, type CommandContext, type CommandTable } from '../command.js'
 import { withDatabase } from '../connection.js'
+import { SCOPE_TOKEN } from '../../schemas/scope.js'
 import { CliError, readInput, usage, type CliIo, type Output } from '../io.js'
 
-const SCOPE_TOKEN = /^[\x21\x23-\x5B\x5D-\x7E]+$/
 const CLIENT_ID = /^[\x21-\x7E]{1,255}$/
 const SECRET_SHOWN_ONCE = 'The secret is shown this once; store it now.'
 
