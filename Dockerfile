@@ -23,6 +23,7 @@ COPY tsconfig.json tsconfig.build.json *.ts ./
 COPY plugins ./plugins
 COPY grants ./grants
 COPY client-auth ./client-auth
+COPY tokens ./tokens
 COPY storage ./storage
 COPY routes ./routes
 COPY schemas ./schemas

@@ -1,0 +1,21 @@
+// What issuing and inspecting tokens share: how a refresh token is kept,
+// and how long a revoked session stays revoked.
+import { createHash } from 'node:crypto'
+import type { FastifyBaseLogger } from 'fastify'
+import type { Config } from '../plugins/config.js'
+import type { Keys } from '../plugins/keys.js'
+import type { Store } from '../storage/index.js'
+
+/** What the token operations work with: the instance's decorators they need. */
+export interface TokenDependencies {
+  config: Config
+  keys: Keys
+  store: Store
+  log: FastifyBaseLogger
+}
+
+/** Refresh tokens are kept under their hash: a copy of the store holds no usable token. */
+export const refreshTokenHash = (token: string): string => createHash('sha256').update(token).digest('base64url')
+
+/** A session's last token expires at most this long after its revocation, seconds. */
+export const sessionRevocationTtl = (config: Config): number => Math.max(config.accessTokenTtl, config.refreshTokenTtl)
