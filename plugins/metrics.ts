@@ -1,7 +1,7 @@
 import fp from 'fastify-plugin'
 import fastifyMetricsModule from 'fastify-metrics'
 import { Counter, Gauge, Registry } from 'prom-client'
-import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { GRANT_TYPES } from '../grants/index.js'
 
 /** Each ping of a scrape gives up after this long, so a scrape never hangs on a dead dependency. */
@@ -32,34 +32,8 @@ function routeLabel (request: FastifyRequest): string {
   return request.routeOptions.url ?? UNMATCHED_ROUTE
 }
 
-export default fp(async (fastify) => {
-  // A registry of this instance, not prom-client's global one: several apps
-  // in one process (the tests) would otherwise register the same names twice.
-  const registry = new Registry()
-
-  await fastify.register(fastifyMetrics, {
-    // Served by the route below, which can hide itself from the API docs.
-    endpoint: null,
-    defaultMetrics: { enabled: true, register: registry },
-    routeMetrics: {
-      // Summaries cannot be aggregated across instances; histograms can.
-      enabled: { histogram: true, summary: false },
-      // Label by route pattern; requests matching no route are not timed, so
-      // scanners cannot create series.
-      registeredRoutesOnly: true,
-      routeBlacklist: [/^\/docs(\/|$)/],
-      overrides: {
-        histogram: {
-          registers: [registry],
-          // From sub-millisecond verifications to bcrypt-bound token requests.
-          buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]
-        },
-        // fastify-metrics builds the summary even when disabled; in no registry, it is never scraped.
-        summary: { registers: [] }
-      }
-    }
-  })
-
+/** Counters of the answers as they go out: tokens issued by grant, OAuth errors by route and code. */
+function countAnswers (fastify: FastifyInstance, registry: Registry): void {
   const tokensIssued = new Counter({
     name: 'session_service_tokens_issued_total',
     help: 'Token responses (200) of POST /oauth/token, by grant type',
@@ -76,7 +50,50 @@ export default fp(async (fastify) => {
     registers: [registry]
   })
 
-  const { cacheStats } = fastify.clients
+  // onSend sees the answer as it goes out, whichever handler produced it
+  // (a route, the error handler, the not-found handler).
+  fastify.addHook('onSend', async (request, reply, payload) => {
+    const status = reply.statusCode
+    if (status === 200 && request.method === 'POST' && request.routeOptions.url === '/oauth/token') {
+      const grantType = (request.body as { grant_type?: unknown } | undefined)?.grant_type
+      if (typeof grantType === 'string' && GRANT_TYPES.includes(grantType)) tokensIssued.inc({ grant_type: grantType })
+    } else if (status >= 400) {
+      const error = answeredErrorCode(reply, payload)
+      if (error !== undefined) oauthErrors.inc({ route: routeLabel(request), error })
+    }
+    return payload
+  })
+}
+
+/** How the client lookups since start were answered. */
+function collectClientCache (cacheStats: FastifyInstance['clients']['cacheStats'], registry: Registry): void {
+  // Cumulative counts, so a counter: rate() then survives restarts.
+  new Counter({ // eslint-disable-line no-new
+    name: 'session_service_client_cache_lookups_total',
+    help: 'Client record lookups since start, by the level that answered: memory, shared (Redis) or miss (PostgreSQL)',
+    labelNames: ['result'] as const,
+    registers: [registry],
+    collect () {
+      this.reset()
+      this.inc({ result: 'memory' }, cacheStats.memoryHits)
+      this.inc({ result: 'shared' }, cacheStats.sharedHits)
+      this.inc({ result: 'miss' }, cacheStats.misses)
+    }
+  })
+  new Gauge({ // eslint-disable-line no-new
+    name: 'session_service_client_cache_hit_ratio',
+    help: 'Share of client lookups since start answered by a cache level (NaN before the first lookup)',
+    registers: [registry],
+    collect () {
+      const hits = cacheStats.memoryHits + cacheStats.sharedHits
+      const total = hits + cacheStats.misses
+      this.set(total === 0 ? Number.NaN : hits / total)
+    }
+  })
+}
+
+/** What the service keeps count of itself (bcrypt work, the client cache, sealed records) and its dependencies, read at scrape time. */
+function collectServiceState (fastify: FastifyInstance, registry: Registry): void {
   const secretStats = fastify.secrets.stats
   // A total the service keeps itself, read at scrape time.
   function countedSinceStart (name: string, help: string, read: () => number): void {
@@ -106,29 +123,7 @@ export default fp(async (fastify) => {
     registers: [registry],
     collect () { this.set(fastify.secrets.queueLength()) }
   })
-  // Cumulative counts, so a counter: rate() then survives restarts.
-  new Counter({ // eslint-disable-line no-new
-    name: 'session_service_client_cache_lookups_total',
-    help: 'Client record lookups since start, by the level that answered: memory, shared (Redis) or miss (PostgreSQL)',
-    labelNames: ['result'] as const,
-    registers: [registry],
-    collect () {
-      this.reset()
-      this.inc({ result: 'memory' }, cacheStats.memoryHits)
-      this.inc({ result: 'shared' }, cacheStats.sharedHits)
-      this.inc({ result: 'miss' }, cacheStats.misses)
-    }
-  })
-  new Gauge({ // eslint-disable-line no-new
-    name: 'session_service_client_cache_hit_ratio',
-    help: 'Share of client lookups since start answered by a cache level (NaN before the first lookup)',
-    registers: [registry],
-    collect () {
-      const hits = cacheStats.memoryHits + cacheStats.sharedHits
-      const total = hits + cacheStats.misses
-      this.set(total === 0 ? Number.NaN : hits / total)
-    }
-  })
+  collectClientCache(fastify.clients.cacheStats, registry)
   new Gauge({ // eslint-disable-line no-new
     name: 'session_service_dependency_up',
     help: `1 when the dependency answered a ping within ${SCRAPE_PING_TIMEOUT_MS} ms at scrape time, else 0`,
@@ -142,20 +137,38 @@ export default fp(async (fastify) => {
       }
     }
   })
+}
 
-  // onSend sees the answer as it goes out, whichever handler produced it
-  // (a route, the error handler, the not-found handler).
-  fastify.addHook('onSend', async (request, reply, payload) => {
-    const status = reply.statusCode
-    if (status === 200 && request.method === 'POST' && request.routeOptions.url === '/oauth/token') {
-      const grantType = (request.body as { grant_type?: unknown } | undefined)?.grant_type
-      if (typeof grantType === 'string' && GRANT_TYPES.includes(grantType)) tokensIssued.inc({ grant_type: grantType })
-    } else if (status >= 400) {
-      const error = answeredErrorCode(reply, payload)
-      if (error !== undefined) oauthErrors.inc({ route: routeLabel(request), error })
+export default fp(async (fastify) => {
+  // A registry of this instance, not prom-client's global one: several apps
+  // in one process (the tests) would otherwise register the same names twice.
+  const registry = new Registry()
+
+  await fastify.register(fastifyMetrics, {
+    // Served by the route below, which can hide itself from the API docs.
+    endpoint: null,
+    defaultMetrics: { enabled: true, register: registry },
+    routeMetrics: {
+      // Summaries cannot be aggregated across instances; histograms can.
+      enabled: { histogram: true, summary: false },
+      // Label by route pattern; requests matching no route are not timed, so
+      // scanners cannot create series.
+      registeredRoutesOnly: true,
+      routeBlacklist: [/^\/docs(\/|$)/],
+      overrides: {
+        histogram: {
+          registers: [registry],
+          // From sub-millisecond verifications to bcrypt-bound token requests.
+          buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]
+        },
+        // fastify-metrics builds the summary even when disabled; in no registry, it is never scraped.
+        summary: { registers: [] }
+      }
     }
-    return payload
   })
+
+  countAnswers(fastify, registry)
+  collectServiceState(fastify, registry)
 
   // Plain text for Prometheus; hidden from the API docs and from the latency
   // histogram, since it is not part of the API.
