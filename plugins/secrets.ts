@@ -246,6 +246,54 @@ class BcryptQueue {
   }
 }
 
+/**
+ * Secrets verified recently, by an HMAC of secret and hash under a key of
+ * this process (never the secret itself), each for `ttlMs` after its check.
+ * Insertion order is expiry order (every entry lives ttlMs), so the oldest
+ * entry is always the first.
+ */
+class RememberedSecrets {
+  readonly #key = randomBytes(32)
+  readonly #ttlMs: number
+  /** the last tenth of an entry's life (at most 30 s) is its renewal window */
+  readonly #renewWindowMs: number
+  readonly #expiries = new Map<string, number>()
+
+  constructor (ttlMs: number) {
+    this.#ttlMs = ttlMs
+    this.#renewWindowMs = Math.min(30_000, ttlMs / 10)
+  }
+
+  fingerprint (secret: string, hash: string): string {
+    return createHmac('sha256', this.#key).update(hash).update('\0').update(secret).digest('base64url')
+  }
+
+  /** 'fresh' or 'renew' (remembered, close to expiry), else 'unknown'. */
+  state (id: string, now: number): 'fresh' | 'renew' | 'unknown' {
+    const expires = this.#expiries.get(id)
+    if (expires === undefined) return 'unknown'
+    if (expires <= now) {
+      this.#expiries.delete(id)
+      return 'unknown'
+    }
+    return expires - now < this.#renewWindowMs ? 'renew' : 'fresh'
+  }
+
+  add (id: string, now: number): void {
+    if (this.#ttlMs === 0) return
+    this.#expiries.delete(id)
+    this.#expiries.set(id, now + this.#ttlMs)
+    if (this.#expiries.size > MAX_CACHED_SECRETS) {
+      const oldest = this.#expiries.keys().next().value
+      if (oldest !== undefined) this.#expiries.delete(oldest)
+    }
+  }
+
+  forget (id: string): void {
+    this.#expiries.delete(id)
+  }
+}
+
 export default fp(async (fastify) => {
   const { config } = fastify
   const stats = { compares: 0, refused: 0, dropped: 0, rehashes: 0 }
@@ -255,15 +303,8 @@ export default fp(async (fastify) => {
   const queue = new BcryptQueue(executors, config.bcryptQueueLimit, stats)
   fastify.addHook('onClose', async () => { await Promise.all(executors.map(async (executor) => await executor.close())) })
 
-  const key = randomBytes(32)
-  const ttlMs = config.secretCacheTtl * 1000
-  // Insertion order is expiry order (every entry lives ttlMs), so the oldest
-  // entry is always the first.
-  const verified = new Map<string, number>()
+  const remembered = new RememberedSecrets(config.secretCacheTtl * 1000)
   const inFlight = new Map<string, Promise<SecretCheck>>()
-
-  const fingerprint = (secret: string, hash: string): string =>
-    createHmac('sha256', key).update(hash).update('\0').update(secret).digest('base64url')
 
   // The time of a compare at the service's cost, as measured here (a moving
   // average); before the first such compare, estimated from the one at hand.
@@ -280,43 +321,29 @@ export default fp(async (fastify) => {
     return { matches: result.matches ?? null, compareMs: result.ms, cost }
   }
 
-  // The last tenth of an entry's life (at most 30 s) is its renewal window.
-  const renewWindowMs = Math.min(30_000, ttlMs / 10)
-  function remember (id: string, now: number): void {
-    if (ttlMs === 0) return
-    verified.delete(id)
-    verified.set(id, now + ttlMs)
-    if (verified.size > MAX_CACHED_SECRETS) {
-      const oldest = verified.keys().next().value
-      if (oldest !== undefined) verified.delete(oldest)
-    }
-  }
   function renew (secret: string, hash: string, id: string, flight: string): void {
     const comparing = compare(secret, hash, BACKGROUND_LANE)
     inFlight.set(flight, comparing)
     comparing.then((result) => {
       // A secret that no longer matches (it cannot, for one hash) is forgotten.
-      if (result.matches === true) remember(id, Date.now())
-      else verified.delete(id)
+      if (result.matches === true) remembered.add(id, Date.now())
+      else remembered.forget(id)
     }, () => {}).finally(() => inFlight.delete(flight))
   }
 
   async function check (secret: string, hash: string, options: SecretCheckOptions): Promise<SecretCheck> {
     const now = Date.now()
-    const id = fingerprint(secret, hash)
+    const id = remembered.fingerprint(secret, hash)
     // Shared in flight per client too: otherwise a secret sent to two unknown
     // ids (both compared against the decoy) would share one compare where a
     // known id would not, and the gap between the answers would tell them apart.
     const flight = `${options.clientId}\0${id}`
-    const expires = verified.get(id)
-    if (expires !== undefined) {
-      if (expires > now) {
-        // Close to expiry, one compare in the background renews it, so that a
-        // busy client never waits for bcrypt when its entry runs out.
-        if (expires - now < renewWindowMs && !inFlight.has(flight)) renew(secret, hash, id, flight)
-        return { matches: true, cost: bcryptCost(hash) }
-      }
-      verified.delete(id)
+    const state = remembered.state(id, now)
+    if (state !== 'unknown') {
+      // Close to expiry, one compare in the background renews it, so that a
+      // busy client never waits for bcrypt when its entry runs out.
+      if (state === 'renew' && !inFlight.has(flight)) renew(secret, hash, id, flight)
+      return { matches: true, cost: bcryptCost(hash) }
     }
     // Concurrent requests with the same secret for the same client share one
     // compare: when a remembered secret expires under load, every request
@@ -336,7 +363,7 @@ export default fp(async (fastify) => {
     } finally {
       inFlight.delete(flight)
     }
-    if (result.matches === true) remember(id, now)
+    if (result.matches === true) remembered.add(id, now)
     return result
   }
 
@@ -351,7 +378,7 @@ export default fp(async (fastify) => {
     stats.rehashes++
     const result = await queue.submit({ op: 'hash', secret, cost: config.bcryptCost }, BACKGROUND_LANE)
     const hash = result.hash as string
-    remember(fingerprint(secret, hash), Date.now())
+    remembered.add(remembered.fingerprint(secret, hash), Date.now())
     return hash
   }
 
