@@ -14,20 +14,18 @@ import { attemptThrottle } from './throttle.js'
 export type { AuthMethod, CredentialParameters, PresentedCredentials } from './method.js'
 export { JWT_BEARER_ASSERTION } from './private-key-jwt.js'
 
-/** The methods in the order a request is read: the first that recognises it reads it. */
+/**
+ * Every method, in the order a request is read: the first that recognises
+ * it reads it. A new method is one module, a place here, and a place in
+ * AUTH_METHODS_SUPPORTED when clients may register for it.
+ */
 const READ_ORDER: readonly ClientAuthMethod[] = [privateKeyJwt, clientSecretBasic, clientSecretPost, none]
 
-/** The methods that authenticate a client, as discovery publishes them. */
+/** The methods that authenticate a client, in the order discovery publishes them. */
 export const AUTH_METHODS_SUPPORTED: readonly AuthMethod[] = [clientSecretBasic, clientSecretPost, privateKeyJwt].map((method) => method.name)
 
 /** Who verifies what was presented; an unsupported scheme fails like no credentials. */
-const VERIFIER: Record<AuthMethod, ClientAuthMethod> = {
-  private_key_jwt: privateKeyJwt,
-  client_secret_basic: clientSecretBasic,
-  client_secret_post: clientSecretPost,
-  none,
-  unsupported_scheme: none
-}
+const VERIFIER = new Map<AuthMethod, ClientAuthMethod>([...READ_ORDER.map((method) => [method.name, method] as const), ['unsupported_scheme', none]])
 
 /**
  * Reads the client credentials of a request: a client assertion, HTTP Basic
@@ -108,7 +106,7 @@ export default fp(async (fastify) => {
       upgradeHash: (client, secret) => upgradeHash(request, client, secret),
       bcryptCost: config.bcryptCost
     }
-    return requireEnabled(await VERIFIER[credentials.method].verify(context))
+    return requireEnabled(await (VERIFIER.get(credentials.method) ?? none).verify(context))
   }
 
   fastify.decorate('authenticateClient', authenticateClient)
