@@ -1,0 +1,27 @@
+// Signing keys for tests, and reading a JWT without verifying it.
+import { generateKeyPairSync } from 'node:crypto'
+
+export interface KeyPair {
+  privateKey: string
+  publicKey: string
+}
+
+export function generateRsaKeyPair (): KeyPair {
+  const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 })
+  return {
+    privateKey: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+    publicKey: publicKey.export({ type: 'spki', format: 'pem' }).toString()
+  }
+}
+
+/** One signing key per test file: generating RSA keys is slow. */
+export const testKeys = generateRsaKeyPair()
+
+/** The claims of a JWT, read without verification (for assertions only). */
+export function decodeJwt (token: string): { header: Record<string, unknown>, payload: Record<string, unknown> } {
+  const [header, payload] = token.split('.')
+  return {
+    header: JSON.parse(Buffer.from(header ?? '', 'base64url').toString()),
+    payload: JSON.parse(Buffer.from(payload ?? '', 'base64url').toString())
+  }
+}
