@@ -6,8 +6,8 @@ import { createPublicKey } from 'node:crypto'
 import { Readable } from 'node:stream'
 import { test } from 'tap'
 import { MAX_SECRET_BYTES } from '../plugins/clients.js'
-import { build, insertClient, issueTokens, sql } from './helper.js'
-import { type Fields, type Headers, CLIENT, SECRET, attackerKeys, postForm, verifyToken, basicOf, rawBasic, parse, assertOAuthError, assertInvalidClient, observable, assertVerifyRefuses, assertRevokeIgnored, assertUntouched } from './attacks/common.js'
+import { assertInvalidClient, assertOAuthError, build, insertClient, issueTokens, parseBody, sql } from './helper.js'
+import { type Fields, type Headers, CLIENT, SECRET, attackerKeys, postForm, verifyToken, basicOf, rawBasic, observable, assertVerifyRefuses, assertRevokeIgnored, assertUntouched } from './attacks/common.js'
 
 // ---------------------------------------------------------------- 2. client authentication
 
@@ -79,8 +79,8 @@ test('Basic (RFC 6749 §2.3.1) at revocation and introspection; raw reserved cha
 
   // Form-encoded, reserved and non-ASCII characters authenticate at both endpoints.
   const introspected = await postForm(app, '/oauth/introspect', { token: ownTokens.access_token }, basicOf(id, secret))
-  t.equal(parse(introspected.body).active, true, 'introspection with the encoded id and secret: active')
-  t.equal(parse(introspected.body).client_id, id, 'the decoded client id')
+  t.equal(parseBody(introspected.body).active, true, 'introspection with the encoded id and secret: active')
+  t.equal(parseBody(introspected.body).client_id, id, 'the decoded client id')
   assertRevokeIgnored(t, await postForm(app, '/oauth/revoke', { token: ownTokens.access_token }, basicOf(id, secret)), 'revocation with the encoded id and secret')
   assertVerifyRefuses(t, await verifyToken(app, ownTokens.access_token), 'revoked', 'the token revoked with the encoded credentials')
 
@@ -175,7 +175,7 @@ test('form bodies: repeated parameters, wrong media types, oversized and prototy
   const granted = await postForm(app, '/oauth/token', polluting)
   t.equal(granted.statusCode, 200, 'a token request with __proto__, constructor and toString parameters is answered as without them', { body: granted.body })
   const introspected = await postForm(app, '/oauth/introspect', `__proto__=yes&constructor=yes&token=${genuine.access_token}`, basic)
-  t.equal(parse(introspected.body).active, true, 'so is an introspection')
+  t.equal(parseBody(introspected.body).active, true, 'so is an introspection')
   t.equal((({}) as Record<string, unknown>).polluted, undefined, 'Object.prototype is not polluted')
   await assertUntouched(t, app, databaseUrl, genuine.access_token)
 })

@@ -7,8 +7,8 @@ import { test } from 'tap'
 import type { LightMyRequestResponse } from 'fastify'
 import { Redis } from 'ioredis'
 import { clientCacheKey, insertClientRow } from '../plugins/clients.js'
-import { backends, build, decodeJwt, insertClient, issueTokens, sql, TEST_REDIS_URL } from './helper.js'
-import { CLIENT, SECRET, postForm, verifyToken, basicOf, parse, assertOAuthError, assertInvalidClient, observable, assertVerifyRefuses, assertInactive, assertRevokeIgnored, countRows, assertUntouched } from './attacks/common.js'
+import { assertInvalidClient, assertOAuthError, backends, build, decodeJwt, insertClient, issueTokens, parseBody, sql, TEST_REDIS_URL } from './helper.js'
+import { CLIENT, SECRET, postForm, verifyToken, basicOf, observable, assertVerifyRefuses, assertInactive, assertRevokeIgnored, countRows, assertUntouched } from './attacks/common.js'
 
 // ---------------------------------------------------------------- 4. injection
 
@@ -111,9 +111,9 @@ test('SQL and Redis metacharacters in every parameter: OAuth errors, and nothing
   for (const id of hostileIds) {
     const res = await postForm(app, '/oauth/token', cc, basicOf(id, hostileSecret))
     t.equal(res.statusCode, 200, `a client registered as ${JSON.stringify(id)} gets tokens`, { body: res.body })
-    t.equal(decodeJwt(String(parse(res.body).access_token)).payload.sub, id, 'issued to exactly that id')
+    t.equal(decodeJwt(String(parseBody(res.body).access_token)).payload.sub, id, 'issued to exactly that id')
   }
-  await assertUntouched(t, app, databaseUrl, String(parse(again.body).access_token))
+  await assertUntouched(t, app, databaseUrl, String(parseBody(again.body).access_token))
 
   if (redis === undefined) {
     t.comment('no Redis server: the Redis checks are skipped (the store is in the database)')

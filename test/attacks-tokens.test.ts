@@ -6,8 +6,8 @@ import { Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
 import { MAX_TOKEN_LENGTH } from '../plugins/keys.js'
-import { build, decodeJwt, insertClient, issueTokens, testKeys } from './helper.js'
-import { type Claims, CLIENT, SECRET, JSON_TYPE, attackerKeys, postForm, postVerify, verifyToken, basicOf, parse, assertOAuthError, assertVerifyRefuses, assertInactive, assertRevokeIgnored, segment, signRs256, flipChar, assertUntouched, attackerServer } from './attacks/common.js'
+import { assertOAuthError, build, decodeJwt, insertClient, issueTokens, jwtSegment, parseBody, signRs256, testKeys } from './helper.js'
+import { type Claims, CLIENT, SECRET, JSON_TYPE, attackerKeys, postForm, postVerify, verifyToken, basicOf, assertVerifyRefuses, assertInactive, assertRevokeIgnored, flipChar, assertUntouched, attackerServer } from './attacks/common.js'
 
 // ---------------------------------------------------------------- 1. tokens
 
@@ -66,15 +66,15 @@ test('forged and altered tokens are inactive at introspection and revoke nothing
   // Controls: built the same way with our key and the genuine claims, a token
   // is active; so what makes each case below inactive is its one difference.
   const control = await postForm(app, '/oauth/introspect', { token: ours(payload) }, caller)
-  t.equal(parse(control.body).active, true, 'control: our key, our header, the genuine claims: active')
+  t.equal(parseBody(control.body).active, true, 'control: our key, our header, the genuine claims: active')
   const padded = await postForm(app, '/oauth/introspect', { token: ours({ ...payload, pad: 'x'.repeat(1000) }) }, caller)
-  t.equal(parse(padded.body).active, true, 'control: the same with a 1000-character claim: active')
+  t.equal(parseBody(padded.body).active, true, 'control: the same with a 1000-character claim: active')
 
   const cases: Array<[string, string]> = [
-    ['alg none, no signature', `${segment({ alg: 'none', typ: 'at+jwt' })}.${segment(payload)}.`],
-    ['alg none naming our kid', `${segment({ alg: 'none', typ: 'at+jwt', kid: header.kid })}.${segment(payload)}.`],
+    ['alg none, no signature', `${jwtSegment({ alg: 'none', typ: 'at+jwt' })}.${jwtSegment(payload)}.`],
+    ['alg none naming our kid', `${jwtSegment({ alg: 'none', typ: 'at+jwt', kid: header.kid })}.${jwtSegment(payload)}.`],
     ['HS256 keyed with our public key PEM', (() => {
-      const input = `${segment({ ...header, alg: 'HS256' })}.${segment(payload)}`
+      const input = `${jwtSegment({ ...header, alg: 'HS256' })}.${jwtSegment(payload)}`
       return `${input}.${createHmac('sha256', testKeys.publicKey).update(input).digest('base64url')}`
     })()],
     ['signed by another key under our kid', signRs256(header, payload, attackerKeys.privateKey)],
@@ -84,8 +84,8 @@ test('forged and altered tokens are inactive at introspection and revoke nothing
     ['our key, not yet valid (nbf in the future)', ours({ ...payload, nbf: now + 3600 })],
     ['our key, typ JWT', ours(payload, { typ: 'JWT' })],
     ['our key, over MAX_TOKEN_LENGTH', ours({ ...payload, pad: 'x'.repeat(MAX_TOKEN_LENGTH) })],
-    ['the genuine token with a scope added to its payload', `${h}.${segment({ ...payload, scope: 'admin' })}.${s}`],
-    ['the genuine token with its sub changed', `${h}.${segment({ ...payload, sub: 'svc-admin' })}.${s}`],
+    ['the genuine token with a scope added to its payload', `${h}.${jwtSegment({ ...payload, scope: 'admin' })}.${s}`],
+    ['the genuine token with its sub changed', `${h}.${jwtSegment({ ...payload, sub: 'svc-admin' })}.${s}`],
     ['the genuine token with one signature character changed', `${h}.${p}.${flipChar(s, 10)}`],
     ['the genuine token without its signature', `${h}.${p}.`]
   ]
@@ -105,7 +105,7 @@ test('a token signed with our key but of another type than at+jwt is invalid_typ
   const { header, payload } = decodeJwt(genuine.access_token)
   const typed = (typ: unknown): string => signRs256({ ...header, typ }, { ...payload, jti: randomUUID() }, testKeys.privateKey)
 
-  t.equal(parse((await verifyToken(app, typed('at+jwt'))).body).valid, true, 'control: typ at+jwt, built the same way, is valid')
+  t.equal(parseBody((await verifyToken(app, typed('at+jwt'))).body).valid, true, 'control: typ at+jwt, built the same way, is valid')
   // test/keys.test.ts covers "JWT" and a missing typ; these are the near misses.
   const types: unknown[] = ['application/jwt', 'jwt', 'dpop+jwt', 'secevent+jwt', 'logout+jwt', 'at+jwt ', ' at+jwt', 'at+jwt; charset=utf-8',
     'at+jwt\u0000', 'application/at+jwt+json', ['at+jwt'], { 'at+jwt': true }, null, 1, true]
@@ -129,7 +129,7 @@ test('verify: hostile JSON bodies are 400 or 413 invalid_request', async (t) => 
   // The audience parameter: a token for another audience is valid only when
   // that audience is asked for; no value of another type may widen the check.
   const control = await verifyToken(app, otherAudience, 'other-api')
-  t.equal(parse(control.body).valid, true, 'control: the token is valid for the audience it names')
+  t.equal(parseBody(control.body).valid, true, 'control: the token is valid for the audience it names')
   assertVerifyRefuses(t, await verifyToken(app, otherAudience), 'invalid_audience', 'no audience parameter')
   for (const audience of ['null', '""', '[]', '["other-api"]', '{}', '123', 'true', '{"$ne":"api"}']) {
     const res = await postVerify(app, `{"token":${JSON.stringify(otherAudience)},"audience":${audience}}`)
