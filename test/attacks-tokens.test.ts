@@ -6,7 +6,7 @@ import { Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
 import { MAX_TOKEN_LENGTH } from '../plugins/keys.js'
-import { assertOAuthError, build, decodeJwt, insertClient, issueTokens, jwtSegment, parseBody, signRs256, testKeys } from './helper.js'
+import { assertErrorBody, build, decodeJwt, insertClient, issueTokens, jwtSegment, parseBody, signRs256, testKeys } from './helper.js'
 import { type Claims, CLIENT, SECRET, JSON_TYPE, attackerKeys, postForm, postVerify, verifyToken, basicOf, assertVerifyRefuses, assertInactive, assertRevokeIgnored, flipChar, assertUntouched, attackerServer } from './attacks/common.js'
 
 // ---------------------------------------------------------------- 1. tokens
@@ -133,21 +133,21 @@ test('verify: hostile JSON bodies are 400 or 413 invalid_request', async (t) => 
   assertVerifyRefuses(t, await verifyToken(app, otherAudience), 'invalid_audience', 'no audience parameter')
   for (const audience of ['null', '""', '[]', '["other-api"]', '{}', '123', 'true', '{"$ne":"api"}']) {
     const res = await postVerify(app, `{"token":${JSON.stringify(otherAudience)},"audience":${audience}}`)
-    assertOAuthError(t, res, 400, 'invalid_request', `audience ${audience}`)
+    assertErrorBody(t, res, 400, 'invalid_request', `audience ${audience}`)
   }
 
   // Prototype poisoning: refused, and nothing of it reaches Object.prototype.
   for (const body of ['{"token":"a.b.c","__proto__":{"polluted":"yes"}}', '{"token":"a.b.c","constructor":{"prototype":{"polluted":"yes"}}}']) {
-    assertOAuthError(t, await postVerify(app, body), 400, 'invalid_request', body)
+    assertErrorBody(t, await postVerify(app, body), 400, 'invalid_request', body)
   }
   t.equal((({}) as Record<string, unknown>).polluted, undefined, 'Object.prototype is not polluted')
 
   // BODY_LIMIT (16384 bytes): declared, streamed without a length, or under-declared.
   const oversized = JSON.stringify({ token: 'x'.repeat(16_384) })
-  assertOAuthError(t, await postVerify(app, oversized), 413, 'invalid_request', 'a JSON body over BODY_LIMIT')
-  assertOAuthError(t, await postVerify(app, Readable.from([Buffer.from(oversized)])), 413, 'invalid_request', 'the same body streamed without Content-Length')
+  assertErrorBody(t, await postVerify(app, oversized), 413, 'invalid_request', 'a JSON body over BODY_LIMIT')
+  assertErrorBody(t, await postVerify(app, Readable.from([Buffer.from(oversized)])), 413, 'invalid_request', 'the same body streamed without Content-Length')
   const lying = await postVerify(app, oversized, { ...JSON_TYPE, 'content-length': '20' })
-  assertOAuthError(t, lying, 413, 'invalid_request', 'the same body under a Content-Length of 20')
+  assertErrorBody(t, lying, 413, 'invalid_request', 'the same body under a Content-Length of 20')
   const short = await postVerify(app, '{"token":"a.b.c"}', { ...JSON_TYPE, 'content-length': '5' })
-  assertOAuthError(t, short, 400, 'invalid_request', 'a Content-Length shorter than the body')
+  assertErrorBody(t, short, 400, 'invalid_request', 'a Content-Length shorter than the body')
 })

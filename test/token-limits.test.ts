@@ -4,7 +4,7 @@ import { randomUUID } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
 import bcrypt from 'bcryptjs'
-import { assertInvalidClient, assertOAuthError, basicAuth, build, decodeJwt, form, FORM, insertClient, needs, sql, tokenRequest } from './helper.js'
+import { assertErrorBody, assertInvalidClient, assertOAuthError, basicAuth, build, decodeJwt, FORM, form, insertClient, needs, sql, tokenRequest } from './helper.js'
 import { CLIENT_CREDENTIALS } from './token/requests.js'
 
 test('CLIENT_CACHE_TTL: disabling a client by SQL takes effect after the TTL', async (t) => {
@@ -123,7 +123,7 @@ test('rate limit: two instances sharing the database and Redis prefix share the 
 test('an unknown route is 404 not_found in JSON', async (t) => {
   const { app } = await build(t)
   const res = await app.inject({ method: 'GET', url: `/no-such-route/${randomUUID()}?x=1` })
-  assertOAuthError(t, res, 404, 'not_found', 'GET unknown route')
+  assertErrorBody(t, res, 404, 'not_found', 'GET unknown route')
   const post = await app.inject({ method: 'POST', url: '/oauth/tokens', headers: FORM, payload: form(CLIENT_CREDENTIALS) })
-  assertOAuthError(t, post, 404, 'not_found', 'POST to a near-miss path')
+  assertErrorBody(t, post, 404, 'not_found', 'POST to a near-miss path')
 })

@@ -23,12 +23,11 @@ export function parseBody (body: string): Record<string, unknown> {
 }
 
 /**
- * Asserts that an answer is an RFC 6749 §5.2 error and nothing more: the
- * status, a JSON body of exactly error and error_description (short), not
- * cacheable, the Basic challenge on a 401 (`challenge`: the realm names
- * another issuer), and no internal detail.
+ * Asserts that an answer is an RFC 6749 §5.2 error body and nothing more: the
+ * status, JSON of exactly error and a short error_description, and no
+ * internal detail. For any route (the not-found handler, /oauth/verify).
  */
-export function assertOAuthError (t: Test, res: LightMyRequestResponse, status: number, error: string, what = `${status} ${error}`, challenge = REALM_CHALLENGE): void {
+export function assertErrorBody (t: Test, res: LightMyRequestResponse, status: number, error: string, what = `${status} ${error}`): void {
   t.equal(res.statusCode, status, `${what}: status ${status}`, { body: res.body })
   t.match(res.headers['content-type'], /^application\/json/, `${what}: a JSON answer`)
   const body = parseBody(res.body)
@@ -36,11 +35,20 @@ export function assertOAuthError (t: Test, res: LightMyRequestResponse, status: 
   t.equal(body.error, error, `${what}: error ${error}`)
   const description = body.error_description
   t.ok(typeof description === 'string' && description.length > 0 && description.length <= 200, `${what}: a short error_description`)
+  const leak = LEAKS.find((pattern) => pattern.test(res.body))
+  t.equal(leak, undefined, `${what}: no stack trace or internal detail in the answer`)
+}
+
+/**
+ * An error of an endpoint that authenticates clients (token, revocation,
+ * introspection): the error body, not cacheable (RFC 6749 §5.1), and on a
+ * 401 the Basic challenge (`challenge`: when the realm names another issuer).
+ */
+export function assertOAuthError (t: Test, res: LightMyRequestResponse, status: number, error: string, what = `${status} ${error}`, challenge = REALM_CHALLENGE): void {
+  assertErrorBody(t, res, status, error, what)
   t.equal(res.headers['cache-control'], 'no-store', `${what}: Cache-Control no-store`)
   t.equal(res.headers.pragma, 'no-cache', `${what}: Pragma no-cache`)
   if (status === 401) t.equal(res.headers['www-authenticate'], challenge, `${what}: WWW-Authenticate names the realm`)
-  const leak = LEAKS.find((pattern) => pattern.test(res.body))
-  t.equal(leak, undefined, `${what}: no stack trace or internal detail in the answer`)
 }
 
 /** 401 invalid_client, with the Basic challenge. */
