@@ -4,11 +4,10 @@
 // Bearer authorization, custom headers, cookies, the token parameters of
 // revoke, introspect and verify. Then the whole log is searched for each of
 // them, and for a 400-character client id, which may appear cut to 128.
-import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
-import { basicAuth, createDatabase, createRedisPrefix, embeddedDir, freePort, insertClient, PROJECT_DIR, runnerEnv, testEnv } from './helper.js'
+import { basicAuth, createDatabase, createRedisPrefix, embeddedDir, freePort, insertClient, ServerProcess, testEnv, waitForHealth } from './helper.js'
 
 const FORM = 'application/x-www-form-urlencoded'
 const MAX_CLIENT_ID = 128
@@ -35,33 +34,9 @@ test('secrets and tokens sent anywhere in a request never reach the log, and cli
 
   const port = await freePort()
   const base = `http://127.0.0.1:${port}`
-  const child = spawn(process.execPath, [...process.execArgv, 'server.ts'], {
-    cwd: PROJECT_DIR,
-    env: { ...runnerEnv(), ...testEnv(databaseUrl, createRedisPrefix(t), { SERVER_PORT: String(port), SERVER_HOST: '127.0.0.1', LOG_LEVEL: 'trace' }) }
-  })
-  let stdout = ''
-  let stderr = ''
-  child.stdout.setEncoding('utf8').on('data', (chunk: string) => { stdout += chunk })
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
-  const exited = new Promise((resolve) => child.on('close', resolve))
-  const running = (): boolean => child.exitCode === null && child.signalCode === null
-  t.teardown(async () => {
-    if (running()) {
-      child.kill('SIGKILL')
-      await exited
-    }
-  })
-
-  const deadline = Date.now() + 60_000
-  let healthStatus = 0
-  while (healthStatus !== 200 && running() && Date.now() < deadline) {
-    try {
-      healthStatus = (await fetch(`${base}/health`, { signal: AbortSignal.timeout(2000) })).status
-    } catch {
-      await sleep(100)
-    }
-  }
-  t.equal(healthStatus, 200, 'the server answers /health', { stderr })
+  const server = new ServerProcess(t, testEnv(databaseUrl, createRedisPrefix(t), { SERVER_PORT: String(port), SERVER_HOST: '127.0.0.1', LOG_LEVEL: 'trace' }))
+  const healthStatus = await waitForHealth(base, () => server.running, 60_000)
+  t.equal(healthStatus, 200, 'the server answers /health', { stderr: server.stderr })
   if (healthStatus !== 200) return
   if (!embedded) await insertClient(databaseUrl, { id: clientId, secret })
 
@@ -142,7 +117,7 @@ test('secrets and tokens sent anywhere in a request never reach the log, and cli
 
   // The last request's completion marks the end of what is to be scanned.
   await (await send('/log-scan-end', { method: 'GET' })).arrayBuffer()
-  const lines = (): Array<Record<string, unknown>> => stdout.split('\n').filter((line) => line.trim() !== '').map((line) => JSON.parse(line) as Record<string, unknown>)
+  const lines = (): Array<Record<string, unknown>> => server.stdout.split('\n').filter((line) => line.trim() !== '').map((line) => JSON.parse(line) as Record<string, unknown>)
   const url = (line: Record<string, unknown>): string | undefined => (line.req as { url?: string } | undefined)?.url
   const endDeadline = Date.now() + 10_000
   for (;;) {
@@ -174,11 +149,11 @@ test('secrets and tokens sent anywhere in a request never reach the log, and cli
     ['the signature of an access token', basic.access_token.split('.')[2] ?? basic.access_token]
   ]
   for (const [what, value] of secrets) {
-    t.notOk(stdout.includes(value), `${what} is not in the log`)
-    t.notOk(stderr.includes(value), `${what} is not on stderr`)
+    t.notOk(server.stdout.includes(value), `${what} is not in the log`)
+    t.notOk(server.stderr.includes(value), `${what} is not on stderr`)
   }
 
-  t.notOk(stdout.includes(longId.slice(0, MAX_CLIENT_ID + 1)), `no run of more than ${MAX_CLIENT_ID} characters of the long client id is in the log`)
+  t.notOk(server.stdout.includes(longId.slice(0, MAX_CLIENT_ID + 1)), `no run of more than ${MAX_CLIENT_ID} characters of the long client id is in the log`)
   const loggedIds = log.flatMap((line) => [line.clientId, line.client_id]).filter((value): value is string => typeof value === 'string')
   t.strictSame(loggedIds.filter((id) => id.length > MAX_CLIENT_ID), [], `every logged client id has at most ${MAX_CLIENT_ID} characters`)
   t.ok(loggedIds.some((id) => id.startsWith(longId.slice(0, MAX_CLIENT_ID - 1))), 'the long client id was logged, cut')
