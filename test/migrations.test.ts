@@ -181,7 +181,8 @@ test('cli/migrate.ts with an unreachable database exits 1 with one line, in boun
 })
 
 test('MIGRATE_ON_START=false: the app starts on an empty database without creating tables', { skip: needs.postgres }, async (t) => {
-  const { app, databaseUrl } = await build(t, { env: { MIGRATE_ON_START: 'false' } })
+  const databaseUrl = await createDatabase(t, { empty: true })
+  const { app } = await build(t, { databaseUrl, env: { MIGRATE_ON_START: 'false' } })
   t.notOk(await tableExists(databaseUrl, 'clients'), 'no clients table')
   t.notOk(await tableExists(databaseUrl, 'schema_migrations'), 'no schema_migrations table')
   const health = await app.inject({ method: 'GET', url: '/health' })

@@ -2,13 +2,12 @@
 // Dockerfile is rebuilt in a temporary folder from its own COPY, ENV and RUN
 // lines (the build context filtered by .dockerignore), and its commands run
 // as processes with exactly the image's environment.
-import { execFile, spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
+import { execFile } from 'node:child_process'
 import { existsSync, readFileSync, readdirSync } from 'node:fs'
 import { chmod, cp, mkdir, stat, symlink } from 'node:fs/promises'
 import { basename, join, posix, relative } from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
-import { PROJECT_DIR, type TestContext } from '../helper.js'
+import { PROJECT_DIR, type TestContext, TestProcess } from '../helper.js'
 
 // Every path the Dockerfile names inside the image must lie under its WORKDIR.
 export const IMAGE_WORKDIR = '/app'
@@ -285,45 +284,15 @@ export async function buildImage (root: string, stages: Stage[]): Promise<Image>
   return image
 }
 
-export interface Exit {
-  code: number | null
-  signal: NodeJS.Signals | null
-}
-
 /** A command of the image, run in its folder with exactly `env` (the image's `node` is this node). */
-export class ContainerProcess {
-  readonly child: ChildProcessWithoutNullStreams
-  readonly exited: Promise<Exit>
-  stdout = ''
-  stderr = ''
-
+export class ContainerProcess extends TestProcess {
   constructor (t: TestContext, image: Image, argv: string[], env: Record<string, string>) {
     const [command = '', ...args] = argv
-    this.child = spawn(command === 'node' ? process.execPath : command, args, { cwd: image.dir, env })
-    this.child.stdout.setEncoding('utf8').on('data', (chunk: string) => { this.stdout += chunk })
-    this.child.stderr.setEncoding('utf8').on('data', (chunk: string) => { this.stderr += chunk })
-    this.exited = new Promise((resolve) => {
-      this.child.on('close', (code, signal) => resolve({ code, signal }))
-    })
-    t.teardown(async () => {
-      if (this.running) {
-        this.child.kill('SIGKILL')
-        await this.exited
-      }
-    })
+    super(t, command === 'node' ? process.execPath : command, args, { cwd: image.dir, env })
   }
 
-  get running (): boolean {
-    return this.child.exitCode === null && this.child.signalCode === null
-  }
-
-  /** Resolves with the exit, or undefined if the process still runs after `ms`. */
-  async exitWithin (ms: number): Promise<Exit | undefined> {
-    // An unref'd timer: a process that exits early must not keep the test file alive for the rest of `ms`.
-    return await Promise.race([this.exited, sleep(ms, undefined, { ref: false })])
-  }
-
-  logLines (): Array<Record<string, unknown>> {
+  /** The JSON lines of stdout (npm and node may print others). */
+  override logLines (): Array<Record<string, unknown>> {
     return this.stdout.split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as Record<string, unknown>)
   }
 }

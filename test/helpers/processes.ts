@@ -83,22 +83,22 @@ export interface Exit {
   signal: NodeJS.Signals | null
 }
 
-/** server.ts as a process of its own, with exactly `env`; killed at teardown if still running. */
-export class ServerProcess {
+/** A child process of a test: its output collected, killed (SIGKILL) at teardown if still running. */
+export class TestProcess {
   readonly child: ChildProcessWithoutNullStreams
   readonly exited: Promise<Exit>
   stdout = ''
   stderr = ''
 
-  constructor (t: TestContext, env: Record<string, string>) {
-    this.child = spawn(process.execPath, [...process.execArgv, 'server.ts'], { cwd: PROJECT_DIR, env: { ...runnerEnv(), ...env } })
+  constructor (t: TestContext, command: string, args: string[], options: { cwd: string, env: Record<string, string> }) {
+    this.child = spawn(command, args, options)
     this.child.stdout.setEncoding('utf8').on('data', (chunk: string) => { this.stdout += chunk })
     this.child.stderr.setEncoding('utf8').on('data', (chunk: string) => { this.stderr += chunk })
     this.exited = new Promise((resolve) => {
       this.child.on('close', (code, signal) => resolve({ code, signal }))
     })
     t.teardown(async () => {
-      if (this.child.exitCode === null && this.child.signalCode === null) {
+      if (this.running) {
         this.child.kill('SIGKILL')
         await this.exited
       }
@@ -121,6 +121,14 @@ export class ServerProcess {
 
   /** Resolves with the exit, or undefined if the process still runs after `ms`. */
   async exitWithin (ms: number): Promise<Exit | undefined> {
-    return await Promise.race([this.exited, sleep(ms).then(() => undefined)])
+    // An unref'd timer: a process that exits early must not keep the test file alive for the rest of `ms`.
+    return await Promise.race([this.exited, sleep(ms, undefined, { ref: false })])
+  }
+}
+
+/** server.ts as a process of its own, with exactly `env` (plus the loader settings). */
+export class ServerProcess extends TestProcess {
+  constructor (t: TestContext, env: Record<string, string>) {
+    super(t, process.execPath, [...process.execArgv, 'server.ts'], { cwd: PROJECT_DIR, env: { ...runnerEnv(), ...env } })
   }
 }
