@@ -56,7 +56,7 @@ import { createInterface } from 'node:readline'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import type { LoadResult, Scenario } from './load.js'
-import { freePort, waitFor } from './common.js'
+import { deleteKeys, freePort, waitFor } from './common.js'
 
 const here = fileURLToPath(new URL('.', import.meta.url))
 const root = join(here, '..', '..')
@@ -644,7 +644,6 @@ async function main (): Promise<number> {
   const work = mkdtempSync(join(tmpdir(), 'session-service-soak-'))
 
   const { default: pg } = await import('pg')
-  const { Redis } = await import('ioredis')
   const { insertClientRow } = await import('../plugins/clients.js')
 
   let interrupted = false
@@ -903,14 +902,7 @@ async function main (): Promise<number> {
     }
     await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`)
     await admin.end()
-    const redis = new Redis(REDIS_URL)
-    let cursor = '0'
-    do {
-      const [next, keys] = await redis.scan(cursor, 'MATCH', `${redisPrefix}*`, 'COUNT', 1000)
-      if (keys.length > 0) await redis.del(...keys)
-      cursor = next
-    } while (cursor !== '0')
-    await redis.quit()
+    await deleteKeys(REDIS_URL, redisPrefix)
     rmSync(work, { recursive: true, force: true })
   }
 }

@@ -1,7 +1,6 @@
 // Entry points of the project run as processes of their own, and free ports
 // for them to listen on.
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
-import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { TestContext } from './servers.js'
@@ -65,18 +64,8 @@ export async function runEntry (entry: string, args: string[], options: RunOptio
   })
 }
 
-/** A TCP port that was free a moment ago (nothing listens on it). */
-export async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const server = createServer()
-    server.on('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      const port = typeof address === 'object' && address !== null ? address.port : 0
-      server.close(() => resolve(port))
-    })
-  })
-}
+// The benchmark's: a TCP port that was free a moment ago (nothing listens on it).
+export { freePort } from '../../bench/common.js'
 
 export interface Exit {
   code: number | null

@@ -5,23 +5,14 @@ import { randomBytes } from 'node:crypto'
 import { createConnection } from 'node:net'
 import { tmpdir } from 'node:os'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { Redis } from 'ioredis'
+import { deleteKeys } from '../../bench/common.js'
 import { backends, TEST_REDIS_URL, type TestContext } from './servers.js'
 
 /** A Redis key prefix of its own; its keys are deleted when the test ends. */
 export function createRedisPrefix (t: TestContext): string {
   const prefix = `ss-test:${process.pid}:${randomBytes(4).toString('hex')}:`
   if (!backends.redis) return prefix
-  t.teardown(async () => {
-    const redis = new Redis(TEST_REDIS_URL)
-    let cursor = '0'
-    do {
-      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 500)
-      if (keys.length > 0) await redis.del(...keys)
-      cursor = next
-    } while (cursor !== '0')
-    await redis.quit()
-  })
+  t.teardown(async () => await deleteKeys(TEST_REDIS_URL, prefix))
   return prefix
 }
 
