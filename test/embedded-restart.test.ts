@@ -3,15 +3,12 @@
 // database, and generates its signing key there on the first start. These
 // tests use that mode whatever servers the machine has: each builds the app
 // on a data directory of its own, as an operator following the README would.
-import { existsSync, readFileSync } from 'node:fs'
+import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import tap, { test } from 'tap'
-import Fastify from 'fastify'
-import serviceApp, { options } from '../app.js'
-import { loadConfig } from '../plugins/config.js'
 import { LOCK_FILE, SIGNING_KEY_FILE } from '../storage/data-dir.js'
-import { decodeJwt, freePort, runEntry, tokenRequest, verify } from './helper.js'
-import { testDataDir, migratedDataDir, start, createClient, tokens, revoke, introspect, jwksKids, mode } from './embedded/apps.js'
+import { decodeJwt, tokenRequest, verify } from './helper.js'
+import { testDataDir, start, createClient, tokens, revoke, introspect, jwksKids, mode } from './embedded/apps.js'
 
 // Each test opens the embedded PostgreSQL on a new data directory, and its
 // first start (initdb, then the migrations) takes several seconds on a busy
@@ -72,31 +69,4 @@ test('a restart loses nothing: clients, tokens, revocations, refresh tokens and 
   t.strictSame(await jwksKids(second), kidsBefore, 'the JWKS kid is the same after the restart: the same key signs')
   t.equal(mode(join(dir, SIGNING_KEY_FILE)), '600', `${SIGNING_KEY_FILE} is readable by its owner only`)
   t.equal(mode(dir), '700', 'DATA_DIR is accessible to its owner only')
-})
-
-test('the lock of DATA_DIR: a stale one is taken over, a live one refuses a second opener with one line, and it goes with the app', async (t) => {
-  // Left by a process that no longer exists (beyond any pid_max).
-  const dir = await migratedDataDir(t, { [LOCK_FILE]: '2147483646\n' })
-  const app = await start(t, dir)
-  t.equal((await app.inject({ method: 'GET', url: '/health' })).statusCode, 200, 'a stale lock is taken over: the app starts and answers /health')
-  t.equal(readFileSync(join(dir, LOCK_FILE), 'utf8').trim(), String(process.pid), `${LOCK_FILE} now names this process`)
-
-  const other = Fastify({ ...options, logger: false })
-  await t.rejects(async () => await other.register(serviceApp, { config: loadConfig({ DATA_DIR: dir, LOG_LEVEL: 'silent' }) }), { message: /in use/ },
-    'a second app on the same DATA_DIR in this process: an error saying the data directory is in use')
-  await other.close().catch(() => {})
-  t.equal((await app.inject({ method: 'GET', url: '/health' })).statusCode, 200, 'the first app still serves after the refused attempt')
-  t.ok(existsSync(join(dir, LOCK_FILE)), 'the refused attempt left the lock of the first app in place')
-
-  const run = await runEntry('server.ts', [], {
-    env: { DATA_DIR: dir, SERVER_PORT: String(await freePort()), SERVER_HOST: '127.0.0.1' },
-    timeoutMs: 30_000
-  })
-  t.equal(run.code, 1, 'server.ts on a held DATA_DIR exits with code 1', { stderr: run.stderr })
-  t.match(run.stderr, /^session-service: the data directory [^\n]*\n$/, `exactly one line on stderr, naming the data directory (${run.stderr})`)
-  t.match(run.stderr, `in use by process ${process.pid}`, 'the line names the process holding it')
-  t.notMatch(run.stdout + run.stderr, /^\s+at /m, 'no stack trace')
-
-  await app.close()
-  t.notOk(existsSync(join(dir, LOCK_FILE)), `${LOCK_FILE} is gone once the app has closed`)
 })

@@ -1,11 +1,14 @@
 // The embedded mode (no DATABASE_URL, no REDIS_URL): the SQL store and the
-// in-process rate limits of one app, and what its log, /health, /ready and
-// /metrics say of the mode.
+// in-process rate limits of one app, what its log, /health, /ready and
+// /metrics say of the mode, and the lock that keeps DATA_DIR to one opener.
+import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import tap, { test } from 'tap'
-import { type LightMyRequestResponse } from 'fastify'
-import { SIGNING_KEY_FILE } from '../storage/data-dir.js'
-import { tokenRequest } from './helper.js'
+import Fastify, { type LightMyRequestResponse } from 'fastify'
+import serviceApp, { options } from '../app.js'
+import { loadConfig } from '../plugins/config.js'
+import { LOCK_FILE, SIGNING_KEY_FILE } from '../storage/data-dir.js'
+import { freePort, runEntry, tokenRequest } from './helper.js'
 import { type LogLine, INFO, WARN, logCollector, migratedDataDir, start, createClient, tokens } from './embedded/apps.js'
 
 // Each test opens the embedded PostgreSQL on a data directory of its own,
@@ -73,4 +76,31 @@ test('the log says once what the embedded mode means; /health, /ready and /metri
   t.equal(saved.length, 1, 'second start: one info line says the saved key is used', { lines: again.lines })
   t.equal(again.lines.filter((line) => line.level === WARN && /REDIS_URL/.test(String(line.msg))).length, 1,
     'second start: the single-instance warning again, once')
+})
+
+test('the lock of DATA_DIR: a stale one is taken over, a live one refuses a second opener with one line, and it goes with the app', async (t) => {
+  // Left by a process that no longer exists (beyond any pid_max).
+  const dir = await migratedDataDir(t, { [LOCK_FILE]: '2147483646\n' })
+  const app = await start(t, dir)
+  t.equal((await app.inject({ method: 'GET', url: '/health' })).statusCode, 200, 'a stale lock is taken over: the app starts and answers /health')
+  t.equal(readFileSync(join(dir, LOCK_FILE), 'utf8').trim(), String(process.pid), `${LOCK_FILE} now names this process`)
+
+  const other = Fastify({ ...options, logger: false })
+  await t.rejects(async () => await other.register(serviceApp, { config: loadConfig({ DATA_DIR: dir, LOG_LEVEL: 'silent' }) }), { message: /in use/ },
+    'a second app on the same DATA_DIR in this process: an error saying the data directory is in use')
+  await other.close().catch(() => {})
+  t.equal((await app.inject({ method: 'GET', url: '/health' })).statusCode, 200, 'the first app still serves after the refused attempt')
+  t.ok(existsSync(join(dir, LOCK_FILE)), 'the refused attempt left the lock of the first app in place')
+
+  const run = await runEntry('server.ts', [], {
+    env: { DATA_DIR: dir, SERVER_PORT: String(await freePort()), SERVER_HOST: '127.0.0.1' },
+    timeoutMs: 30_000
+  })
+  t.equal(run.code, 1, 'server.ts on a held DATA_DIR exits with code 1', { stderr: run.stderr })
+  t.match(run.stderr, /^session-service: the data directory [^\n]*\n$/, `exactly one line on stderr, naming the data directory (${run.stderr})`)
+  t.match(run.stderr, `in use by process ${process.pid}`, 'the line names the process holding it')
+  t.notMatch(run.stdout + run.stderr, /^\s+at /m, 'no stack trace')
+
+  await app.close()
+  t.notOk(existsSync(join(dir, LOCK_FILE)), `${LOCK_FILE} is gone once the app has closed`)
 })
