@@ -10,10 +10,9 @@ import { existsSync, readFileSync, readdirSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
-import t from 'tap'
-import { basicAuth, createDatabase, createRedisPrefix, decodeJwt, freePort, insertClient, needs, PROJECT_DIR, TEST_REDIS_URL, testKeys } from './helper.js'
-import { MIGRATE_COMMAND, readDockerfile, splitOptions, execForm, instructions, buildImage, ContainerProcess } from './container/image.js'
+import t, { type Test } from 'tap'
+import { basicAuth, createDatabase, createRedisPrefix, decodeJwt, freePort, insertClient, needs, PROJECT_DIR, TEST_REDIS_URL, testKeys, waitForHealth } from './helper.js'
+import { MIGRATE_COMMAND, readDockerfile, splitOptions, execForm, instructions, buildImage, ContainerProcess, type Image } from './container/image.js'
 
 // The production install can take a minute on a cold npm cache.
 t.setTimeout(300_000)
@@ -41,13 +40,8 @@ t.test('the Dockerfile: multi-stage on the Node.js LTS, non-root, exec-form CMD,
   t.match(healthcheck, /\/health\b/, 'that asks /health')
 })
 
-t.test('the image, replayed: migrate, serve tokens as the CMD, answer the HEALTHCHECK, exit 0 on SIGTERM', { skip: needs.postgres || needs.redis }, async (t) => {
-  const started = Date.now()
-  const root = await mkdtemp(join(tmpdir(), 'session-service-image-'))
-  t.teardown(async () => await rm(root, { recursive: true, force: true }))
-  const image = await buildImage(root, stages)
-  t.comment(`image built in ${Date.now() - started} ms`)
-
+/** The image holds the production dependencies and the built code, and nothing else. */
+async function checkContents (t: Test, image: Image): Promise<void> {
   await t.test('holds the production dependencies only', async (t) => {
     t.notOk(existsSync(join(image.dir, 'node_modules', 'tap')), 'no node_modules/tap')
     t.notOk(existsSync(join(image.dir, 'node_modules', 'typescript')), 'no node_modules/typescript')
@@ -72,6 +66,48 @@ t.test('the image, replayed: migrate, serve tokens as the CMD, answer the HEALTH
       t.notOk(existsSync(join(image.dir, path)), `no ${path}`)
     }
   })
+}
+
+/** A client inserted by SQL gets an RS256 token that the published key verifies. */
+async function checkTokens (t: Test, base: string, databaseUrl: string): Promise<void> {
+  const clientId = 'svc-container'
+  const secret = 'container secret'
+  await insertClient(databaseUrl, { id: clientId, secret })
+  const tokenRes = await fetch(`${base}/oauth/token`, {
+    method: 'POST',
+    headers: { authorization: basicAuth(clientId, secret), 'content-type': 'application/x-www-form-urlencoded' },
+    body: new URLSearchParams({ grant_type: 'client_credentials' }).toString()
+  })
+  t.equal(tokenRes.status, 200, 'client_credentials answers 200 (the secret checked on the bcrypt worker from dist/workers)')
+  const { access_token: accessToken } = await tokenRes.json() as { access_token: string }
+  const { header, payload } = decodeJwt(accessToken)
+  t.equal(header.alg, 'RS256', 'the access token is RS256')
+  t.type(header.kid, 'string', 'with a kid')
+  t.match(payload, { sub: clientId, iss: 'session-service', aud: 'api' })
+
+  const jwksRes = await fetch(`${base}/.well-known/jwks.json`)
+  t.equal(jwksRes.status, 200, 'the JWKS answers 200')
+  const jwks = await jwksRes.json() as { keys: Array<JsonWebKey & { kid?: string }> }
+  const jwk = jwks.keys.find((key) => key.kid === header.kid)
+  t.ok(jwk, 'the JWKS publishes the token\'s kid')
+  if (jwk !== undefined) {
+    const publicKey = createPublicKey({ key: jwk, format: 'jwk' })
+    const [signedHeader = '', signedPayload = '', signature = ''] = accessToken.split('.')
+    t.ok(verifySignature('RSA-SHA256', Buffer.from(`${signedHeader}.${signedPayload}`), publicKey, Buffer.from(signature, 'base64url')),
+      'the published key verifies the signature')
+    t.ok(publicKey.export({ type: 'spki', format: 'der' }).equals(createPublicKey(testKeys.privateKey).export({ type: 'spki', format: 'der' })),
+      'and is the public half of JWT_PRIVATE_KEY')
+  }
+}
+
+t.test('the image, replayed: migrate, serve tokens as the CMD, answer the HEALTHCHECK, exit 0 on SIGTERM', { skip: needs.postgres || needs.redis }, async (t) => {
+  const started = Date.now()
+  const root = await mkdtemp(join(tmpdir(), 'session-service-image-'))
+  t.teardown(async () => await rm(root, { recursive: true, force: true }))
+  const image = await buildImage(root, stages)
+  t.comment(`image built in ${Date.now() - started} ms`)
+
+  await checkContents(t, image)
 
   const databaseUrl = await createDatabase(t, { empty: true })
   const port = await freePort()
@@ -103,50 +139,14 @@ t.test('the image, replayed: migrate, serve tokens as the CMD, answer the HEALTH
   }
   const service = new ContainerProcess(t, image, image.cmd, serviceEnv)
 
-  const deadline = Date.now() + 30_000
-  let healthStatus = 0
-  while (healthStatus !== 200 && service.running && Date.now() < deadline) {
-    try {
-      healthStatus = (await fetch(`${base}/health`, { signal: AbortSignal.timeout(2000) })).status
-    } catch {
-      // not listening yet
-    }
-    if (healthStatus !== 200) await sleep(100)
-  }
+  const healthStatus = await waitForHealth(base, () => service.running, 30_000)
   t.equal(healthStatus, 200, `GET /health answers 200 (stderr: ${service.stderr})`)
   if (healthStatus !== 200) return
 
   const healthy = new ContainerProcess(t, image, image.healthcheck, serviceEnv)
   t.strictSame(await healthy.exitWithin(10_000), { code: 0, signal: null }, 'the HEALTHCHECK command exits 0')
 
-  const clientId = 'svc-container'
-  const secret = 'container secret'
-  await insertClient(databaseUrl, { id: clientId, secret })
-  const tokenRes = await fetch(`${base}/oauth/token`, {
-    method: 'POST',
-    headers: { authorization: basicAuth(clientId, secret), 'content-type': 'application/x-www-form-urlencoded' },
-    body: new URLSearchParams({ grant_type: 'client_credentials' }).toString()
-  })
-  t.equal(tokenRes.status, 200, 'client_credentials answers 200 (the secret checked on the bcrypt worker from dist/workers)')
-  const { access_token: accessToken } = await tokenRes.json() as { access_token: string }
-  const { header, payload } = decodeJwt(accessToken)
-  t.equal(header.alg, 'RS256', 'the access token is RS256')
-  t.type(header.kid, 'string', 'with a kid')
-  t.match(payload, { sub: clientId, iss: 'session-service', aud: 'api' })
-
-  const jwksRes = await fetch(`${base}/.well-known/jwks.json`)
-  t.equal(jwksRes.status, 200, 'the JWKS answers 200')
-  const jwks = await jwksRes.json() as { keys: Array<JsonWebKey & { kid?: string }> }
-  const jwk = jwks.keys.find((key) => key.kid === header.kid)
-  t.ok(jwk, 'the JWKS publishes the token\'s kid')
-  if (jwk !== undefined) {
-    const publicKey = createPublicKey({ key: jwk, format: 'jwk' })
-    const [signedHeader = '', signedPayload = '', signature = ''] = accessToken.split('.')
-    t.ok(verifySignature('RSA-SHA256', Buffer.from(`${signedHeader}.${signedPayload}`), publicKey, Buffer.from(signature, 'base64url')),
-      'the published key verifies the signature')
-    t.ok(publicKey.export({ type: 'spki', format: 'der' }).equals(createPublicKey(testKeys.privateKey).export({ type: 'spki', format: 'der' })),
-      'and is the public half of JWT_PRIVATE_KEY')
-  }
+  await checkTokens(t, base, databaseUrl)
 
   const stoppedAt = Date.now()
   service.child.kill('SIGTERM')

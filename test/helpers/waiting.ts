@@ -24,8 +24,9 @@ export async function waitForHealth (base: string, running: () => boolean, timeo
     try {
       status = (await fetch(`${base}/health`, { signal: AbortSignal.timeout(2000) })).status
     } catch {
-      await sleep(100)
+      // not listening yet
     }
+    if (status !== 200) await sleep(100)
   }
   return status
 }
