@@ -6,17 +6,14 @@ import { Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
 import { MAX_TOKEN_LENGTH } from '../plugins/keys.js'
-import { assertErrorBody, build, decodeJwt, insertClient, issueTokens, jwtSegment, parseBody, signRs256, testKeys } from './helper.js'
-import { type Claims, CLIENT, SECRET, JSON_TYPE, attackerKeys, postForm, postVerify, verifyToken, basicOf, assertVerifyRefuses, assertInactive, assertRevokeIgnored, flipChar, assertUntouched, attackerServer } from './attacks/common.js'
+import { assertErrorBody, build, jwtSegment, parseBody, signRs256, testKeys } from './helper.js'
+import { type Claims, CLIENT, SECRET, JSON_TYPE, attackerKeys, postForm, postVerify, verifyToken, basicOf, assertVerifyRefuses, assertInactive, assertRevokeIgnored, flipChar, assertUntouched, attackerServer, attackedApp } from './attacks/common.js'
 
 // ---------------------------------------------------------------- 1. tokens
 
 test('key-locating headers with the attacker\'s own key: refused everywhere, and nothing is fetched', async (t) => {
   const server = await attackerServer(t)
-  const { app, databaseUrl } = await build(t)
-  await insertClient(databaseUrl, { id: CLIENT, secret: SECRET })
-  const genuine = await issueTokens(app, CLIENT, SECRET)
-  const { header, payload } = decodeJwt(genuine.access_token)
+  const { app, databaseUrl, genuine, header, payload } = await attackedApp(t)
   const ourKid = String(header.kid)
   // The forgeries carry the genuine token's claims (its jti, its sid, our
   // issuer and audience): accepted, any of them would be that token.
@@ -54,10 +51,7 @@ test('key-locating headers with the attacker\'s own key: refused everywhere, and
 })
 
 test('forged and altered tokens are inactive at introspection and revoke nothing', async (t) => {
-  const { app, databaseUrl } = await build(t)
-  await insertClient(databaseUrl, { id: CLIENT, secret: SECRET })
-  const genuine = await issueTokens(app, CLIENT, SECRET)
-  const { header, payload } = decodeJwt(genuine.access_token)
+  const { app, databaseUrl, genuine, header, payload } = await attackedApp(t)
   const [h, p, s] = genuine.access_token.split('.') as [string, string, string]
   const now = Math.floor(Date.now() / 1000)
   const ours = (claims: Claims, extraHeader: Claims = {}): string => signRs256({ ...header, ...extraHeader }, claims, testKeys.privateKey)
@@ -99,10 +93,7 @@ test('forged and altered tokens are inactive at introspection and revoke nothing
 })
 
 test('a token signed with our key but of another type than at+jwt is invalid_type', async (t) => {
-  const { app, databaseUrl } = await build(t)
-  await insertClient(databaseUrl, { id: CLIENT, secret: SECRET })
-  const genuine = await issueTokens(app, CLIENT, SECRET)
-  const { header, payload } = decodeJwt(genuine.access_token)
+  const { app, header, payload } = await attackedApp(t)
   const typed = (typ: unknown): string => signRs256({ ...header, typ }, { ...payload, jti: randomUUID() }, testKeys.privateKey)
 
   t.equal(parseBody((await verifyToken(app, typed('at+jwt'))).body).valid, true, 'control: typ at+jwt, built the same way, is valid')

@@ -7,7 +7,7 @@ import type { AddressInfo } from 'node:net'
 import { Readable } from 'node:stream'
 import type { Test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { basicAuth, FORM, form, generateRsaKeyPair, parseBody, sql } from '../helper.js'
+import { basicAuth, build, decodeJwt, FORM, form, generateRsaKeyPair, insertClient, type IssuedTokens, issueTokens, parseBody, sql } from '../helper.js'
 
 export type Fields = Record<string, string>
 export type Headers = Record<string, string>
@@ -116,4 +116,13 @@ export async function attackerServer (t: Test): Promise<{ url: string, hits: str
     await new Promise((resolve) => server.close(resolve))
   })
   return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, hits, jwk }
+}
+
+/** The app with the attacked client, and a genuine token of it (its header and payload decoded). */
+export async function attackedApp (t: Test): Promise<{ app: FastifyInstance, databaseUrl: string, genuine: IssuedTokens, header: Claims, payload: Claims }> {
+  const { app, databaseUrl } = await build(t)
+  await insertClient(databaseUrl, { id: CLIENT, secret: SECRET })
+  const genuine = await issueTokens(app, CLIENT, SECRET)
+  const { header, payload } = decodeJwt(genuine.access_token)
+  return { app, databaseUrl, genuine, header, payload }
 }
