@@ -1,4 +1,4 @@
-// What the benchmark (run.ts) and the soak (soak.ts) both need.
+// What the benchmark (run.ts), the soak (soak.ts) and the tests all need.
 import type { ChildProcess } from 'node:child_process'
 import { createServer } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -26,4 +26,21 @@ export async function waitFor (url: string, child: ChildProcess): Promise<void> 
     await sleep(200)
   }
   throw new Error(`${url} did not answer within 30 s`)
+}
+
+/** Deletes every key under `prefix` on the Redis at `url` (SCAN, so that the server is never blocked). */
+export async function deleteKeys (url: string, prefix: string): Promise<void> {
+  // Loaded here only: the soak's load generator imports this module too and needs no Redis client.
+  const { Redis } = await import('ioredis')
+  const redis = new Redis(url)
+  try {
+    let cursor = '0'
+    do {
+      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000)
+      if (keys.length > 0) await redis.del(...keys)
+      cursor = next
+    } while (cursor !== '0')
+  } finally {
+    await redis.quit()
+  }
 }

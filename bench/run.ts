@@ -23,7 +23,7 @@ import pg from 'pg'
 import { Redis } from 'ioredis'
 import { insertClientRow } from '../plugins/clients.js'
 import type { LoadResult, Scenario } from './load.js'
-import { freePort, waitFor } from './common.js'
+import { deleteKeys, freePort, waitFor } from './common.js'
 
 const here = fileURLToPath(new URL('.', import.meta.url))
 const root = join(here, '..', '..')
@@ -315,12 +315,5 @@ try {
   await Promise.all(children.map(stop))
   await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`)
   await admin.end()
-  const redis = new Redis(REDIS_URL)
-  let cursor = '0'
-  do {
-    const [next, keys] = await redis.scan(cursor, 'MATCH', `${redisPrefix}*`, 'COUNT', 1000)
-    if (keys.length > 0) await redis.del(...keys)
-    cursor = next
-  } while (cursor !== '0')
-  await redis.quit()
+  await deleteKeys(REDIS_URL, redisPrefix)
 }

@@ -1,7 +1,6 @@
-import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { backends, build, freePort, insertClient, issueTokens, needs, PrivateRedis, tokenRequest, verify } from './helper.js'
+import { backends, build, freePort, insertClient, issueTokens, needs, PrivateRedis, pollUntil, tokenRequest, verify } from './helper.js'
 
 async function health (app: FastifyInstance): Promise<{ res: LightMyRequestResponse, ms: number }> {
   const started = Date.now()
@@ -76,12 +75,7 @@ test('Redis stops and comes back: /health and /oauth/verify follow, without a re
   t.ok(verifyMs < 3000, `answered in ${verifyMs} ms`)
 
   await redis.start()
-  const deadline = Date.now() + 5000
-  let recovered = await health(app)
-  while (recovered.res.statusCode !== 200 && Date.now() < deadline) {
-    await sleep(100)
-    recovered = await health(app)
-  }
+  const recovered = await pollUntil(async () => await health(app), (answer) => answer.res.statusCode === 200, 5000)
   t.equal(recovered.res.statusCode, 200, 'healthy again within 5 s of Redis coming back')
   t.equal(recovered.res.body, '{"status":"ok","postgresql":{"status":"up"},"redis":{"status":"up"}}')
 

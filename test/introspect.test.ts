@@ -1,25 +1,12 @@
 // POST /oauth/introspect (RFC 7662): a client learns the metadata of its own
 // active tokens, and for anything else only {"active":false}, so that the
 // endpoint tells nobody whether another client's token exists.
-import { randomBytes, randomUUID, sign } from 'node:crypto'
+import { randomBytes, randomUUID } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import {
-  basicAuth,
-  build,
-  decodeJwt,
-  form,
-  FORM,
-  generateRsaKeyPair,
-  insertClient,
-  sql,
-  testKeys,
-  tokenRequest,
-  verify
-} from './helper.js'
+import { assertOAuthError, basicAuth, build, decodeJwt, form, FORM, generateRsaKeyPair, insertClient, jwtSegment, signRs256, sql, testKeys, tokenRequest, verify } from './helper.js'
 
-const REALM_CHALLENGE = 'Basic realm="session-service"'
 const ORDERS = 'https://orders.example.com'
 
 /** Has scopes (default: read) and a second audience. */
@@ -89,26 +76,6 @@ async function refresh (t: Test, app: FastifyInstance, clientId: string, refresh
   const res = await tokenRequest(app, { grant_type: 'refresh_token', refresh_token: refreshToken, ...fields }, basic(clientId))
   t.equal(res.statusCode, 200, 'refresh succeeds', { body: res.body })
   return res.json()
-}
-
-/** An RFC 6749 §5.2 error answer. */
-function assertOAuthError (t: Test, res: LightMyRequestResponse, status: number, error: string): void {
-  t.equal(res.statusCode, status, `status ${status} (${error})`, { body: res.body })
-  const body = res.json()
-  t.strictSame(Object.keys(body).sort(), ['error', 'error_description'], 'body has exactly error and error_description')
-  t.equal(body.error, error)
-  t.equal(res.headers['cache-control'], 'no-store')
-  if (status === 401) t.equal(res.headers['www-authenticate'], REALM_CHALLENGE)
-}
-
-function segment (value: unknown): string {
-  return Buffer.from(JSON.stringify(value)).toString('base64url')
-}
-
-/** A compact JWS, RS256, signed with `privateKey`. */
-function signRs256 (header: unknown, payload: unknown, privateKey: string): string {
-  const input = `${segment(header)}.${segment(payload)}`
-  return `${input}.${sign('sha256', Buffer.from(input), privateKey).toString('base64url')}`
 }
 
 test('an own access token: active, exactly the RFC 7662 members, the token\'s claims', async (t) => {
@@ -238,7 +205,7 @@ test('inactive: garbage and tokens signed by another key', async (t) => {
     'a.b.c',
     '..',
     `${head ?? ''}.${body ?? ''}.`,
-    `${segment({ alg: 'none', typ: 'at+jwt' })}.${segment(payload)}.`,
+    `${jwtSegment({ alg: 'none', typ: 'at+jwt' })}.${jwtSegment(payload)}.`,
     randomBytes(32).toString('base64url'),
     // Longer than any token we issue, within the body limit.
     'x'.repeat(9000),

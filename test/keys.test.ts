@@ -9,24 +9,7 @@ import { join } from 'node:path'
 import { test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { ConfigError, loadConfig } from '../plugins/config.js'
-import {
-  basicAuth,
-  build,
-  backends,
-  buildLogged,
-  decodeJwt,
-  form,
-  FORM,
-  generateRsaKeyPair,
-  insertClient,
-  issueTokens,
-  needs,
-  testEnv,
-  testKeys,
-  tokenRequest,
-  verify,
-  type KeyPair
-} from './helper.js'
+import { backends, basicAuth, build, buildLogged, decodeJwt, FORM, form, generateRsaKeyPair, insertClient, issueTokens, jwtSegment, type KeyPair, needs, testEnv, testKeys, tokenRequest, verify } from './helper.js'
 
 const CLIENT_ID = 'svc-keys'
 const CLIENT_SECRET = 'keys-secret'
@@ -106,13 +89,9 @@ function signatureVerifies (token: string, jwk: Jwk): boolean {
   }
 }
 
-function segment (value: unknown): string {
-  return Buffer.from(JSON.stringify(value)).toString('base64url')
-}
-
 /** A compact JWS made here with node:crypto, signed per `header.alg`. */
 function signJwt (header: Record<string, unknown>, payload: Record<string, unknown>, privateKeyPem: string): string {
-  const input = `${segment(header)}.${segment(payload)}`
+  const input = `${jwtSegment(header)}.${jwtSegment(payload)}`
   const data = Buffer.from(input)
   let signature: Buffer
   if (header.alg === 'ES256') signature = sign('sha256', data, { key: privateKeyPem, dsaEncoding: 'ieee-p1363' })

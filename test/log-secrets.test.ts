@@ -4,11 +4,9 @@
 // Bearer authorization, custom headers, cookies, the token parameters of
 // revoke, introspect and verify. Then the whole log is searched for each of
 // them, and for a 400-character client id, which may appear cut to 128.
-import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { setTimeout as sleep } from 'node:timers/promises'
-import { test } from 'tap'
-import { basicAuth, createDatabase, createRedisPrefix, embeddedDir, freePort, insertClient, PROJECT_DIR, runnerEnv, testEnv } from './helper.js'
+import { test, type Test } from 'tap'
+import { basicAuth, createDatabase, createRedisPrefix, embeddedDir, freePort, insertClient, pollUntil, ServerProcess, testEnv, waitForHealth } from './helper.js'
 
 const FORM = 'application/x-www-form-urlencoded'
 const MAX_CLIENT_ID = 128
@@ -18,57 +16,42 @@ interface TokenBody {
   refresh_token: string
 }
 
-test('secrets and tokens sent anywhere in a request never reach the log, and client ids are cut to 128 characters', async (t) => {
+/** What this run sends: marked with a random string, so that the log cannot hold them from elsewhere. */
+interface Marks {
+  clientId: string
+  secret: string
+  wrongSecret: string
+  headerSecret: string
+  cookieSecret: string
+  /** 400 characters */
+  longId: string
+}
+
+function newMarks (): Marks {
   const mark = randomBytes(6).toString('hex')
-  const clientId = `log-scan-${mark}`
-  const secret = `log-scan-secret-${mark}`
-  const wrongSecret = `log-scan-wrong-${mark}`
-  const headerSecret = `log-scan-header-${mark}`
-  const cookieSecret = `log-scan-cookie-${mark}`
-  const longId = `long-id-${mark}-`.repeat(40).slice(0, 400)
-
-  const databaseUrl = await createDatabase(t)
-  // An embedded database (migrated already) admits one opener: the client is
-  // made before the process starts; a server's, once the process has migrated it.
-  const embedded = embeddedDir(databaseUrl) !== undefined
-  if (embedded) await insertClient(databaseUrl, { id: clientId, secret })
-
-  const port = await freePort()
-  const base = `http://127.0.0.1:${port}`
-  const child = spawn(process.execPath, [...process.execArgv, 'server.ts'], {
-    cwd: PROJECT_DIR,
-    env: { ...runnerEnv(), ...testEnv(databaseUrl, createRedisPrefix(t), { SERVER_PORT: String(port), SERVER_HOST: '127.0.0.1', LOG_LEVEL: 'trace' }) }
-  })
-  let stdout = ''
-  let stderr = ''
-  child.stdout.setEncoding('utf8').on('data', (chunk: string) => { stdout += chunk })
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
-  const exited = new Promise((resolve) => child.on('close', resolve))
-  const running = (): boolean => child.exitCode === null && child.signalCode === null
-  t.teardown(async () => {
-    if (running()) {
-      child.kill('SIGKILL')
-      await exited
-    }
-  })
-
-  const deadline = Date.now() + 60_000
-  let healthStatus = 0
-  while (healthStatus !== 200 && running() && Date.now() < deadline) {
-    try {
-      healthStatus = (await fetch(`${base}/health`, { signal: AbortSignal.timeout(2000) })).status
-    } catch {
-      await sleep(100)
-    }
+  return {
+    clientId: `log-scan-${mark}`,
+    secret: `log-scan-secret-${mark}`,
+    wrongSecret: `log-scan-wrong-${mark}`,
+    headerSecret: `log-scan-header-${mark}`,
+    cookieSecret: `log-scan-cookie-${mark}`,
+    longId: `long-id-${mark}-`.repeat(40).slice(0, 400)
   }
-  t.equal(healthStatus, 200, 'the server answers /health', { stderr })
-  if (healthStatus !== 200) return
-  if (!embedded) await insertClient(databaseUrl, { id: clientId, secret })
+}
 
+interface Issued {
+  basic: TokenBody
+  posted: TokenBody
+  refreshed: TokenBody
+}
+
+type Send = (path: string, init?: { method?: string, headers?: Record<string, string>, body?: string }) => Promise<Response>
+
+const form = (fields: Record<string, string>): string => new URLSearchParams(fields).toString()
+
+/** Tokens by Basic, by client_secret_post, and by a refresh. */
+async function issueAll (t: Test, send: Send, { clientId, secret }: Marks): Promise<Issued> {
   const authorization = basicAuth(clientId, secret)
-  const send = async (path: string, init: { method?: string, headers?: Record<string, string>, body?: string } = {}): Promise<Response> =>
-    await fetch(`${base}${path}`, { method: init.method ?? 'POST', headers: init.headers, body: init.body, signal: AbortSignal.timeout(20_000) })
-  const form = (fields: Record<string, string>): string => new URLSearchParams(fields).toString()
   const tokens = async (res: Response, what: string): Promise<TokenBody> => {
     t.equal(res.status, 200, `${what}: 200`)
     return await res.json() as TokenBody
@@ -85,9 +68,15 @@ test('secrets and tokens sent anywhere in a request never reach the log, and cli
     headers: { authorization, 'content-type': FORM },
     body: form({ grant_type: 'refresh_token', refresh_token: basic.refresh_token })
   }), 'refresh')
+  return { basic, posted, refreshed }
+}
 
-  const attempts: Array<[string, Promise<Response>]> = [
-    // Credentials and tokens in the query string, whatever the answer.
+/** Requests with a secret or a token in every place a client might put one. */
+function requestsCarrying (send: Send, marks: Marks, { basic, posted, refreshed }: Issued): Array<[string, Promise<Response>]> {
+  const { clientId, secret, wrongSecret, headerSecret, cookieSecret } = marks
+  const authorization = basicAuth(clientId, secret)
+  return [
+  // Credentials and tokens in the query string, whatever the answer.
     ['query string at the token endpoint', send(`/oauth/token?${form({ client_id: clientId, client_secret: secret, refresh_token: refreshed.refresh_token })}`, {
       headers: { 'content-type': FORM }, body: form({ grant_type: 'client_credentials' })
     })],
@@ -126,6 +115,66 @@ test('secrets and tokens sent anywhere in a request never reach the log, and cli
     ['a used refresh token again (reuse detection)', send('/oauth/token', { headers: { authorization, 'content-type': FORM }, body: form({ grant_type: 'refresh_token', refresh_token: basic.refresh_token }) })],
     ['verify a revoked token', send('/oauth/verify', { headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: posted.access_token }) })]
   ]
+}
+
+/** The server's log lines, once the request to `lastPath` shows in them as completed (or after 10 s). */
+async function logUntil (server: ServerProcess, lastPath: string): Promise<Array<Record<string, unknown>>> {
+  const lines = (): Array<Record<string, unknown>> => server.stdout.split('\n').filter((line) => line.trim() !== '').map((line) => JSON.parse(line) as Record<string, unknown>)
+  const completed = (log: Array<Record<string, unknown>>): boolean => {
+    const end = log.find((line) => loggedUrl(line) === lastPath)
+    return end !== undefined && log.some((line) => line.reqId === end.reqId && line.msg === 'request completed')
+  }
+  await pollUntil(async () => lines(), completed, 10_000, 50)
+  return lines()
+}
+
+const loggedUrl = (line: Record<string, unknown>): string | undefined => (line.req as { url?: string } | undefined)?.url
+
+/** Every secret and token of the run, by name, as they could appear in the log. */
+function secretsOf (marks: Marks, { basic, posted, refreshed }: Issued): Array<[string, string]> {
+  const { clientId, secret, wrongSecret, headerSecret, cookieSecret } = marks
+  const basicValue = (id: string, value: string): string => basicAuth(id, value).slice('Basic '.length)
+  return [
+    ['the client secret', secret],
+    ['the client secret, form-encoded', encodeURIComponent(secret)],
+    ['a wrong secret', wrongSecret],
+    ['the Basic credentials', basicValue(clientId, secret)],
+    ['the wrong Basic credentials', basicValue(clientId, wrongSecret)],
+    ['a custom header value', headerSecret],
+    ['a cookie value', cookieSecret],
+    ['the first access token', basic.access_token],
+    ['the first refresh token', basic.refresh_token],
+    ['the posted access token', posted.access_token],
+    ['the posted refresh token', posted.refresh_token],
+    ['the refreshed access token', refreshed.access_token],
+    ['the refreshed refresh token', refreshed.refresh_token],
+    ['the signature of an access token', basic.access_token.split('.')[2] ?? basic.access_token]
+  ]
+}
+
+test('secrets and tokens sent anywhere in a request never reach the log, and client ids are cut to 128 characters', async (t) => {
+  const marks = newMarks()
+  const { clientId, secret, wrongSecret, longId } = marks
+
+  const databaseUrl = await createDatabase(t)
+  // An embedded database (migrated already) admits one opener: the client is
+  // made before the process starts; a server's, once the process has migrated it.
+  const embedded = embeddedDir(databaseUrl) !== undefined
+  if (embedded) await insertClient(databaseUrl, { id: clientId, secret })
+
+  const port = await freePort()
+  const base = `http://127.0.0.1:${port}`
+  const server = new ServerProcess(t, testEnv(databaseUrl, createRedisPrefix(t), { SERVER_PORT: String(port), SERVER_HOST: '127.0.0.1', LOG_LEVEL: 'trace' }))
+  const healthStatus = await waitForHealth(base, () => server.running, 60_000)
+  t.equal(healthStatus, 200, 'the server answers /health', { stderr: server.stderr })
+  if (healthStatus !== 200) return
+  if (!embedded) await insertClient(databaseUrl, { id: clientId, secret })
+
+  const send: Send = async (path, init = {}) =>
+    await fetch(`${base}${path}`, { method: init.method ?? 'POST', headers: init.headers, body: init.body, signal: AbortSignal.timeout(20_000) })
+  const { basic, posted, refreshed } = await issueAll(t, send, marks)
+
+  const attempts = requestsCarrying(send, marks, { basic, posted, refreshed })
   for (const [what, pending] of attempts) {
     const res = await pending
     await res.arrayBuffer()
@@ -142,43 +191,19 @@ test('secrets and tokens sent anywhere in a request never reach the log, and cli
 
   // The last request's completion marks the end of what is to be scanned.
   await (await send('/log-scan-end', { method: 'GET' })).arrayBuffer()
-  const lines = (): Array<Record<string, unknown>> => stdout.split('\n').filter((line) => line.trim() !== '').map((line) => JSON.parse(line) as Record<string, unknown>)
-  const url = (line: Record<string, unknown>): string | undefined => (line.req as { url?: string } | undefined)?.url
-  const endDeadline = Date.now() + 10_000
-  for (;;) {
-    const end = lines().find((line) => url(line) === '/log-scan-end')
-    if ((end !== undefined && lines().some((line) => line.reqId === end.reqId && line.msg === 'request completed')) || Date.now() > endDeadline) break
-    await sleep(50)
-  }
-  const log = lines()
-  t.ok(log.some((line) => url(line) === '/log-scan-end'), 'the log reached the last request')
+  const log = await logUntil(server, '/log-scan-end')
+  t.ok(log.some((line) => loggedUrl(line) === '/log-scan-end'), 'the log reached the last request')
   t.ok(log.some((line) => line.level === 10 || line.level === 20) || log.length > 50, 'the log was written at trace level (many lines)')
-  t.ok(log.some((line) => url(line) === '/oauth/token'), 'requests are logged with their path')
-  t.strictSame(log.filter((line) => url(line)?.includes('?') === true).map(url), [], 'no logged URL has a query string')
+  t.ok(log.some((line) => loggedUrl(line) === '/oauth/token'), 'requests are logged with their path')
+  t.strictSame(log.filter((line) => loggedUrl(line)?.includes('?') === true).map(loggedUrl), [], 'no logged URL has a query string')
 
-  const basicValue = (id: string, value: string): string => basicAuth(id, value).slice('Basic '.length)
-  const secrets: Array<[string, string]> = [
-    ['the client secret', secret],
-    ['the client secret, form-encoded', encodeURIComponent(secret)],
-    ['a wrong secret', wrongSecret],
-    ['the Basic credentials', basicValue(clientId, secret)],
-    ['the wrong Basic credentials', basicValue(clientId, wrongSecret)],
-    ['a custom header value', headerSecret],
-    ['a cookie value', cookieSecret],
-    ['the first access token', basic.access_token],
-    ['the first refresh token', basic.refresh_token],
-    ['the posted access token', posted.access_token],
-    ['the posted refresh token', posted.refresh_token],
-    ['the refreshed access token', refreshed.access_token],
-    ['the refreshed refresh token', refreshed.refresh_token],
-    ['the signature of an access token', basic.access_token.split('.')[2] ?? basic.access_token]
-  ]
+  const secrets = secretsOf(marks, { basic, posted, refreshed })
   for (const [what, value] of secrets) {
-    t.notOk(stdout.includes(value), `${what} is not in the log`)
-    t.notOk(stderr.includes(value), `${what} is not on stderr`)
+    t.notOk(server.stdout.includes(value), `${what} is not in the log`)
+    t.notOk(server.stderr.includes(value), `${what} is not on stderr`)
   }
 
-  t.notOk(stdout.includes(longId.slice(0, MAX_CLIENT_ID + 1)), `no run of more than ${MAX_CLIENT_ID} characters of the long client id is in the log`)
+  t.notOk(server.stdout.includes(longId.slice(0, MAX_CLIENT_ID + 1)), `no run of more than ${MAX_CLIENT_ID} characters of the long client id is in the log`)
   const loggedIds = log.flatMap((line) => [line.clientId, line.client_id]).filter((value): value is string => typeof value === 'string')
   t.strictSame(loggedIds.filter((id) => id.length > MAX_CLIENT_ID), [], `every logged client id has at most ${MAX_CLIENT_ID} characters`)
   t.ok(loggedIds.some((id) => id.startsWith(longId.slice(0, MAX_CLIENT_ID - 1))), 'the long client id was logged, cut')

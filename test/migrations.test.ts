@@ -43,7 +43,7 @@ async function runMigrate (env: Record<string, string>, timeoutMs = 20_000): Pro
 }
 
 test('two concurrent runs on a fresh database apply each file once', { skip: needs.postgres }, async (t) => {
-  const databaseUrl = await createDatabase(t)
+  const databaseUrl = await createDatabase(t, { empty: true })
   const [first, second] = await Promise.all([
     applyMigrations(pool(t, databaseUrl), memoryLog()),
     applyMigrations(pool(t, databaseUrl), memoryLog())
@@ -59,14 +59,14 @@ test('two concurrent runs on a fresh database apply each file once', { skip: nee
 })
 
 test('a run logs each file it applies', { skip: needs.postgres }, async (t) => {
-  const databaseUrl = await createDatabase(t)
+  const databaseUrl = await createDatabase(t, { empty: true })
   const log = memoryLog()
   t.strictSame(await applyMigrations(pool(t, databaseUrl), log), MIGRATION_FILES)
   t.strictSame(log.entries.map((entry) => entry.obj), MIGRATION_FILES.map((migration) => ({ migration })))
 })
 
 test('a recorded migration whose content changed is refused', { skip: needs.postgres }, async (t) => {
-  const databaseUrl = await createDatabase(t)
+  const databaseUrl = await createDatabase(t, { empty: true })
   const dir = migrationsCopy(t)
   const db = pool(t, databaseUrl)
   const name = MIGRATION_FILES[0] ?? '001_clients.sql'
@@ -77,7 +77,7 @@ test('a recorded migration whose content changed is refused', { skip: needs.post
 })
 
 test('a failing migration is not recorded and earlier files stay applied', { skip: needs.postgres }, async (t) => {
-  const databaseUrl = await createDatabase(t)
+  const databaseUrl = await createDatabase(t, { empty: true })
   const broken = '999_broken.sql'
   const dir = migrationsCopy(t, {
     [broken]: 'CREATE TABLE half_done (id integer);\nSELEC this is not sql;\n'
@@ -145,7 +145,7 @@ test('CHECK constraints refuse a non-bcrypt hash and a rate_limit of 0', async (
 })
 
 test('cli/migrate.ts applies pending migrations and exits 0', { skip: needs.postgres }, async (t) => {
-  const databaseUrl = await createDatabase(t)
+  const databaseUrl = await createDatabase(t, { empty: true })
   const first = await runMigrate({ DATABASE_URL: databaseUrl })
   t.equal(first.code, 0, `exit code (stderr: ${first.stderr})`)
   t.match(first.stdout, /001_clients\.sql/)
@@ -181,7 +181,8 @@ test('cli/migrate.ts with an unreachable database exits 1 with one line, in boun
 })
 
 test('MIGRATE_ON_START=false: the app starts on an empty database without creating tables', { skip: needs.postgres }, async (t) => {
-  const { app, databaseUrl } = await build(t, { env: { MIGRATE_ON_START: 'false' } })
+  const databaseUrl = await createDatabase(t, { empty: true })
+  const { app } = await build(t, { databaseUrl, env: { MIGRATE_ON_START: 'false' } })
   t.notOk(await tableExists(databaseUrl, 'clients'), 'no clients table')
   t.notOk(await tableExists(databaseUrl, 'schema_migrations'), 'no schema_migrations table')
   const health = await app.inject({ method: 'GET', url: '/health' })

@@ -1,7 +1,6 @@
-import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { backends, build, freePort, needs, PrivateRedis } from './helper.js'
+import { backends, build, freePort, needs, pollUntil, PrivateRedis } from './helper.js'
 
 async function ready (app: FastifyInstance): Promise<{ res: LightMyRequestResponse, ms: number }> {
   const started = Date.now()
@@ -43,12 +42,7 @@ test('GET /ready: 503 with Retry-After once Redis is unreachable', { skip: needs
   // close: @fastify/redis quits its client at close, which fails while the
   // server is gone.
   await redis.start()
-  const deadline = Date.now() + 5000
-  let back = await ready(app)
-  while (back.res.statusCode !== 200 && Date.now() < deadline) {
-    await sleep(100)
-    back = await ready(app)
-  }
+  const back = await pollUntil(async () => await ready(app), (answer) => answer.res.statusCode === 200, 5000)
   t.equal(back.res.statusCode, 200, 'ready within 5 s of Redis coming back')
   t.equal(back.res.body, '{"status":"ready"}')
 })

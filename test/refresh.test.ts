@@ -5,33 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { Redis } from 'ioredis'
-import {
-  basicAuth,
-  build,
-  decodeJwt,
-  FORM,
-  insertClient,
-  issueTokens,
-  sql,
-  TEST_REDIS_URL,
-  tokenRequest,
-  verify,
-  needs
-} from './helper.js'
-
-const REALM_CHALLENGE = 'Basic realm="session-service"'
-
-/** An OAuth error answer: status, exact body shape, no-store headers. */
-function assertOAuthError (t: Test, res: LightMyRequestResponse, status: number, error: string): void {
-  t.equal(res.statusCode, status, `status ${status} (${error})`, { body: res.body })
-  const body = res.json()
-  t.same(Object.keys(body).sort(), ['error', 'error_description'], 'body has exactly error and error_description')
-  t.equal(body.error, error)
-  t.type(body.error_description, 'string')
-  t.equal(res.headers['cache-control'], 'no-store')
-  t.equal(res.headers.pragma, 'no-cache')
-  if (status === 401) t.equal(res.headers['www-authenticate'], REALM_CHALLENGE)
-}
+import { assertOAuthError, basicAuth, build, decodeJwt, FORM, insertClient, issueTokens, needs, sql, TEST_REDIS_URL, tokenRequest, verify } from './helper.js'
 
 interface TokenBody {
   access_token: string

@@ -5,22 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { Redis } from 'ioredis'
-import {
-  backends,
-  basicAuth,
-  build,
-  decodeJwt,
-  form,
-  FORM,
-  insertClient,
-  issueTokens,
-  sql,
-  TEST_REDIS_URL,
-  tokenRequest,
-  verify
-} from './helper.js'
-
-const REALM_CHALLENGE = 'Basic realm="session-service"'
+import { assertOAuthError, backends, basicAuth, build, decodeJwt, form, FORM, insertClient, issueTokens, sql, TEST_REDIS_URL, tokenRequest, verify } from './helper.js'
 
 /** POST /oauth/revoke with a form body and optional extra headers. */
 async function revoke (app: FastifyInstance, fields: Record<string, string>, headers: Record<string, string> = {}): Promise<LightMyRequestResponse> {
@@ -42,17 +27,6 @@ function assertRevoked (t: Test, res: LightMyRequestResponse): void {
   t.equal(res.statusCode, 200, 'status 200', { body: res.body })
   t.equal(res.body, '', 'empty body')
   t.equal(res.headers['cache-control'], 'no-store')
-}
-
-/** An OAuth error answer: status, exact body shape, no-store. */
-function assertOAuthError (t: Test, res: LightMyRequestResponse, status: number, error: string): void {
-  t.equal(res.statusCode, status, `status ${status} (${error})`, { body: res.body })
-  const body = res.json()
-  t.same(Object.keys(body).sort(), ['error', 'error_description'], 'body has exactly error and error_description')
-  t.equal(body.error, error)
-  t.type(body.error_description, 'string')
-  t.equal(res.headers['cache-control'], 'no-store')
-  if (status === 401) t.equal(res.headers['www-authenticate'], REALM_CHALLENGE)
 }
 
 async function assertVerifies (t: Test, app: FastifyInstance, token: string, sub: string): Promise<void> {

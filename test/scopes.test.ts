@@ -5,7 +5,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { basicAuth, build, decodeJwt, insertClient, sql, tokenRequest, verify } from './helper.js'
+import { assertOAuthError, basicAuth, build, decodeJwt, insertClient, sql, tokenRequest, verify } from './helper.js'
 
 const ORDERS = 'https://orders.example.com'
 const OTHER = 'https://other.example.com'
@@ -42,17 +42,6 @@ async function refresh (app: FastifyInstance, clientId: string, refreshToken: st
 
 async function verifyFor (app: FastifyInstance, token: string, audience: string): Promise<LightMyRequestResponse> {
   return await app.inject({ method: 'POST', url: '/oauth/verify', payload: { token, audience } })
-}
-
-/** An RFC 6749 §5.2 error: status, exactly error and error_description, never cached. */
-function assertOAuthError (t: Test, res: LightMyRequestResponse, status: number, error: string): void {
-  t.equal(res.statusCode, status, `status ${status} (${error})`, { body: res.body })
-  const body = res.json()
-  t.same(Object.keys(body).sort(), ['error', 'error_description'], 'body has exactly error and error_description')
-  t.equal(body.error, error)
-  t.type(body.error_description, 'string')
-  t.equal(res.headers['cache-control'], 'no-store')
-  t.equal(res.headers.pragma, 'no-cache')
 }
 
 interface Granted {

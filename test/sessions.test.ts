@@ -6,18 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { Redis } from 'ioredis'
-import {
-  basicAuth,
-  build,
-  decodeJwt,
-  form,
-  FORM,
-  insertClient,
-  TEST_REDIS_URL,
-  tokenRequest,
-  verify,
-  needs
-} from './helper.js'
+import { assertOAuthError, basicAuth, build, decodeJwt, form, FORM, insertClient, needs, TEST_REDIS_URL, tokenRequest, verify } from './helper.js'
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 const DEFAULT_REVOCATION_TTL = 604800
@@ -46,15 +35,6 @@ function assertTokens (t: Test, res: LightMyRequestResponse): TokenBody {
   t.type(body.access_token, 'string')
   t.type(body.refresh_token, 'string')
   return body
-}
-
-/** An RFC 6749 §5.2 error answer. */
-function assertOAuthError (t: Test, res: LightMyRequestResponse, status: number, error: string): void {
-  t.equal(res.statusCode, status, `status ${status} (${error})`, { body: res.body })
-  const body = res.json()
-  t.strictSame(Object.keys(body).sort(), ['error', 'error_description'], 'body has exactly error and error_description')
-  t.equal(body.error, error)
-  t.equal(res.headers['cache-control'], 'no-store')
 }
 
 async function grant (t: Test, app: FastifyInstance, clientId: string): Promise<TokenBody> {

@@ -5,18 +5,7 @@
 import { createHmac, randomUUID, sign } from 'node:crypto'
 import { test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import {
-  basicAuth,
-  build,
-  decodeJwt,
-  form,
-  FORM,
-  generateRsaKeyPair,
-  insertClient,
-  issueTokens,
-  testKeys,
-  verify
-} from './helper.js'
+import { basicAuth, build, decodeJwt, FORM, form, generateRsaKeyPair, insertClient, issueTokens, jwtSegment, signRs256, testKeys, verify } from './helper.js'
 
 const CLIENT_ID = 'svc-verify'
 const CLIENT_SECRET = 'verify-secret'
@@ -27,16 +16,6 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 
 /** Another RSA key than the service's, for forged signatures. */
 const attackerKeys = generateRsaKeyPair()
-
-function segment (value: unknown): string {
-  return Buffer.from(typeof value === 'string' ? value : JSON.stringify(value)).toString('base64url')
-}
-
-/** A compact JWS signed RS256 (RSASSA-PKCS1-v1_5 with SHA-256) by `privateKey`. */
-function signRs256 (header: unknown, payload: unknown, privateKey: string = testKeys.privateKey): string {
-  const input = `${segment(header)}.${segment(payload)}`
-  return `${input}.${sign('sha256', Buffer.from(input), privateKey).toString('base64url')}`
-}
 
 /** Claims as the service issues them, valid for five minutes from now. */
 function claims (overrides: Record<string, unknown> = {}): Record<string, unknown> {
@@ -140,15 +119,15 @@ test('hostile tokens', async (t) => {
 
   t.test('alg none with an empty signature', async (t) => {
     const payload = claims()
-    assertInvalid(t, await verify(app, `${segment({ alg: 'none', typ: 'JWT', kid })}.${segment(payload)}.`), 'invalid_algorithm')
-    assertInvalid(t, await verify(app, `${segment({ alg: 'none', typ: 'JWT' })}.${segment(payload)}.`), 'invalid_algorithm')
+    assertInvalid(t, await verify(app, `${jwtSegment({ alg: 'none', typ: 'JWT', kid })}.${jwtSegment(payload)}.`), 'invalid_algorithm')
+    assertInvalid(t, await verify(app, `${jwtSegment({ alg: 'none', typ: 'JWT' })}.${jwtSegment(payload)}.`), 'invalid_algorithm')
     for (const alg of ['None', 'NONE', 'nOnE']) {
-      assertInvalid(t, await verify(app, `${segment({ alg, typ: 'JWT', kid })}.${segment(payload)}.`), 'invalid_algorithm')
+      assertInvalid(t, await verify(app, `${jwtSegment({ alg, typ: 'JWT', kid })}.${jwtSegment(payload)}.`), 'invalid_algorithm')
     }
   })
 
   t.test('HS256 keyed with our public key PEM (key confusion)', async (t) => {
-    const input = `${segment({ alg: 'HS256', typ: 'JWT', kid })}.${segment(claims())}`
+    const input = `${jwtSegment({ alg: 'HS256', typ: 'JWT', kid })}.${jwtSegment(claims())}`
     const mac = createHmac('sha256', testKeys.publicKey).update(input).digest('base64url')
     assertInvalid(t, await verify(app, `${input}.${mac}`), 'invalid_algorithm')
     const macTrimmed = createHmac('sha256', testKeys.publicKey.trim()).update(input).digest('base64url')
@@ -213,7 +192,7 @@ test('hostile tokens', async (t) => {
     const genuine = (await issueTokens(app, CLIENT_ID, CLIENT_SECRET)).access_token
     const [h, p, s] = genuine.split('.') as [string, string, string]
     const payload = decodeJwt(genuine).payload
-    const forgedPayload = segment({ ...payload, sub: 'svc-admin' })
+    const forgedPayload = jwtSegment({ ...payload, sub: 'svc-admin' })
     assertInvalid(t, await verify(app, `${h}.${forgedPayload}.${s}`), 'invalid_signature')
     assertInvalid(t, await verify(app, `${h}.${p}.${flipChar(s, Math.floor(s.length / 2))}`), 'invalid_signature')
     assertInvalid(t, await verify(app, `${h}.${p}.${flipChar(s, 0)}`), 'invalid_signature')
@@ -229,9 +208,9 @@ test('hostile tokens', async (t) => {
       abc: 'abc',
       'a.b.c': 'a.b.c',
       empty: '',
-      'header not JSON': `${segment('{"alg":"RS256",')}.${p}.${s}`,
-      'header a JSON array': `${segment('["RS256"]')}.${p}.${s}`,
-      'header JSON null': `${segment('null')}.${p}.${s}`,
+      'header not JSON': `${jwtSegment('{"alg":"RS256",')}.${p}.${s}`,
+      'header a JSON array': `${jwtSegment('["RS256"]')}.${p}.${s}`,
+      'header JSON null': `${jwtSegment('null')}.${p}.${s}`,
       'a string of 9000 characters': 'a'.repeat(9000),
       'a genuine token with a fourth segment': `${genuine}.${s}`,
       'payload not JSON, signed with our key': signRs256(header, 'not json')
@@ -251,10 +230,10 @@ test('hostile tokens', async (t) => {
     const signatureLength = signRs256(header, claims()).split('.')[2]?.length ?? 0
     const padded = (length: number): { token: string, payload: Record<string, unknown> } => {
       for (const spaces of ['', ' ', '  ']) {
-        const headerSegment = segment(JSON.stringify(header) + spaces)
+        const headerSegment = jwtSegment(JSON.stringify(header) + spaces)
         for (let pad = 0; pad < length; pad++) {
           const payload = claims({ pad: 'x'.repeat(pad) })
-          const input = `${headerSegment}.${segment(payload)}`
+          const input = `${headerSegment}.${jwtSegment(payload)}`
           const total = input.length + 1 + signatureLength
           if (total > length) break
           if (total === length) {

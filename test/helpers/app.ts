@@ -1,0 +1,72 @@
+// The app as the server runs it, built against the test databases: every
+// build() gets a database of its own (created here, dropped at teardown) and
+// a Redis key prefix of its own, so test files run in parallel safely.
+import { Writable } from 'node:stream'
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import app, { options } from '../../app.js'
+import { loadConfig, type Config } from '../../plugins/config.js'
+import { createDatabase, embeddedDir, trackEmbedded } from './databases.js'
+import { testKeys } from './jwt.js'
+import { createRedisPrefix } from './redis.js'
+import { backends, TEST_REDIS_URL, type TestContext } from './servers.js'
+
+export interface BuildOptions {
+  /** Environment variables on top of the test defaults. */
+  env?: Record<string, string>
+  /** Share a database with another instance (created otherwise). */
+  databaseUrl?: string
+  /** Share a Redis prefix with another instance (created otherwise). */
+  redisPrefix?: string
+}
+
+export interface TestApp {
+  app: FastifyInstance
+  config: Config
+  databaseUrl: string
+  redisPrefix: string
+}
+
+export function testEnv (databaseUrl: string, redisPrefix: string, env: Record<string, string> = {}): Record<string, string> {
+  const dir = embeddedDir(databaseUrl)
+  return {
+    ...(dir === undefined ? { DATABASE_URL: databaseUrl } : { DATA_DIR: dir }),
+    ...(backends.redis ? { REDIS_URL: TEST_REDIS_URL } : {}),
+    REDIS_KEY_PREFIX: redisPrefix,
+    JWT_PRIVATE_KEY: testKeys.privateKey,
+    JWT_PUBLIC_KEY: testKeys.publicKey,
+    LOG_LEVEL: 'silent',
+    ...env
+  }
+}
+
+async function buildWith (t: TestContext, buildOptions: BuildOptions, logger: FastifyServerOptions['logger']): Promise<TestApp> {
+  const databaseUrl = buildOptions.databaseUrl ?? await createDatabase(t)
+  const redisPrefix = buildOptions.redisPrefix ?? createRedisPrefix(t)
+  const config = loadConfig(testEnv(databaseUrl, redisPrefix, buildOptions.env))
+  const instance = Fastify({ ...options, logger })
+  await instance.register(app, { config })
+  t.teardown(async () => await instance.close())
+  trackEmbedded(instance, databaseUrl)
+  await instance.ready()
+  return { app: instance, config, databaseUrl, redisPrefix }
+}
+
+/** The app as the server runs it, ready, closed at teardown. */
+export async function build (t: TestContext, buildOptions: BuildOptions = {}): Promise<TestApp> {
+  return await buildWith(t, buildOptions, false)
+}
+
+/** The app with a warn-level logger whose lines are collected in `lines`. */
+export async function buildLogged (t: TestContext, env: Record<string, string>): Promise<{ instance: FastifyInstance, lines: Array<Record<string, unknown>> }> {
+  const lines: Array<Record<string, unknown>> = []
+  const stream = new Writable({
+    write (chunk: Buffer, _encoding, callback) {
+      for (const line of chunk.toString().split('\n')) {
+        if (line.trim() !== '') lines.push(JSON.parse(line))
+      }
+      callback()
+    }
+  })
+  const { app: instance } = await buildWith(t, { env }, { level: 'warn', stream })
+  return { instance, lines }
+}
