@@ -26,6 +26,9 @@ export async function scanKeys (redis: Redis, pattern: string): Promise<string[]
 
 export const globEscape = (value: string): string => value.replace(/[*?[\]\\]/g, '\\$&')
 
+/** The shape of every test's Redis key prefix (test/helpers/redis.ts createRedisPrefix). */
+const TEST_PREFIX = /^ss-test:\d+:[0-9a-f]{8}:/
+
 export interface InjectionScene {
   app: FastifyInstance
   databaseUrl: string
@@ -109,5 +112,9 @@ export async function assertNothingChanged (t: Test, scene: InjectionScene): Pro
   for (const pattern of patterns) {
     for (const key of await scanKeys(redis, pattern)) if (!before.has(key)) created.push(key)
   }
-  t.strictSame(created.filter((key) => !key.startsWith(redisPrefix)), [], 'no key holding an injected string was created outside the test\'s prefix')
+  // A key under another test's prefix is that test's app at work (test files
+  // run side by side and send the same strings); a key that escaped its
+  // prefix would be under none. This run's marked keys must be under its own.
+  const escaped = created.filter((key) => key.includes(marker) ? !key.startsWith(redisPrefix) : !TEST_PREFIX.test(key))
+  t.strictSame(escaped, [], 'no key holding an injected string was created outside the test\'s prefix')
 }
