@@ -91,3 +91,22 @@ test('concurrent requests with a secret not yet remembered share one bcrypt comp
   await tokenRequest(app, { grant_type: 'client_credentials' }, { authorization: basicAuth('svc-burst', 'burst-secret') })
   t.equal(await compares() - before, 1, 'and none for a later request: the secret is remembered')
 })
+
+test('a secret hashed below BCRYPT_COST is hashed again at that cost after its first success, and keeps working', async (t) => {
+  const { app, databaseUrl } = await build(t, { env: { BCRYPT_COST: '11' } })
+  await insertClient(databaseUrl, { id: 'svc-cheap', secret: 'a cheaply hashed secret' })
+  const storedHash = async (): Promise<string | undefined> =>
+    (await sql<{ hash: string }>(databaseUrl, 'SELECT client_secret_hash AS hash FROM clients WHERE client_id = $1', ['svc-cheap']))[0]?.hash
+  t.match(await storedHash(), /^\$2[aby]\$10\$/, 'inserted at cost 10')
+  const auth = (secret: string): Record<string, string> => ({ authorization: basicAuth('svc-cheap', secret) })
+  t.equal((await tokenRequest(app, { grant_type: 'client_credentials' }, auth('a wrong secret'))).statusCode, 401)
+  t.match(await storedHash(), /^\$2[aby]\$10\$/, 'a failure changes nothing')
+  t.equal((await tokenRequest(app, { grant_type: 'client_credentials' }, auth('a cheaply hashed secret'))).statusCode, 200)
+  // In the background, after the answer: waited for, not timed.
+  const deadline = Date.now() + 30_000
+  while (!/^\$2[aby]\$11\$/.test(await storedHash() ?? '') && Date.now() < deadline) await sleep(100)
+  t.match(await storedHash(), /^\$2[aby]\$11\$/, 'stored again at BCRYPT_COST')
+  t.ok(await bcrypt.compare('a cheaply hashed secret', await storedHash() ?? ''), 'the new hash is of the same secret')
+  t.equal((await tokenRequest(app, { grant_type: 'client_credentials' }, auth('a cheaply hashed secret'))).statusCode, 200, 'the secret still works')
+  t.equal((await tokenRequest(app, { grant_type: 'client_credentials' }, auth('a wrong secret'))).statusCode, 401, 'and a wrong one still fails')
+})

@@ -35,8 +35,11 @@ function pairedRatio (numerators: number[], denominators: number[]): number {
   return median(numerators.map((value, round) => value / (denominators[round] ?? Number.NaN)))
 }
 
+// The service's default cost, which the CLI hashes at: what the timing defences are measured against.
+const SERVICE_COST = { BCRYPT_COST: '12' }
+
 test('an unknown client and a wrong secret: the same answer, after the same bcrypt work', async (t) => {
-  const { app } = await build(t, { env: { SECRET_CACHE_TTL: '0' } })
+  const { app } = await build(t, { env: { ...SERVICE_COST, SECRET_CACHE_TTL: '0' } })
   // Hashed as the CLI hashes secrets (its bcrypt cost).
   await insertClientRow(app.db, { id: 'svc-real', secret: 'the-real-secret' })
 
@@ -65,7 +68,7 @@ test('an unknown client and a wrong secret: the same answer, after the same bcry
 })
 
 test('a client inserted with a cheaper hash (the original service\'s SQL, cost 10) cannot be told from an unknown one by time', async (t) => {
-  const { app, databaseUrl } = await build(t, { env: { SECRET_CACHE_TTL: '0' } })
+  const { app, databaseUrl } = await build(t, { env: { ...SERVICE_COST, SECRET_CACHE_TTL: '0' } })
   await insertClient(databaseUrl, { id: 'svc-cheap', secret: 'the-cheap-secret' })
   await attempt(app, 'svc-warm-up', 'nothing', '192.0.2.1')
 
@@ -85,7 +88,7 @@ test('a client inserted with a cheaper hash (the original service\'s SQL, cost 1
 })
 
 test('compares are not shared across client ids: the in-flight gap tells nothing', async (t) => {
-  const { app } = await build(t, { env: { SECRET_CACHE_TTL: '0', AUTH_FAILURE_LIMIT_PER_ADDRESS: '1000', AUTH_FAILURE_LIMIT: '1000' } })
+  const { app } = await build(t, { env: { ...SERVICE_COST, SECRET_CACHE_TTL: '0', AUTH_FAILURE_LIMIT_PER_ADDRESS: '1000', AUTH_FAILURE_LIMIT: '1000' } })
   await insertClientRow(app.db, { id: 'svc-known', secret: 'the-known-secret' })
   await attempt(app, 'svc-warm-up', 'nothing', '192.0.2.1')
 
