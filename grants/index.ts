@@ -14,15 +14,9 @@ export const GRANTS: ReadonlyMap<string, Grant> = new Map([clientCredentials, re
 /** The supported grant_type values, in registry order (discovery, metrics). */
 export const GRANT_TYPES: readonly string[] = [...GRANTS.keys()]
 
-/** The grant types a client may use when nothing else is registered for it (the column's default). */
-export const DEFAULT_CLIENT_GRANT_TYPES: readonly string[] = ['client_credentials', 'refresh_token']
-
 /** RFC 6749 §5.2 unauthorized_client unless the client is registered for the grant. */
 function requireGrantAllowed (client: Client, grantType: string): void {
-  // A record cached by a release that did not read grant_types has none: it
-  // gets the column's default, as that release did.
-  const allowed: readonly string[] = (client.grantTypes as string[] | undefined) ?? DEFAULT_CLIENT_GRANT_TYPES
-  if (!allowed.includes(grantType)) {
+  if (!client.grantTypes.includes(grantType)) {
     throw new OAuthError(400, 'unauthorized_client', `the client may not use the grant type ${grantType}`)
   }
 }

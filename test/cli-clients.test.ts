@@ -4,7 +4,7 @@
 // honours each change at once (the CLI announces it through Redis).
 import { readdirSync } from 'node:fs'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { test } from 'tap'
+import { test, type Test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { backends, build, decodeJwt, sql, TEST_REDIS_URL, tokenRequest } from './helper.js'
 import { assertTokenError, basic, cli, CLIENT_CREDENTIALS, failed, GENERATED_SECRET, parsed, succeeded } from './helpers/cli.js'
@@ -31,6 +31,40 @@ async function answersWithin (service: FastifyInstance, headers: Record<string, 
     if (res.statusCode === status || Date.now() > deadline) return res
     await sleep(20)
   }
+}
+
+/** list, as a table and as JSON, and show: the client as created, and never its secret or hash. */
+async function assertListedAndShown (t: Test, options: { env: Record<string, string>, cwd: string }, id: string, secret: string, view: Record<string, unknown>): Promise<void> {
+  const [table, listed, shown] = await Promise.all([
+    cli(t, ['clients', 'list'], options),
+    cli(t, ['clients', 'list', '--json'], options),
+    cli(t, ['clients', 'show', id], options)
+  ])
+  let res = table
+  succeeded(t, res, 'clients list')
+  const lines = res.stdout.trimEnd().split('\n')
+  t.equal(lines.length, 2, 'the table: a header and one client')
+  t.match(lines[0], /^CLIENT_ID\s+STATUS\s+NAME\s+SCOPES\s+AUDIENCES$/, 'the table header')
+  t.match(lines[1], new RegExp(`^${id}\\s+enabled\\s+x\\s+read write\\s+other$`), 'the client\'s row')
+  t.notOk(res.stdout.includes(secret), 'the list shows no secret')
+
+  res = listed
+  succeeded(t, res, 'clients list --json')
+  t.strictSame(parsed(t, res, 'clients list --json'), [view], 'list --json: the client as created, without its secret')
+
+  res = shown
+  succeeded(t, res, 'clients show')
+  t.match(res.stdout, new RegExp(`^client_id:\\s+${id}$`, 'm'), 'show: the id')
+  t.match(res.stdout, /^name:\s+x$/m, 'show: the name')
+  t.match(res.stdout, /^status:\s+enabled$/m, 'show: the status')
+  t.match(res.stdout, /^scopes:\s+read write$/m, 'show: the scopes')
+  t.match(res.stdout, /^default_scopes:\s+read$/m, 'show: the default scope')
+  t.match(res.stdout, /^audiences:\s+other$/m, 'show: the audience')
+  t.match(res.stdout, /^rate_limit:\s+5$/m, 'show: the rate limit')
+  t.match(res.stdout, /^authentication:\s+client_secret$/m, 'show: how it authenticates')
+  t.notOk(res.stdout.includes(secret), 'show prints no secret')
+  t.notMatch(res.stdout, /secret:|hash/i, 'show prints no secret or hash field')
+  t.notMatch(res.stdout, BCRYPT_HASH, 'show prints no bcrypt hash')
 }
 
 test('PostgreSQL: a client created, rotated, disabled, enabled and deleted with the CLI; the running app follows each step at once', { skip: needsServers }, async (t) => {
@@ -71,37 +105,7 @@ test('PostgreSQL: a client created, rotated, disabled, enabled and deleted with 
   t.equal(decodeJwt(token.json().access_token).payload.scope, 'read', 'a request naming no scope gets the --default-scope')
   t.equal(token.headers['x-ratelimit-limit'], '5', 'the --rate-limit applies to the client')
 
-  // list, as a table and as JSON; show
-  const [table, listed, shown] = await Promise.all([
-    cli(t, ['clients', 'list'], { env, cwd }),
-    cli(t, ['clients', 'list', '--json'], { env, cwd }),
-    cli(t, ['clients', 'show', id], { env, cwd })
-  ])
-  res = table
-  succeeded(t, res, 'clients list')
-  const lines = res.stdout.trimEnd().split('\n')
-  t.equal(lines.length, 2, 'the table: a header and one client')
-  t.match(lines[0], /^CLIENT_ID\s+STATUS\s+NAME\s+SCOPES\s+AUDIENCES$/, 'the table header')
-  t.match(lines[1], new RegExp(`^${id}\\s+enabled\\s+x\\s+read write\\s+other$`), 'the client\'s row')
-  t.notOk(res.stdout.includes(secret), 'the list shows no secret')
-
-  res = listed
-  succeeded(t, res, 'clients list --json')
-  t.strictSame(parsed(t, res, 'clients list --json'), [view], 'list --json: the client as created, without its secret')
-
-  res = shown
-  succeeded(t, res, 'clients show')
-  t.match(res.stdout, new RegExp(`^client_id:\\s+${id}$`, 'm'), 'show: the id')
-  t.match(res.stdout, /^name:\s+x$/m, 'show: the name')
-  t.match(res.stdout, /^status:\s+enabled$/m, 'show: the status')
-  t.match(res.stdout, /^scopes:\s+read write$/m, 'show: the scopes')
-  t.match(res.stdout, /^default_scopes:\s+read$/m, 'show: the default scope')
-  t.match(res.stdout, /^audiences:\s+other$/m, 'show: the audience')
-  t.match(res.stdout, /^rate_limit:\s+5$/m, 'show: the rate limit')
-  t.match(res.stdout, /^authentication:\s+client_secret$/m, 'show: how it authenticates')
-  t.notOk(res.stdout.includes(secret), 'show prints no secret')
-  t.notMatch(res.stdout, /secret:|hash/i, 'show prints no secret or hash field')
-  t.notMatch(res.stdout, BCRYPT_HASH, 'show prints no bcrypt hash')
+  await assertListedAndShown(t, { env, cwd }, id, secret, view)
 
   // rotate-secret: the old secret is refused at once, the new one works
   res = await cli(t, ['clients', 'rotate-secret', id, '--json'], { env, cwd })

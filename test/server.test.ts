@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises'
-import { test } from 'tap'
-import { basicAuth, createDatabase, createRedisPrefix, freePort, generateRsaKeyPair, insertClient, needs, ServerProcess, testEnv } from './helper.js'
+import { test, type Test } from 'tap'
+import { basicAuth, createDatabase, createRedisPrefix, freePort, generateRsaKeyPair, insertClient, needs, ServerProcess, testEnv, waitForHealth } from './helper.js'
 
 const FORM_TYPE = 'application/x-www-form-urlencoded'
 
@@ -51,48 +51,39 @@ test('a Redis that does not answer at start stops the process within about 10 s,
   t.notMatch(server.stdout + server.stderr, /^\s*at /m, 'no stack frames')
 })
 
-test('the server process: serves over HTTP, drains in-flight requests on SIGTERM, keeps secrets out of its log', { skip: needs.postgres }, async (t) => {
-  const databaseUrl = await createDatabase(t)
-  const port = await freePort()
-  const base = `http://127.0.0.1:${port}`
-  // A short delay: test/shutdown.test.ts covers the delay itself.
-  const shutdownDelayMs = 1000
-  const server = new ServerProcess(t, testEnv(databaseUrl, createRedisPrefix(t), {
-    SERVER_PORT: String(port),
-    SERVER_HOST: '127.0.0.1',
-    LOG_LEVEL: 'info',
-    SHUTDOWN_DELAY: `${shutdownDelayMs / 1000}s`
-  }))
+/** The client's calls to a running server process, over a real socket. */
+interface ProcessClient {
+  post: (path: string, fields: Record<string, string>) => Promise<Response>
+  verify: (token: string) => Promise<unknown>
+  authorization: string
+  secret: string
+}
 
-  // Ready when /health answers 200 over a real socket.
-  const deadline = Date.now() + 20_000
-  let healthStatus = 0
-  while (healthStatus !== 200 && server.running && Date.now() < deadline) {
-    try {
-      healthStatus = (await fetch(`${base}/health`, { signal: AbortSignal.timeout(2000) })).status
-    } catch {
-      await sleep(100)
+async function processClient (t: Test, base: string, databaseUrl: string): Promise<ProcessClient> {
+  const secret = 'process secret+/:ü'
+  await insertClient(databaseUrl, { id: PROCESS_CLIENT, secret })
+  const authorization = basicAuth(PROCESS_CLIENT, secret)
+  return {
+    authorization,
+    secret,
+    post: async (path, fields) => await fetch(`${base}${path}`, {
+      method: 'POST',
+      headers: { authorization, 'content-type': FORM_TYPE },
+      body: new URLSearchParams(fields).toString()
+    }),
+    verify: async (token) => {
+      const res = await fetch(`${base}/oauth/verify`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token }) })
+      t.equal(res.status, 200, 'verify answers 200')
+      return await res.json()
     }
   }
-  t.equal(healthStatus, 200, `GET /health answers 200 (stderr: ${server.stderr})`)
-  if (healthStatus !== 200) return
+}
 
-  const clientId = 'svc-process'
-  const secret = 'process secret+/:ü'
-  await insertClient(databaseUrl, { id: clientId, secret })
-  const authorization = basicAuth(clientId, secret)
-  const post = async (path: string, fields: Record<string, string>): Promise<Response> => await fetch(`${base}${path}`, {
-    method: 'POST',
-    headers: { authorization, 'content-type': FORM_TYPE },
-    body: new URLSearchParams(fields).toString()
-  })
-  const verify = async (token: string): Promise<unknown> => {
-    const res = await fetch(`${base}/oauth/verify`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token }) })
-    t.equal(res.status, 200, 'verify answers 200')
-    return await res.json()
-  }
+const PROCESS_CLIENT = 'svc-process'
+
+/** Every grant, verify and both revocations; returns the tokens issued. */
+async function exerciseEndpoints (t: Test, { post, verify }: ProcessClient): Promise<string[]> {
   const issued: string[] = []
-
   const tokenRes = await post('/oauth/token', { grant_type: 'client_credentials' })
   t.equal(tokenRes.status, 200, 'client_credentials with Basic auth')
   t.equal(tokenRes.headers.get('cache-control'), 'no-store')
@@ -107,7 +98,7 @@ test('the server process: serves over HTTP, drains in-flight requests on SIGTERM
   t.not(second.access_token, first.access_token, 'a new access token')
   t.not(second.refresh_token, first.refresh_token, 'a new refresh token')
 
-  t.match(await verify(second.access_token), { valid: true, claims: { sub: clientId, client_id: clientId, iss: 'session-service', aud: 'api' } })
+  t.match(await verify(second.access_token), { valid: true, claims: { sub: PROCESS_CLIENT, client_id: PROCESS_CLIENT, iss: 'session-service', aud: 'api' } })
 
   const revokeAccess = await post('/oauth/revoke', { token: second.access_token, token_type_hint: 'access_token' })
   t.equal(revokeAccess.status, 200, 'revoke the access token')
@@ -119,9 +110,15 @@ test('the server process: serves over HTTP, drains in-flight requests on SIGTERM
   const afterRevoke = await post('/oauth/token', { grant_type: 'refresh_token', refresh_token: second.refresh_token })
   t.equal(afterRevoke.status, 400)
   t.equal((await afterRevoke.json() as { error: string }).error, 'invalid_grant', 'the revoked refresh token no longer works')
+  return issued
+}
 
-  // SIGTERM while requests are in flight: once the server has received them
-  // (it logs "incoming request" for each), it must answer all of them.
+/**
+ * SIGTERM while requests are in flight: once the server has received them
+ * (it logs "incoming request" for each), it must answer all of them, then
+ * exit 0. Returns the tokens they were given.
+ */
+async function sigtermWithRequestsInFlight (t: Test, server: ServerProcess, { post }: ProcessClient, shutdownDelayMs: number): Promise<string[]> {
   const received = (): number => server.logLines().filter((line) => line.msg === 'incoming request' &&
     (line.req as { url?: string } | undefined)?.url === '/oauth/token').length
   const before = received()
@@ -138,6 +135,7 @@ test('the server process: serves over HTTP, drains in-flight requests on SIGTERM
   const answers = await Promise.allSettled(inFlight)
   t.strictSame(answers.map((answer) => answer.status === 'fulfilled' ? answer.value.status : String(answer.reason)), [200, 200, 200, 200, 200],
     'every in-flight request gets a complete 200 response')
+  const issued: string[] = []
   for (const answer of answers) {
     if (answer.status !== 'fulfilled') continue
     const body = JSON.parse(answer.value.body) as TokenBody
@@ -148,6 +146,28 @@ test('the server process: serves over HTTP, drains in-flight requests on SIGTERM
   const exitMs = Date.now() - killedAt
   t.strictSame(exit, { code: 0, signal: null }, 'exit code 0 after SIGTERM')
   t.ok(exitMs < shutdownDelayMs + 10_000, `exited ${exitMs} ms after SIGTERM, within SHUTDOWN_DELAY + 10 s`)
+  return issued
+}
+
+test('the server process: serves over HTTP, drains in-flight requests on SIGTERM, keeps secrets out of its log', { skip: needs.postgres }, async (t) => {
+  const databaseUrl = await createDatabase(t)
+  const port = await freePort()
+  const base = `http://127.0.0.1:${port}`
+  // A short delay: test/shutdown.test.ts covers the delay itself.
+  const shutdownDelayMs = 1000
+  const server = new ServerProcess(t, testEnv(databaseUrl, createRedisPrefix(t), {
+    SERVER_PORT: String(port),
+    SERVER_HOST: '127.0.0.1',
+    LOG_LEVEL: 'info',
+    SHUTDOWN_DELAY: `${shutdownDelayMs / 1000}s`
+  }))
+  const healthStatus = await waitForHealth(base, () => server.running, 20_000)
+  t.equal(healthStatus, 200, `GET /health answers 200 (stderr: ${server.stderr})`)
+  if (healthStatus !== 200) return
+
+  const client = await processClient(t, base, databaseUrl)
+  const issued = [...await exerciseEndpoints(t, client), ...await sigtermWithRequestsInFlight(t, server, client, shutdownDelayMs)]
+  const { authorization, secret } = client
 
   t.test('the log has lines, and no credential or token in them', async (t) => {
     const lines = server.logLines()

@@ -68,12 +68,12 @@ test('Redis records: sealed, durable, shared', { skip: needs.redis }, async (t) 
   const { rows } = await db.query("SELECT 1 FROM revocations WHERE kind = 'session' AND id = $1", [record.sid])
   t.equal(rows.length, 1, 'the session revoked on reuse is recorded in PostgreSQL too')
 
-  await store.clientCache.set('client:v3:svc-a', '{"id":"svc-a"}', 60_000)
-  t.equal(await store.clientCache.get('client:v3:svc-a'), '{"id":"svc-a"}', 'a cached value reads back')
-  await store.clientCache.del('client:v3:svc-a')
-  t.equal(await store.clientCache.get('client:v3:svc-a'), null, 'and is gone once deleted')
-  await redis.set('client:v3:svc-b', '{"id":"svc-b"}')
-  t.equal(await store.clientCache.get('client:v3:svc-b'), null, 'a value this service did not write reads as absent')
+  await store.clientCache.set('client:v4:svc-a', '{"id":"svc-a"}', 60_000)
+  t.equal(await store.clientCache.get('client:v4:svc-a'), '{"id":"svc-a"}', 'a cached value reads back')
+  await store.clientCache.del('client:v4:svc-a')
+  t.equal(await store.clientCache.get('client:v4:svc-a'), null, 'and is gone once deleted')
+  await redis.set('client:v4:svc-b', '{"id":"svc-b"}')
+  t.equal(await store.clientCache.get('client:v4:svc-b'), null, 'a value this service did not write reads as absent')
 
   const changed: string[] = []
   const unsubscribe = await store.clientCache.subscribe((clientId) => { changed.push(clientId) })
@@ -93,7 +93,7 @@ test('each call names the dependency that failed', { skip: needs.redis || needs.
   const iat = Math.floor(Date.now() / 1000)
   const record = { client_id: 'svc-a', sid: randomUUID(), scope: '', aud: 'api', iat, exp: iat + 3600 }
   t.equal(await failedDependency(store.refreshTokens.put('h', record)), 'postgresql', 'sealing a record reads the secret from PostgreSQL')
-  t.equal(await failedDependency(store.clientCache.set('client:v3:x', '{}', 1000)), 'postgresql', 'so does caching a client')
+  t.equal(await failedDependency(store.clientCache.set('client:v4:x', '{}', 1000)), 'postgresql', 'so does caching a client')
   t.equal(await failedDependency(store.revocations.denyAccessToken(randomUUID(), iat + 60)), 'postgresql', 'the durable revocation')
   t.equal(await failedDependency(store.revocations.revokeSession(randomUUID(), 60)), 'postgresql', 'the durable session revocation')
   t.equal(await failedDependency(store.replayGuard.recordOnce(`marker:${randomUUID()}`, iat + 60)), undefined, 'what needs Redis alone still works')
