@@ -247,6 +247,31 @@ class BcryptQueue {
 }
 
 /**
+ * The last few durations of one kind of work, and their median: one slow
+ * outlier (a cold worker's first compare, a pause of the machine) moves it
+ * no more than any other sample, and it is forgotten after `size` more.
+ */
+class RecentDurations {
+  readonly #samples: number[] = []
+  readonly #size: number
+
+  constructor (size: number) {
+    this.#size = size
+  }
+
+  add (ms: number): void {
+    this.#samples.push(ms)
+    if (this.#samples.length > this.#size) this.#samples.shift()
+  }
+
+  median (): number | undefined {
+    if (this.#samples.length === 0) return undefined
+    const sorted = [...this.#samples].sort((a, b) => a - b)
+    return sorted[Math.floor(sorted.length / 2)]
+  }
+}
+
+/**
  * Secrets verified recently, by an HMAC of secret and hash under a key of
  * this process (never the secret itself), each for `ttlMs` after its check.
  * Insertion order is expiry order (every entry lives ttlMs), so the oldest
@@ -306,12 +331,12 @@ export default fp(async (fastify) => {
   const remembered = new RememberedSecrets(config.secretCacheTtl * 1000)
   const inFlight = new Map<string, Promise<SecretCheck>>()
 
-  // The time of a compare at the service's cost, as measured here (a moving
-  // average); before the first such compare, estimated from the one at hand.
-  let serviceCompareMs: number | undefined
+  // The time of a compare at the service's cost, as measured here (the median
+  // of the last fifteen); before the first such compare, estimated from the
+  // one at hand.
+  const serviceCompares = new RecentDurations(15)
   function observe (cost: number, ms: number): void {
-    if (cost !== config.bcryptCost) return
-    serviceCompareMs = serviceCompareMs === undefined ? ms : serviceCompareMs * 0.8 + ms * 0.2
+    if (cost === config.bcryptCost) serviceCompares.add(ms)
   }
 
   async function compare (secret: string, hash: string, lane: string, isGone?: () => boolean): Promise<SecretCheck> {
@@ -369,7 +394,7 @@ export default fp(async (fastify) => {
 
   async function padFailure (result: SecretCheck): Promise<void> {
     if (result.compareMs === undefined || result.cost === 0 || result.cost >= config.bcryptCost) return
-    const expected = serviceCompareMs ?? result.compareMs * 2 ** (config.bcryptCost - result.cost)
+    const expected = serviceCompares.median() ?? result.compareMs * 2 ** (config.bcryptCost - result.cost)
     const wait = expected - result.compareMs
     if (wait > 0) await sleep(wait)
   }
