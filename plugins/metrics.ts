@@ -176,7 +176,7 @@ export default fp(async (fastify) => {
     logLevel: 'warn',
     exposeHeadRoute: false,
     config: { disableMetrics: true },
-    schema: { hide: true }
+    schema: { hide: true, response: { 200: { type: 'string', description: 'Prometheus text exposition format' } } }
   }, async (request, reply) => {
     const text = await registry.metrics()
     return reply.header('cache-control', 'no-store').type(registry.contentType).send(text)
