@@ -127,7 +127,9 @@ test('every endpoint, under generated requests: bounded, no 5xx, documented stat
     t.ok(details.numRuns >= Math.min(NUM_RUNS, 50), `enough requests ran (${details.numRuns})`)
     // Deeper paths were reached: real credentials and tokens got through.
     const reached = (pattern: RegExp): number => [...stats.entries()].filter(([k]) => pattern.test(k)).reduce((sum, [, n]) => sum + n, 0)
-    t.ok(reached(/^\/oauth\/token 200$/) > 0, 'some token requests succeeded (real client credentials)')
+    // All three authenticate the client: a 200 from any of them got through with
+    // real credentials (a seed may generate no valid token request among 300).
+    t.ok(reached(/^\/oauth\/(token|revoke|introspect) 200$/) > 0, 'some authenticated requests succeeded (real client credentials)')
     t.ok(reached(/^\/oauth\/(token|revoke|introspect) 401$/) > 0, 'some client authentications failed')
   }
 })
