@@ -53,11 +53,16 @@ ENV DATA_DIR=/data
 RUN mkdir -p /data && chown node:node /data && chmod 700 /data
 VOLUME ["/data"]
 USER node
-EXPOSE 8080
-# /health answers 503 when PostgreSQL or Redis is unreachable. No curl in a
+# The admin listener (metrics, readiness, liveness, docs, admin API) listens
+# on every interface of the container so that probes and scrapers reach it;
+# publish its port to the operators' network only (compose: 127.0.0.1).
+ENV ADMIN_HOST=0.0.0.0
+EXPOSE 8080 9090
+# /live depends on nothing but the process: an outage of PostgreSQL or Redis
+# must not get every container replaced (/ready reports those). No curl in a
 # slim image: node's own fetch asks.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
-  CMD ["node", "-e", "fetch('http://127.0.0.1:' + (process.env.SERVER_PORT || 8080) + '/health').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
+  CMD ["node", "-e", "fetch('http://127.0.0.1:' + (process.env.ADMIN_PORT || 9090) + '/live').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
 # Exec form: node is the process that receives SIGTERM (no shell between), and
 # drains before it exits: SHUTDOWN_DELAY (5 s) of service while load balancers
 # stop sending, then every request received is answered: about 6 s in all, at

@@ -3,6 +3,7 @@ import autoLoad from '@fastify/autoload'
 import fp from 'fastify-plugin'
 import type { FastifyPluginAsync, FastifyReply, FastifyServerOptions } from 'fastify'
 import type { Config } from './plugins/config.js'
+import { registerAdminRoutes } from './plugins/admin-listener.js'
 import { LOG_SERIALIZERS, REDACTED_PATHS } from './logging.js'
 
 export interface AppOptions {
@@ -50,20 +51,15 @@ export function instanceOptions (config: Config): FastifyServerOptions {
 }
 
 // The service as a plugin: every concern from plugins/ (ordered by their
-// declared dependencies), then every endpoint from routes/.
+// declared dependencies), then the endpoints: routes/public/ answer on the
+// public listener, routes/admin/ on the admin listener only.
 const serviceApp: FastifyPluginAsync<AppOptions> = async (fastify, opts) => {
-  await fastify.register(autoLoad, {
-    dir: join(import.meta.dirname, 'plugins'),
-    options: opts,
-    ignorePattern: /\.d\.ts$|\.map$/
-  })
-  await fastify.register(autoLoad, {
-    dir: join(import.meta.dirname, 'routes'),
-    // Each route file declares its full path, so that grepping for a URL
-    // finds its handler.
-    dirNameRoutePrefix: false,
-    ignorePattern: /\.d\.ts$|\.map$/
-  })
+  const ignorePattern = /\.d\.ts$|\.map$/
+  await fastify.register(autoLoad, { dir: join(import.meta.dirname, 'plugins'), options: opts, ignorePattern })
+  // Each route file declares its full path, so that grepping for a URL
+  // finds its handler.
+  await fastify.register(autoLoad, { dir: join(import.meta.dirname, 'routes', 'public'), dirNameRoutePrefix: false, ignorePattern })
+  await registerAdminRoutes(fastify, autoLoad, { dir: join(import.meta.dirname, 'routes', 'admin'), dirNameRoutePrefix: false, ignorePattern })
 }
 
 // Wrapped so that its decorators, error handler and hooks apply to the

@@ -107,6 +107,10 @@ closeWithGrace({ delay: config.shutdownDelayMs + EXIT_LIMIT_MS }, async ({ signa
 
 try {
   await server.listen({ host: config.host, port: config.port })
+  // Metrics, readiness, liveness, docs and the admin API; it keeps answering
+  // while the public listener drains (/ready then says so), and closes with
+  // the instance.
+  await server.listenAdmin({ host: config.adminHost, port: config.adminPort })
 } catch (err) {
   // A dependency unreachable at boot, a port in use: one line, exit 1.
   server.log.fatal({ cause: (err as Error).message }, 'could not start')

@@ -81,6 +81,12 @@ export interface Settings {
   pgPoolMax: number
   host: string
   port: number
+  /** where the admin listener (metrics, readiness, liveness, docs, admin API) listens */
+  adminHost: string
+  /** 0: a port the system picks (tests) */
+  adminPort: number
+  /** the scope an access token must carry to call the admin API */
+  adminScope: string
   logLevel: string
   /** Fastify's trustProxy: false, true, addresses and CIDR ranges, or a hop count (as a function) */
   trustProxy: boolean | string[] | ((address: string, hop: number) => boolean)
@@ -144,6 +150,9 @@ export const EnvSchema = Type.Object({
   PG_POOL_MAX: Type.Integer({ minimum: 1, maximum: 1000, default: 10 }),
   SERVER_HOST: Type.String({ minLength: 1, default: '0.0.0.0' }),
   SERVER_PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 8080 }),
+  ADMIN_HOST: Type.String({ minLength: 1, default: '127.0.0.1' }),
+  ADMIN_PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 9090 }),
+  ADMIN_SCOPE: Type.String({ minLength: 1, maxLength: 255, default: 'session-service:admin' }),
   LOG_LEVEL: Type.Enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], { default: 'info' }),
   TRUST_PROXY: Type.String({ default: 'false', maxLength: 4096 }),
   JWKS_URI_ALLOW_PRIVATE: Type.Boolean({ default: false }),
@@ -181,6 +190,17 @@ function parseScopes (variable: string, value: string): string[] {
   const bad = scopes.find((scope) => !SCOPE_TOKEN.test(scope))
   if (bad !== undefined) throw new ConfigError(variable, `"${bad}" is not a valid scope (RFC 6749 §3.3)`)
   return [...new Set(scopes)]
+}
+
+// One port cannot serve both listeners; 0 asks the system for a free one each.
+function adminPort (adminPort: number, serverPort: number): number {
+  if (adminPort !== 0 && adminPort === serverPort) throw new ConfigError('ADMIN_PORT', `must differ from SERVER_PORT (${serverPort})`)
+  return adminPort
+}
+
+function parseAdminScope (value: string): string {
+  if (!SCOPE_TOKEN.test(value)) throw new ConfigError('ADMIN_SCOPE', `"${value.slice(0, 64)}" is not a valid scope (RFC 6749 §3.3)`)
+  return value
 }
 
 function isHttpUrl (value: string): boolean {
@@ -319,6 +339,9 @@ function settingsFromEnv (raw: Env, cwd: string): Settings {
     pgPoolMax: raw.PG_POOL_MAX,
     host: raw.SERVER_HOST,
     port: raw.SERVER_PORT,
+    adminHost: raw.ADMIN_HOST,
+    adminPort: adminPort(raw.ADMIN_PORT, raw.SERVER_PORT),
+    adminScope: parseAdminScope(raw.ADMIN_SCOPE),
     logLevel: raw.LOG_LEVEL,
     trustProxy: parseTrustProxy(raw.TRUST_PROXY),
     jwksUriAllowPrivate: raw.JWKS_URI_ALLOW_PRIVATE,

@@ -3,6 +3,7 @@ import fastifyMetricsModule from 'fastify-metrics'
 import { Counter, Gauge, Registry } from 'prom-client'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { GRANT_TYPES } from '../grants/index.js'
+import { ADMIN_ONLY } from './admin-listener.js'
 
 /** Each ping of a scrape gives up after this long, so a scrape never hangs on a dead dependency. */
 const SCRAPE_PING_TIMEOUT_MS = 500
@@ -173,6 +174,7 @@ export default fp(async (fastify) => {
   // Plain text for Prometheus; hidden from the API docs and from the latency
   // histogram, since it is not part of the API.
   fastify.get('/metrics', {
+    constraints: ADMIN_ONLY,
     logLevel: 'warn',
     exposeHeadRoute: false,
     config: { disableMetrics: true },
@@ -181,4 +183,4 @@ export default fp(async (fastify) => {
     const text = await registry.metrics()
     return reply.header('cache-control', 'no-store').type(registry.contentType).send(text)
   })
-}, { name: 'metrics', dependencies: ['clients', 'secrets', 'store', 'dependency-probe'] })
+}, { name: 'metrics', dependencies: ['admin-listener', 'clients', 'secrets', 'store', 'dependency-probe'] })

@@ -4,6 +4,7 @@ import fp from 'fastify-plugin'
 import fastifySwagger, { type SwaggerTransform } from '@fastify/swagger'
 import fastifySwaggerUi from '@fastify/swagger-ui'
 import type { FastifySchema } from 'fastify'
+import { registerAdminRoutes } from './admin-listener.js'
 
 /** The version in package.json, from plugins/ (tsx, tests) or dist/plugins/ (built). */
 function serviceVersion (): string {
@@ -75,8 +76,9 @@ export default fp(async (fastify) => {
     }
   })
 
-  await fastify.register(fastifySwaggerUi, {
+  // On the admin listener: the document describes the admin API too.
+  await registerAdminRoutes(fastify, fastifySwaggerUi, {
     routePrefix: '/docs',
     uiConfig: { docExpansion: 'list', deepLinking: false }
   })
-}, { name: 'openapi' })
+}, { name: 'openapi', dependencies: ['admin-listener'] })

@@ -10,7 +10,7 @@ import { test } from 'tap'
 import bcrypt from 'bcryptjs'
 import type { FastifyInstance } from 'fastify'
 import { addressKey } from '../client-auth/throttle.js'
-import { basicAuth, build, form, FORM, sql } from './helper.js'
+import { basicAuth, build, form, FORM, sql, injectAdmin } from './helper.js'
 
 interface Answer { status: number | 'error', ms: number, headers: Record<string, string | string[] | undefined>, cause?: string }
 
@@ -65,7 +65,7 @@ async function rawToken (port: number, clientId: string, secret: string, localAd
 }
 
 async function metric (app: FastifyInstance, name: string): Promise<number> {
-  const text = (await app.inject({ method: 'GET', url: '/metrics' })).body
+  const text = (await injectAdmin(app, '/metrics')).body
   const line = text.split('\n').find((candidate) => candidate.startsWith(`${name} `))
   return Number(line?.split(' ')[1])
 }

@@ -20,7 +20,7 @@ t.setTimeout(300_000)
 const stages = readDockerfile(readFileSync(join(PROJECT_DIR, 'Dockerfile'), 'utf8'))
 const finalStage = stages.at(-1)
 
-t.test('the Dockerfile: multi-stage on the Node.js LTS, non-root, exec-form CMD, a HEALTHCHECK on /health', async (t) => {
+t.test('the Dockerfile: multi-stage on the Node.js LTS, non-root, exec-form CMD, a HEALTHCHECK on /live', async (t) => {
   t.ok(stages.length >= 2, `multi-stage (${stages.map((stage) => stage.name).join(', ')})`)
   const bases = new Set(stages.map((stage) => stage.base))
   t.equal(bases.size, 1, `one Node.js image for building and running (${[...bases].join(', ')})`)
@@ -37,7 +37,8 @@ t.test('the Dockerfile: multi-stage on the Node.js LTS, non-root, exec-form CMD,
 
   const healthcheck = splitOptions(instructions(finalStage, 'HEALTHCHECK').at(-1)?.args ?? '').rest
   t.match(healthcheck, /^CMD\s+\[/, 'a HEALTHCHECK in exec form')
-  t.match(healthcheck, /\/health\b/, 'that asks /health')
+  t.match(healthcheck, /\/live\b/, 'that asks /live, which depends on neither PostgreSQL nor Redis')
+  t.match(healthcheck, /ADMIN_PORT/, 'on the admin port')
 })
 
 /** The image holds the production dependencies and the built code, and nothing else. */
@@ -111,6 +112,7 @@ t.test('the image, replayed: migrate, serve tokens as the CMD, answer the HEALTH
 
   const databaseUrl = await createDatabase(t, { empty: true })
   const port = await freePort()
+  const adminPort = await freePort()
   const base = `http://127.0.0.1:${port}`
   // The container's whole environment: the image's ENV and what compose sets.
   const containerEnv = {
@@ -134,6 +136,7 @@ t.test('the image, replayed: migrate, serve tokens as the CMD, answer the HEALTH
     JWT_PRIVATE_KEY: testKeys.privateKey,
     SERVER_HOST: '127.0.0.1',
     SERVER_PORT: String(port),
+    ADMIN_PORT: String(adminPort),
     // docker-compose.yml: the migrate service has done it.
     MIGRATE_ON_START: 'false'
   }

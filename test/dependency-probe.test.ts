@@ -3,7 +3,7 @@
 // until the pause ends, a stopped one refuses the connection.
 import { test } from 'tap'
 import { Redis } from 'ioredis'
-import { build, freePort, needs, PrivateRedis } from './helper.js'
+import { build, freePort, needs, PrivateRedis, injectAdmin } from './helper.js'
 
 test('a Redis that does not answer in time is reported as timeout, a stopped one as unreachable', { skip: needs.redis }, async (t) => {
   const redis = new PrivateRedis(t, await freePort())
@@ -18,7 +18,7 @@ test('a Redis that does not answer in time is reported as timeout, a stopped one
   const health = await app.inject({ method: 'GET', url: '/health' })
   t.equal(health.statusCode, 503)
   t.strictSame(health.json().redis, { status: 'down', error: 'timeout' }, '/health: the paused Redis timed out')
-  const ready = await app.inject({ method: 'GET', url: '/ready' })
+  const ready = await injectAdmin(app, '/ready')
   t.equal(ready.statusCode, 503)
   t.equal(ready.json().redis, 'timeout', '/ready: the paused Redis timed out')
   t.equal(ready.json().postgresql, 'up')
@@ -27,6 +27,6 @@ test('a Redis that does not answer in time is reported as timeout, a stopped one
   await redis.stop()
   const stopped = await app.inject({ method: 'GET', url: '/health' })
   t.strictSame(stopped.json().redis, { status: 'down', error: 'unreachable' }, '/health: the stopped Redis is unreachable')
-  const notReady = await app.inject({ method: 'GET', url: '/ready' })
+  const notReady = await injectAdmin(app, '/ready')
   t.equal(notReady.json().redis, 'unreachable', '/ready: the stopped Redis is unreachable')
 })

@@ -8,7 +8,7 @@ import Fastify, { type LightMyRequestResponse } from 'fastify'
 import serviceApp, { options } from '../app.js'
 import { loadConfig } from '../plugins/config.js'
 import { LOCK_FILE, SIGNING_KEY_FILE } from '../storage/data-dir.js'
-import { freePort, runEntry, tokenRequest } from './helper.js'
+import { freePort, runEntry, tokenRequest, injectAdmin } from './helper.js'
 import { type LogLine, INFO, WARN, logCollector, migratedDataDir, start, createClient, tokens } from './embedded/apps.js'
 
 // Each test opens the embedded PostgreSQL on a data directory of its own,
@@ -60,10 +60,10 @@ test('the log says once what the embedded mode means; /health, /ready and /metri
   const health = await app.inject({ method: 'GET', url: '/health' })
   t.equal(health.statusCode, 200, 'GET /health: 200')
   t.strictSame(health.json(), { status: 'ok', postgresql: { status: 'up' }, redis: { status: 'unused' } }, 'GET /health: PostgreSQL up, Redis unused')
-  const ready = await app.inject({ method: 'GET', url: '/ready' })
+  const ready = await injectAdmin(app, '/ready')
   t.equal(ready.statusCode, 200, 'GET /ready: 200')
   t.strictSame(ready.json(), { status: 'ready' }, 'GET /ready: ready')
-  const metrics = await app.inject({ method: 'GET', url: '/metrics' })
+  const metrics = await injectAdmin(app, '/metrics')
   t.equal(metrics.statusCode, 200, 'GET /metrics: 200')
   t.match(metrics.body, /^session_service_dependency_up\{dependency="postgresql"\} 1$/m, 'metrics: PostgreSQL up')
   t.notMatch(metrics.body, /dependency="redis"/, 'metrics: no Redis series')

@@ -5,7 +5,7 @@
 import { test, type Test } from 'tap'
 import type { LightMyRequestResponse } from 'fastify'
 import { GRANT_TYPES } from '../grants/index.js'
-import { build, insertClient, issueTokens, sql, tokenRequest } from './helper.js'
+import { build, insertClient, issueTokens, sql, tokenRequest, injectAdmin } from './helper.js'
 
 const SECRET = 'grant-types-secret'
 
@@ -86,7 +86,7 @@ test('REFRESH_TOKEN_CLIENT_AUTH=optional: the owner of the refresh token is chec
 
 test('/metrics counts issued tokens by every registered grant type', async (t) => {
   const { app } = await build(t)
-  const res = await app.inject({ method: 'GET', url: '/metrics' })
+  const res = await injectAdmin(app, '/metrics')
   for (const grantType of GRANT_TYPES) {
     t.match(res.body, `session_service_tokens_issued_total{grant_type="${grantType}"} 0`, `a series for ${grantType}`)
   }

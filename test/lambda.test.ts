@@ -240,6 +240,15 @@ t.test('GET /.well-known/openid-configuration names the configured issuer', asyn
   t.equal(document.token_endpoint, `${ISSUER}/oauth/token`)
 })
 
+t.test('the handler serves the public routes only: the admin listener\'s are not found', async (t) => {
+  for (const path of ['/metrics', '/ready', '/live', '/docs/json', '/admin/clients']) {
+    const result = await invoke({ method: 'GET', path })
+    t.equal(result.statusCode, 404, `GET ${path}: 404`)
+    t.match(parseBody(result), { error: 'not_found' })
+  }
+  t.equal((await invoke({ method: 'GET', path: '/.well-known/jwks.json' })).statusCode, 200, 'while the public ones answer')
+})
+
 t.test('a configuration error fails the init with the variable named', async (t) => {
   const saved = { key: process.env.JWT_PRIVATE_KEY, database: process.env.DATABASE_URL }
   delete process.env.JWT_PRIVATE_KEY

@@ -1,9 +1,9 @@
 import { test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { backends, basicAuth, build, freePort, insertClient, issueTokens, tokenRequest, verify } from './helper.js'
+import { backends, basicAuth, build, freePort, insertClient, issueTokens, tokenRequest, verify, injectAdmin } from './helper.js'
 
 async function scrape (app: FastifyInstance): Promise<LightMyRequestResponse> {
-  return await app.inject({ method: 'GET', url: '/metrics' })
+  return await injectAdmin(app, '/metrics')
 }
 
 /** The value of one sample line (`name{labels} value`), or undefined if absent. */

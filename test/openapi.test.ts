@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'tap'
-import { build } from './helper.js'
+import { build, injectAdmin } from './helper.js'
 
 interface Operation {
   tags?: string[]
@@ -21,7 +21,7 @@ const { version } = JSON.parse(readFileSync(join(import.meta.dirname, '..', 'pac
 
 test('GET /docs/json: an OpenAPI 3 document of the routes and their schemas', async (t) => {
   const { app } = await build(t)
-  const res = await app.inject({ method: 'GET', url: '/docs/json' })
+  const res = await injectAdmin(app, '/docs/json')
   t.equal(res.statusCode, 200)
   t.match(res.headers['content-type'], /^application\/json/)
   const doc = res.json<OpenApiDocument>()
@@ -62,7 +62,7 @@ test('GET /docs/json: an OpenAPI 3 document of the routes and their schemas', as
 
 test('GET /docs: the Swagger UI page', async (t) => {
   const { app } = await build(t)
-  const res = await app.inject({ method: 'GET', url: '/docs' })
+  const res = await injectAdmin(app, '/docs')
   if (res.statusCode >= 300 && res.statusCode < 400) {
     t.match(res.headers.location, /^\/docs/, 'a redirect within /docs')
   } else {
@@ -70,7 +70,7 @@ test('GET /docs: the Swagger UI page', async (t) => {
     t.match(res.headers['content-type'], /^text\/html/)
     t.match(res.body, /swagger-ui/i)
   }
-  const yaml = await app.inject({ method: 'GET', url: '/docs/yaml' })
+  const yaml = await injectAdmin(app, '/docs/yaml')
   t.equal(yaml.statusCode, 200)
   t.match(yaml.body, /^openapi: 3\./m)
 })

@@ -1,10 +1,10 @@
 import { test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { backends, build, freePort, needs, pollUntil, PrivateRedis } from './helper.js'
+import { backends, build, freePort, needs, pollUntil, PrivateRedis, injectAdmin } from './helper.js'
 
 async function ready (app: FastifyInstance): Promise<{ res: LightMyRequestResponse, ms: number }> {
   const started = Date.now()
-  const res = await app.inject({ method: 'GET', url: '/ready' })
+  const res = await injectAdmin(app, '/ready')
   return { res, ms: Date.now() - started }
 }
 

@@ -9,10 +9,10 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
 import bcrypt from 'bcryptjs'
 import type { FastifyInstance } from 'fastify'
-import { basicAuth, build, buildLogged, decodeJwt, generateRsaKeyPair, insertClient, issueTokens, needs, sql, testKeys, tokenRequest } from './helper.js'
+import { basicAuth, build, buildLogged, decodeJwt, generateRsaKeyPair, insertClient, issueTokens, needs, sql, testKeys, tokenRequest, injectAdmin } from './helper.js'
 
 async function metric (app: FastifyInstance, name: string): Promise<number> {
-  const text = (await app.inject({ method: 'GET', url: '/metrics' })).body
+  const text = (await injectAdmin(app, '/metrics')).body
   const line = text.split('\n').find((candidate) => candidate.startsWith(`${name} `))
   return Number(line?.split(' ')[1])
 }

@@ -4,7 +4,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
 import bcrypt from 'bcryptjs'
-import { basicAuth, build, insertClient, sql, tokenRequest, needs } from './helper.js'
+import { basicAuth, build, insertClient, sql, tokenRequest, needs, injectAdmin } from './helper.js'
 
 const settings: Array<Record<string, string>> = [{}, { BCRYPT_WORKERS: '0' }, { BCRYPT_WORKERS: '2' }, { SECRET_CACHE_TTL: '0' }]
 for (const env of settings) {
@@ -78,7 +78,7 @@ test('concurrent requests with a secret not yet remembered share one bcrypt comp
   const { app, databaseUrl } = await build(t, { env: { RATE_LIMIT_DEFAULT: '1000' } })
   await insertClient(databaseUrl, { id: 'svc-burst', secret: 'burst-secret' })
   const compares = async (): Promise<number> => {
-    const text = (await app.inject({ method: 'GET', url: '/metrics' })).body
+    const text = (await injectAdmin(app, '/metrics')).body
     const line = text.split('\n').find((candidate) => candidate.startsWith('session_service_bcrypt_compares_total '))
     return Number(line?.split(' ')[1])
   }

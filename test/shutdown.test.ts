@@ -5,7 +5,7 @@
 import { Agent, request, type OutgoingHttpHeaders } from 'node:http'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
-import { basicAuth, build, createDatabase, createRedisPrefix, form, freePort, insertClient, needs, pollUntil, ServerProcess, type TestContext, testEnv } from './helper.js'
+import { basicAuth, build, createDatabase, createRedisPrefix, form, freePort, insertClient, needs, pollUntil, ServerProcess, type TestContext, testEnv, injectAdmin } from './helper.js'
 
 /** What the client saw: a status code, or the error code of a failed request. */
 interface Outcome {
@@ -59,6 +59,8 @@ const FORM_TYPE = 'application/x-www-form-urlencoded'
 interface Started {
   server: ServerProcess
   port: number
+  /** the admin listener's port (/ready) */
+  adminPort: number
   tokenRequest: (agent: Agent | false) => Sent
   /**
    * An agent that keeps up to 200 connections alive, as a load balancer or a
@@ -71,8 +73,10 @@ interface Started {
 async function start (t: TestContext, env: Record<string, string>): Promise<Started | undefined> {
   const databaseUrl = await createDatabase(t)
   const port = await freePort()
+  const adminPort = await freePort()
   const server = new ServerProcess(t, testEnv(databaseUrl, createRedisPrefix(t), {
     SERVER_PORT: String(port),
+    ADMIN_PORT: String(adminPort),
     SERVER_HOST: '127.0.0.1',
     LOG_LEVEL: 'warn',
     ...env
@@ -99,7 +103,7 @@ async function start (t: TestContext, env: Record<string, string>): Promise<Star
     if (open) await Promise.all(Array.from({ length: CONCURRENT }, async () => await send(port, agent, 'GET', '/health').outcome))
     return agent
   }
-  return { server, port, tokenRequest, pool }
+  return { server, port, adminPort, tokenRequest, pool }
 }
 
 /** Asserts that each of the 200 requests got a complete token response. */
@@ -122,12 +126,12 @@ test('SIGTERM: /ready turns 503 at once, the instance serves every request for S
   const started = await start(t, {})
   t.ok(started, 'the server starts')
   if (started === undefined) return
-  const { server, port, pool, tokenRequest } = started
+  const { server, port, adminPort, pool, tokenRequest } = started
   const defaultDelayMs = 5000
   const busy = await pool(true)
   const idle = await pool(true)
   t.equal(Object.values(idle.freeSockets).flat().length, CONCURRENT, `${CONCURRENT} more keep-alive connections open and idle`)
-  t.equal((await get(port, '/ready')).status, 200, '/ready answers 200 before the signal')
+  t.equal((await get(adminPort, '/ready')).status, 200, '/ready answers 200 before the signal')
 
   // The signal and 200 requests at once: whichever reaches the process
   // first, every request arrives within the delay.
@@ -138,7 +142,7 @@ test('SIGTERM: /ready turns 503 at once, the instance serves every request for S
   // The signal is handled between two of the process's tasks: on a loaded
   // machine the first /ready may come before it. 503 within a second of the
   // signal is what a load balancer needs of a 5 s SHUTDOWN_DELAY.
-  const ready = await pollUntil(async () => await get(port, '/ready'), (answer) => answer.status === 503, 1000, 20)
+  const ready = await pollUntil(async () => await get(adminPort, '/ready'), (answer) => answer.status === 503, 1000, 20)
   t.equal(ready.status, 503, `/ready answers 503 at once after SIGTERM (${Date.now() - signalledAt} ms)`)
   t.equal(ready.body, '{"status":"draining"}', 'and says the instance is draining')
 
@@ -151,6 +155,7 @@ test('SIGTERM: /ready turns 503 at once, the instance serves every request for S
 
   // New connections are accepted and served as usual during the delay.
   t.equal((await get(port, '/health')).status, 200, '/health on a new connection during the delay: 200')
+  t.equal((await get(adminPort, '/live')).status, 200, '/live on the admin listener during the delay: 200 (no restart while draining)')
   t.equal((await tokenRequest(false).outcome).status, 200, 'a token request on a new connection during the delay: 200')
 
   const outcomes = await Promise.all(inFlight)
@@ -166,6 +171,7 @@ test('SIGTERM: /ready turns 503 at once, the instance serves every request for S
   t.ok(exitMs >= defaultDelayMs, `kept serving for the whole delay: exited ${exitMs} ms after SIGTERM`)
   t.ok(exitMs < defaultDelayMs + 10_000, 'within SHUTDOWN_DELAY + 10 s')
   t.equal((await get(port, '/health')).status, 'ECONNREFUSED', 'nothing listens once the process has exited')
+  t.equal((await get(adminPort, '/live')).status, 'ECONNREFUSED', 'on the admin port either')
 })
 
 test('SIGINT (Ctrl-C) skips SHUTDOWN_DELAY and exits 0', { skip: needs.postgres }, async (t) => {
@@ -186,9 +192,9 @@ test('SIGINT (Ctrl-C) skips SHUTDOWN_DELAY and exits 0', { skip: needs.postgres 
 test('the app without server.ts: /ready reports draining from the flag server.ts sets', async (t) => {
   const { app } = await build(t)
   t.equal(app.draining, false, 'not draining after start')
-  t.equal((await app.inject({ method: 'GET', url: '/ready' })).statusCode, 200, '/ready answers 200')
+  t.equal((await injectAdmin(app, '/ready')).statusCode, 200, '/ready answers 200')
   app.draining = true
-  const res = await app.inject({ method: 'GET', url: '/ready' })
+  const res = await injectAdmin(app, '/ready')
   t.equal(res.statusCode, 503, '/ready answers 503 once draining')
   t.equal(res.body, '{"status":"draining"}')
   t.equal(res.headers['cache-control'], 'no-store')

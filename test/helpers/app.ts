@@ -39,6 +39,9 @@ export function testEnv (databaseUrl: string, redisPrefix: string, env: Record<s
     // hashed at: no background rehash after each client's first token. The
     // tests of what the cost is for (timing, bursts, the upgrade) set their own.
     BCRYPT_COST: '10',
+    // Test files run in parallel: a spawned server's admin listener takes a
+    // port the system picks (build() opens none).
+    ADMIN_PORT: '0',
     ...env
   }
 }

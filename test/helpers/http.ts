@@ -1,5 +1,6 @@
 // Requests to the app as an OAuth client sends them.
-import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
+import type { FastifyInstance, InjectOptions, LightMyRequestResponse } from 'fastify'
+import { AdminRequest } from '../../plugins/admin-listener.js'
 
 // RFC 6749 §2.3.1 / appendix B: form-urlencode, where a space is '+'.
 function formEncode (value: string): string {
@@ -38,4 +39,14 @@ export async function issueTokens (app: FastifyInstance, clientId: string, clien
 
 export async function verify (app: FastifyInstance, token: unknown): Promise<LightMyRequestResponse> {
   return await app.inject({ method: 'POST', url: '/oauth/verify', payload: { token } })
+}
+
+/**
+ * A request to the admin listener, injected: built as the admin listener's
+ * server builds it (an AdminRequest), so that admin routes match and public
+ * ones do not, exactly as on the admin port.
+ */
+export async function injectAdmin (app: FastifyInstance, options: InjectOptions | string): Promise<LightMyRequestResponse> {
+  const request = typeof options === 'string' ? { url: options } : options
+  return await app.inject({ ...request, Request: AdminRequest })
 }

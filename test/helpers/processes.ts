@@ -23,6 +23,13 @@ export function runnerEnv (): Record<string, string> {
   return env
 }
 
+/**
+ * What every spawned entry point gets unless the test says otherwise: the
+ * admin listener on a port the system picks, since test files run in
+ * parallel and the default port would be taken by the first.
+ */
+export const SPAWNED_SERVICE_DEFAULTS: Record<string, string> = { ADMIN_PORT: '0' }
+
 export interface RunResult {
   code: number | null
   signal: NodeJS.Signals | null
@@ -32,7 +39,7 @@ export interface RunResult {
 }
 
 export interface RunOptions {
-  /** exactly these variables (plus the loader settings) */
+  /** exactly these variables (plus the loader settings and SPAWNED_SERVICE_DEFAULTS) */
   env?: Record<string, string>
   /** written to the child's standard input, which is then closed */
   stdin?: string
@@ -46,7 +53,7 @@ export async function runEntry (entry: string, args: string[], options: RunOptio
   const started = Date.now()
   const child = spawn(process.execPath, [...process.execArgv, join(PROJECT_DIR, entry), ...args], {
     cwd: options.cwd ?? PROJECT_DIR,
-    env: { ...runnerEnv(), ...options.env },
+    env: { ...runnerEnv(), ...SPAWNED_SERVICE_DEFAULTS, ...options.env },
     stdio: ['pipe', 'pipe', 'pipe']
   })
   let stdout = ''
@@ -115,9 +122,9 @@ export class TestProcess {
   }
 }
 
-/** server.ts as a process of its own, with exactly `env` (plus the loader settings). */
+/** server.ts as a process of its own, with exactly `env` (plus the loader settings and SPAWNED_SERVICE_DEFAULTS). */
 export class ServerProcess extends TestProcess {
   constructor (t: TestContext, env: Record<string, string>) {
-    super(t, process.execPath, [...process.execArgv, 'server.ts'], { cwd: PROJECT_DIR, env: { ...runnerEnv(), ...env } })
+    super(t, process.execPath, [...process.execArgv, 'server.ts'], { cwd: PROJECT_DIR, env: { ...runnerEnv(), ...SPAWNED_SERVICE_DEFAULTS, ...env } })
   }
 }

@@ -178,6 +178,8 @@ export const request: fc.Arbitrary<RequestSpec> = fc.record({
   headers: fc.dictionary(fc.oneof(fc.stringMatching(/^x-[a-z0-9-]{1,16}$/), fc.constantFrom('x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'forwarded', 'cookie', 'origin')), headerText(60), { maxKeys: 3 }),
   // A header of up to 10 kB: the whole head stays within Node's 16 kB.
   padding: rarely(fc.integer({ min: 1000, max: 10_000 }), 8),
+  // Mostly the route's own listener; sometimes the other, where it must not answer.
+  listener: fc.oneof({ weight: 8, arbitrary: fc.constant('auto' as const) }, fc.constantFrom('public' as const, 'admin' as const)),
   // Mostly one address, whose failed authentications add up to the throttle.
   remoteAddress: fc.oneof({ weight: 4, arbitrary: fc.constant('127.0.0.1') }, fc.constantFrom('10.0.0.7', '::1'), { weight: 2, arbitrary: fc.ipV4() })
 })

@@ -28,7 +28,7 @@ export const MEDIA_TYPE = new RegExp(`^${TOKEN}/${TOKEN}(?:[ \\t]*;[ \\t]*${TOKE
 export const STACK_TRACE = /\n\s+at |\bat .+:\d+:\d+|node_modules|\.ts:\d+|\/work\//
 
 /** Routes whose answers never echo the request: none may show a secret, a token or a client id (README, /metrics). */
-export const NON_ECHOING = new Set(['/metrics', '/health', '/ready', '/docs/json', '/docs/yaml', '/.well-known/jwks.json', '/.well-known/openid-configuration', '/.well-known/oauth-authorization-server'])
+export const NON_ECHOING = new Set(['/metrics', '/health', '/ready', '/live', '/docs/json', '/docs/yaml', '/.well-known/jwks.json', '/.well-known/openid-configuration', '/.well-known/oauth-authorization-server'])
 
 type Fail = (check: CheckName, message: string) => void
 

@@ -3,6 +3,7 @@
 import { generateKeyPairSync, randomUUID, sign } from 'node:crypto'
 import type { FastifyInstance, InjectOptions } from 'fastify'
 import { JWT_BEARER_ASSERTION } from '../../client-auth/index.js'
+import { AdminRequest } from '../../plugins/admin-listener.js'
 import { basicAuth, insertClient, issueTokens, sql, testKeys } from '../helper.js'
 import { FORM_TYPE, BODY_LIMIT, ISSUER, ROUTES, STATIC_PREFIX, STATIC_FILES, type ClientName, type Value, type PathSpec, type AuthSpec, type RequestSpec } from './spec.js'
 import { toHeader } from './arbitraries.js'
@@ -82,6 +83,8 @@ export interface Built {
   route: string | undefined
   /** a path whose percent-encoding does not decode (Fastify answers before any route) */
   badUrl: boolean
+  /** sent to the admin listener */
+  admin: boolean
   /** the Content-Type header sent, if any */
   contentType: string | undefined
   /** its media type as the service's hook reads it */
@@ -179,9 +182,14 @@ export function buildRequest (fx: Fixtures, spec: RequestSpec): Built {
   const badUrl = spec.path.kind === 'bad-percent'
   const routeSpec = badUrl ? undefined : ROUTES[decoded]
   const method = spec.method === 'auto' ? routeSpec?.methods[0] ?? 'GET' : spec.method
+  // The static files of the docs are on the admin listener too.
+  const routeOnAdmin = routeSpec?.admin === true || (routeSpec === undefined && decoded.startsWith(STATIC_PREFIX))
+  const admin = spec.listener === 'auto' ? routeOnAdmin : spec.listener === 'admin'
   let route: string | undefined
   let staticFile = false
-  if (routeSpec !== undefined) {
+  if (admin !== routeOnAdmin) {
+    route = undefined
+  } else if (routeSpec !== undefined) {
     route = routeSpec.methods.includes(method) ? decoded : undefined
   } else if (!badUrl && decoded.startsWith(STATIC_PREFIX) && (method === 'GET' || method === 'HEAD')) {
     route = 'static'
@@ -206,8 +214,9 @@ export function buildRequest (fx: Fixtures, spec: RequestSpec): Built {
   const bytes = payload === undefined ? 0 : Buffer.byteLength(payload)
   const canonicalType = routeSpec?.media !== undefined && (contentType === routeSpec.media || contentType === `${routeSpec.media}; charset=utf-8`)
   return {
-    options: { method, url, headers, remoteAddress: spec.remoteAddress, ...(payload === undefined ? {} : { payload }) },
+    options: { method, url, headers, remoteAddress: spec.remoteAddress, ...(admin ? { Request: AdminRequest } : {}), ...(payload === undefined ? {} : { payload }) },
     route,
+    admin,
     badUrl,
     contentType: contentType ?? undefined,
     media,
@@ -222,5 +231,5 @@ export function describe (built: Built): string {
   const { method, url, headers, payload } = built.options
   const shown = Object.entries(headers).map(([name, v]) => `${name}: ${v.length > 80 ? `${v.slice(0, 80)}… (${v.length} chars)` : v}`)
   const bodyText = payload === undefined ? '(no body)' : Buffer.isBuffer(payload) ? `(${payload.length} bytes)` : String(payload)
-  return `${method} ${url} [${shown.join(' | ')}] from ${String(built.options.remoteAddress)} body: ${bodyText.length > 200 ? `${bodyText.slice(0, 200)}… (${built.bytes} bytes)` : bodyText}`
+  return `${built.admin ? '(admin) ' : ''}${method} ${url} [${shown.join(' | ')}] from ${String(built.options.remoteAddress)} body: ${bodyText.length > 200 ? `${bodyText.slice(0, 200)}… (${built.bytes} bytes)` : bodyText}`
 }

@@ -35,6 +35,8 @@ export interface RouteSpec {
   statuses?: readonly number[]
   /** token, revoke, introspect: Cache-Control no-store and Pragma no-cache on every answer, 401 with a Basic challenge */
   clientAuthenticated?: boolean
+  /** answers on the admin listener only (and there only) */
+  admin?: boolean
 }
 
 export const GET_HEAD = ['GET', 'HEAD'] as const
@@ -44,20 +46,21 @@ export const ROUTES: Record<string, RouteSpec> = {
   '/oauth/introspect': { methods: ['POST'], media: FORM_TYPE, clientAuthenticated: true },
   '/oauth/verify': { methods: ['POST'], media: JSON_TYPE },
   '/health': { methods: GET_HEAD },
-  '/ready': { methods: GET_HEAD },
+  '/ready': { methods: GET_HEAD, admin: true },
+  '/live': { methods: GET_HEAD, admin: true },
   // README, Discovery: the document comes from configuration alone, so no Host header changes or refuses it.
   '/.well-known/openid-configuration': { methods: GET_HEAD, statuses: [200] },
   '/.well-known/oauth-authorization-server': { methods: GET_HEAD, statuses: [200] },
   '/.well-known/jwks.json': { methods: GET_HEAD, statuses: [200] },
   // Hidden from the document, and registered without a HEAD route.
-  '/metrics': { methods: ['GET'], statuses: [200] },
-  '/docs': { methods: GET_HEAD, statuses: [200] },
-  '/docs/': { methods: GET_HEAD, statuses: [200] },
-  '/docs/json': { methods: GET_HEAD, statuses: [200] },
-  '/docs/yaml': { methods: GET_HEAD, statuses: [200] },
-  '/docs/static/swagger-initializer.js': { methods: GET_HEAD, statuses: [200] },
+  '/metrics': { methods: ['GET'], statuses: [200], admin: true },
+  '/docs': { methods: GET_HEAD, statuses: [200], admin: true },
+  '/docs/': { methods: GET_HEAD, statuses: [200], admin: true },
+  '/docs/json': { methods: GET_HEAD, statuses: [200], admin: true },
+  '/docs/yaml': { methods: GET_HEAD, statuses: [200], admin: true },
+  '/docs/static/swagger-initializer.js': { methods: GET_HEAD, statuses: [200], admin: true },
   // @fastify/swagger-ui redirects its static index to /docs/.
-  '/docs/static/index.html': { methods: GET_HEAD, statuses: [302] }
+  '/docs/static/index.html': { methods: GET_HEAD, statuses: [302], admin: true }
 }
 export const STATIC_PREFIX = '/docs/static/'
 /** The files @fastify/swagger-ui serves under /docs/static/ (@fastify/static; anything else is 404). */
@@ -133,4 +136,6 @@ export interface RequestSpec {
   headers: Record<string, string>
   padding: number | null
   remoteAddress: string
+  /** the listener it is sent to; 'auto': the route's own */
+  listener: 'auto' | 'public' | 'admin'
 }

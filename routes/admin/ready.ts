@@ -1,17 +1,5 @@
-import fp from 'fastify-plugin'
 import type { FastifyPluginAsync } from 'fastify'
-import { RETRY_AFTER_SECONDS } from '../plugins/errors.js'
-
-declare module 'fastify' {
-  interface FastifyInstance {
-    /**
-     * True once the instance has begun to shut down (server.ts sets it on
-     * SIGTERM or SIGINT): /ready answers 503 from then on, while the other
-     * endpoints keep serving until the listener closes.
-     */
-    draining: boolean
-  }
-}
+import { RETRY_AFTER_SECONDS } from '../../plugins/errors.js'
 
 // Answered within a second even when a dependency hangs.
 const CHECK_TIMEOUT_MS = 800
@@ -43,13 +31,10 @@ const drainingResponse = {
 } as const
 
 // Readiness, not liveness: a 503 here asks the load balancer to stop sending
-// traffic to this instance; it is no reason to restart it (that is /health's
+// traffic to this instance; it is no reason to restart it (that is /live's
 // question). A draining instance answers 503 at once, without probing, so
 // that load balancers take it out of the pool before it stops listening.
-// Not encapsulated, so that server.ts sees the `draining` flag it sets.
 const readyRoute: FastifyPluginAsync = async (fastify) => {
-  fastify.decorate('draining', false)
-
   fastify.get('/ready', {
     // Probed every few seconds: only failures are worth a log line.
     logLevel: 'warn',
@@ -73,4 +58,4 @@ const readyRoute: FastifyPluginAsync = async (fastify) => {
   })
 }
 
-export default fp(readyRoute, { name: 'ready-route' })
+export default readyRoute

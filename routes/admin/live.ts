@@ -1,0 +1,28 @@
+import type { FastifyPluginAsync } from 'fastify'
+
+const liveResponse = {
+  type: 'object',
+  required: ['status'],
+  properties: { status: { type: 'string', enum: ['live'] } },
+  additionalProperties: false
+} as const
+
+// Liveness: the process answers, so its event loop turns. It asks nothing of
+// PostgreSQL or Redis: an outage of either is no reason to restart every
+// instance (that would only add cold starts to the outage), and /ready
+// already takes the instance out of the pool meanwhile.
+const liveRoute: FastifyPluginAsync = async (fastify) => {
+  fastify.get('/live', {
+    // Probed every few seconds: not worth a log line.
+    logLevel: 'warn',
+    schema: {
+      summary: 'Liveness: whether this process should be restarted (never depends on PostgreSQL or Redis)',
+      response: { 200: liveResponse }
+    }
+  }, async (request, reply) => {
+    reply.header('cache-control', 'no-store')
+    return { status: 'live' }
+  })
+}
+
+export default liveRoute
