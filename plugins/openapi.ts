@@ -27,6 +27,7 @@ const CLIENT_AUTHENTICATED_FORMS = new Set(['/oauth/token', '/oauth/revoke', '/o
 function tagOf (url: string): string {
   if (url.startsWith('/oauth/')) return 'oauth'
   if (url.startsWith('/.well-known/')) return 'discovery'
+  if (url.startsWith('/admin/')) return 'admin'
   return 'operations'
 }
 
@@ -38,6 +39,7 @@ const describeRoute: SwaggerTransform = ({ schema, url }) => {
     // HTTP Basic, or client_secret_post / private_key_jwt in the form itself.
     described.security = [{ clientSecretBasic: [] }, {}]
   }
+  if (url.startsWith('/admin/')) described.security = [{ adminBearer: [] }]
   return { schema: described, url }
 }
 
@@ -57,7 +59,8 @@ export default fp(async (fastify) => {
       tags: [
         { name: 'oauth', description: 'Token endpoints (RFC 6749, 7009, 7662)' },
         { name: 'discovery', description: 'Metadata and public keys for gateways and client libraries' },
-        { name: 'operations', description: 'Probes for load balancers and orchestrators' }
+        { name: 'operations', description: 'Probes for load balancers and orchestrators (admin listener, except /health)' },
+        { name: 'admin', description: 'Client management (admin listener; a bearer token of this service with ADMIN_SCOPE)' }
       ],
       components: {
         securitySchemes: {
@@ -65,6 +68,12 @@ export default fp(async (fastify) => {
             type: 'http',
             scheme: 'basic',
             description: 'client_secret_basic (RFC 6749 §2.3.1): client id and secret, each form-urlencoded'
+          },
+          adminBearer: {
+            type: 'http',
+            scheme: 'bearer',
+            bearerFormat: 'JWT',
+            description: 'An access token of this service, requested with ADMIN_SCOPE by a client allowed it'
           }
         }
       }

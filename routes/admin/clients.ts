@@ -1,0 +1,148 @@
+// The admin API for clients: what the CLI's `clients` commands do, over
+// HTTP, for automation. Every route needs an admin access token
+// (plugins/admin-auth.ts); every change is recorded with its author
+// (storage/clients.ts) and reaches every instance at once.
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { OAuthError } from '../../plugins/errors.js'
+import type { AdminActor } from '../../plugins/admin-auth.js'
+import { parseDuration } from '../../plugins/config.js'
+import { ClientExistsError, clientsRepository, SecretTooLongError } from '../../storage/clients.js'
+import { clientChangesFrom, clientView, generateClientSecret, newClientFrom } from '../../schemas/client.js'
+import {
+  adminErrorResponses, clientIdParams, clientList, clientListQuery, createClientBody, createdClient, eventList, eventListQuery,
+  MAX_GRACE_SECONDS, patchClientBody, rotateSecretBody, rotatedSecret, viewOfClient
+} from '../../schemas/admin.js'
+
+const noSuchClient = (): OAuthError => new OAuthError(404, 'not_found', 'no client with this id')
+
+/** The author of a change as the audit records it. */
+const actorOf = (actor: AdminActor | undefined): string => `client:${actor?.clientId ?? 'unknown'}`
+
+/** A grace period in the settings' syntax, as milliseconds; a bad one is the caller's error. */
+function graceMs (grace: string | undefined): number {
+  if (grace === undefined) return 0
+  let seconds: number
+  try {
+    seconds = parseDuration('grace', grace, { allowZero: true })
+  } catch {
+    throw new OAuthError(400, 'invalid_request', 'grace is not a duration (use 3600s, 15m, 24h, 7d or seconds)')
+  }
+  if (seconds > MAX_GRACE_SECONDS) throw new OAuthError(400, 'invalid_request', `grace may be at most ${MAX_GRACE_SECONDS / 86400} days`)
+  return seconds * 1000
+}
+
+function mapStorageError (err: unknown): never {
+  if (err instanceof ClientExistsError) throw new OAuthError(409, 'conflict', 'a client with this id already exists')
+  if (err instanceof SecretTooLongError) throw new OAuthError(400, 'invalid_request', err.message)
+  throw err
+}
+
+const adminClientsRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
+  const { config, db, clients, store } = fastify
+  const repository = clientsRepository(db)
+  const json = fastify.requireMediaType('application/json')
+
+  // Every instance drops its copy now: the same notice the CLI sends.
+  async function changed (clientId: string, action: string, actor: string): Promise<void> {
+    await clients.forget(clientId)
+    await store.clientCache.announce(clientId)
+    fastify.log.info({ clientId, action, actor }, 'client changed through the admin API')
+  }
+
+  fastify.addHook('onRequest', fastify.noStore)
+  fastify.addHook('onRequest', fastify.authenticateAdmin)
+
+  fastify.post('/admin/clients', {
+    preParsing: json,
+    schema: { summary: 'Register a client; its secret is in this answer only', body: createClientBody, response: { 201: createdClient, ...adminErrorResponses } }
+  }, async (request, reply) => {
+    const actor = actorOf(request.adminActor)
+    const secret = request.body.client_secret ?? generateClientSecret()
+    const record = await repository.insert(newClientFrom(request.body, secret), config.bcryptCost, actor).catch(mapStorageError)
+    await changed(record.id, 'created', actor)
+    return reply.code(201).send({ ...clientView(record), client_secret: secret })
+  })
+
+  fastify.get('/admin/clients', {
+    schema: { summary: 'List clients, by client id, a page at a time', querystring: clientListQuery, response: { 200: clientList, ...adminErrorResponses } }
+  }, async (request) => {
+    const page = await repository.list({ limit: request.query.limit, after: request.query.after })
+    return { clients: page.clients.map(clientView), next: page.next }
+  })
+
+  fastify.get('/admin/clients/:client_id', {
+    schema: { summary: 'One client, every field but its secrets', params: clientIdParams, response: { 200: viewOfClient, ...adminErrorResponses } }
+  }, async (request) => {
+    const record = await repository.findRecord(request.params.client_id)
+    if (record === undefined) throw noSuchClient()
+    return clientView(record)
+  })
+
+  fastify.patch('/admin/clients/:client_id', {
+    preParsing: json,
+    schema: { summary: 'Change some of a client\'s fields', params: clientIdParams, body: patchClientBody, response: { 200: viewOfClient, ...adminErrorResponses } }
+  }, async (request) => {
+    const actor = actorOf(request.adminActor)
+    const record = await repository.update(request.params.client_id, clientChangesFrom(request.body), actor).catch(mapStorageError)
+    if (record === undefined) throw noSuchClient()
+    await changed(record.id, 'updated', actor)
+    return clientView(record)
+  })
+
+  fastify.delete('/admin/clients/:client_id', {
+    schema: { summary: 'Delete a client (its events stay)', params: clientIdParams, response: { ...adminErrorResponses } }
+  }, async (request, reply) => {
+    const actor = actorOf(request.adminActor)
+    if (!await repository.delete(request.params.client_id, actor)) throw noSuchClient()
+    await changed(request.params.client_id, 'deleted', actor)
+    return reply.code(204).send()
+  })
+
+  fastify.post('/admin/clients/:client_id/secret', {
+    preParsing: async (request, reply, payload) => {
+      // The body is optional; when there is one, it is JSON.
+      if (request.headers['content-type'] !== undefined) await json.call(fastify, request, reply, payload)
+    },
+    schema: {
+      summary: 'Rotate the secret; with a grace period the previous one keeps working until it ends',
+      params: clientIdParams,
+      body: rotateSecretBody,
+      response: { 200: rotatedSecret, ...adminErrorResponses }
+    }
+  }, async (request) => {
+    const actor = actorOf(request.adminActor)
+    const secret = generateClientSecret()
+    const rotated = await repository.rotateSecret(request.params.client_id, {
+      secret, cost: config.bcryptCost, graceMs: graceMs(request.body?.grace), actor
+    }).catch(mapStorageError)
+    if (rotated === undefined) throw noSuchClient()
+    await changed(request.params.client_id, 'secret_rotated', actor)
+    return {
+      client_id: request.params.client_id,
+      client_secret: secret,
+      previous_secret_expires_at: rotated.previousSecretExpiresAt?.toISOString() ?? null
+    }
+  })
+
+  for (const status of ['enabled', 'disabled'] as const) {
+    const verb = status === 'enabled' ? 'enable' : 'disable'
+    fastify.post(`/admin/clients/:client_id/${verb}`, {
+      schema: { summary: `${verb[0]?.toUpperCase() ?? ''}${verb.slice(1)} a client`, params: clientIdParams, response: { 200: viewOfClient, ...adminErrorResponses } }
+    }, async (request) => {
+      const actor = actorOf(request.adminActor)
+      const record = await repository.setStatus(request.params.client_id, status, actor)
+      if (record === undefined) throw noSuchClient()
+      await changed(record.id, status, actor)
+      return clientView(record)
+    })
+  }
+
+  fastify.get('/admin/clients/:client_id/events', {
+    schema: { summary: 'The recorded changes of a client, newest first', params: clientIdParams, querystring: eventListQuery, response: { 200: eventList, ...adminErrorResponses } }
+  }, async (request) => {
+    const page = await repository.events(request.params.client_id, { limit: request.query.limit, before: request.query.before })
+    return page
+  })
+}
+
+export default adminClientsRoutes

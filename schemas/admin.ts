@@ -1,0 +1,67 @@
+// The admin API's requests and answers. The client's own fields are those of
+// schemas/client.ts, which the CLI shares; this file adds paging, rotation
+// and the error answers.
+import { Type } from 'typebox'
+import { ClientCreate, ClientEventView, ClientPatch, ClientView } from './client.js'
+import { oauthErrorRef } from './oauth.js'
+
+/** The longest grace period a rotation may give the previous secret. */
+export const MAX_GRACE_SECONDS = 30 * 86400
+
+const CLIENT_ID = Type.String({ minLength: 1, maxLength: 255, pattern: '^[\\x21-\\x7E]+$' })
+
+export const clientIdParams = Type.Object({ client_id: CLIENT_ID })
+
+export const createClientBody = ClientCreate
+export const patchClientBody = ClientPatch
+export const viewOfClient = ClientView
+
+/** The client and, this once, its secret. */
+export const createdClient = Type.Intersect([ClientView, Type.Object({ client_secret: Type.String() })])
+
+const limit = Type.Integer({ minimum: 1, maximum: 200, default: 50 })
+
+export const clientListQuery = Type.Object({
+  limit,
+  /** the `next` of the previous page */
+  after: Type.Optional(CLIENT_ID)
+}, { additionalProperties: false })
+
+export const clientList = Type.Object({
+  clients: Type.Array(ClientView),
+  /** pass as `after` for the following page; null on the last one */
+  next: Type.Union([Type.String(), Type.Null()])
+})
+
+export const eventListQuery = Type.Object({
+  limit,
+  /** the `next` of the previous page */
+  before: Type.Optional(Type.Integer({ minimum: 1 }))
+}, { additionalProperties: false })
+
+export const eventList = Type.Object({
+  events: Type.Array(ClientEventView),
+  next: Type.Union([Type.Integer(), Type.Null()])
+})
+
+export const rotateSecretBody = Type.Optional(Type.Object({
+  /** how long the previous secret keeps working: 3600s, 15m, 24h, 7d; absent or 0: it stops now */
+  grace: Type.Optional(Type.String({ maxLength: 32 }))
+}, { additionalProperties: false }))
+
+export const rotatedSecret = Type.Object({
+  client_id: Type.String(),
+  client_secret: Type.String(),
+  previous_secret_expires_at: Type.Union([Type.String({ format: 'date-time' }), Type.Null()])
+})
+
+/** Every error answer of the admin API: the OAuth error body. */
+export const adminErrorResponses = {
+  400: oauthErrorRef,
+  401: oauthErrorRef,
+  403: oauthErrorRef,
+  404: oauthErrorRef,
+  409: oauthErrorRef,
+  413: oauthErrorRef,
+  503: oauthErrorRef
+}
