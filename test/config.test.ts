@@ -240,3 +240,14 @@ test('out-of-range or invalid settings name their variable', async (t) => {
     t.ok(err.message.startsWith(`${name}: `), `${name}=${value}: message starts with the name (${err.message})`)
   }
 })
+
+test('the admin listener: loopback port 9090 by default, never the public port, a scope of RFC 6749 syntax', async (t) => {
+  const defaults = loadSettings({})
+  t.equal(defaults.adminHost, '127.0.0.1')
+  t.equal(defaults.adminPort, 9090)
+  t.equal(defaults.adminScope, 'session-service:admin')
+  t.equal(loadSettings({ ADMIN_PORT: '0', SERVER_PORT: '0' }).adminPort, 0, 'both 0: two ports the system picks')
+  t.throws(() => loadSettings({ ADMIN_PORT: '8080' }), { name: 'ConfigError', message: 'ADMIN_PORT: must differ from SERVER_PORT (8080)' })
+  t.throws(() => loadSettings({ ADMIN_PORT: '70000' }), { name: 'ConfigError', message: /^ADMIN_PORT: / })
+  t.throws(() => loadSettings({ ADMIN_SCOPE: 'two scopes' }), { name: 'ConfigError', message: /^ADMIN_SCOPE: "two scopes" is not a valid scope/ })
+})
