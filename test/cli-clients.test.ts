@@ -13,7 +13,7 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 const ISO_TIME = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/
 const BCRYPT_HASH = /\$2[aby]\$\d\d\$/
 /** The fields of a client as `clients show --json` and `clients list --json` print them. */
-const VIEW_FIELDS = ['audiences', 'authentication', 'client_id', 'created_at', 'default_scopes', 'name', 'rate_limit', 'scopes', 'status', 'updated_at']
+const VIEW_FIELDS = ['audiences', 'authentication', 'claims', 'client_id', 'created_at', 'default_scopes', 'grant_types', 'jwks_uri', 'name', 'previous_secret_expires_at', 'rate_limit', 'scopes', 'status', 'updated_at']
 
 const needsServers = !backends.postgres
   ? 'needs a PostgreSQL server (none answers)'
@@ -111,7 +111,8 @@ test('PostgreSQL: a client created, rotated, disabled, enabled and deleted with 
   res = await cli(t, ['clients', 'rotate-secret', id, '--json'], { env, cwd })
   succeeded(t, res, 'clients rotate-secret --json')
   const rotated = parsed<Record<string, unknown>>(t, res, 'clients rotate-secret --json')
-  t.strictSame(Object.keys(rotated).sort(), ['client_id', 'client_secret'], 'rotate-secret prints the id and the new secret')
+  t.strictSame(Object.keys(rotated).sort(), ['client_id', 'client_secret', 'previous_secret_expires_at'], 'rotate-secret prints the id, the new secret and the end of the grace period')
+  t.equal(rotated.previous_secret_expires_at, null, 'without --grace there is no grace period')
   t.equal(rotated.client_id, id, 'the client rotated')
   t.match(rotated.client_secret, GENERATED_SECRET, 'the new secret is 43 base64url characters')
   t.not(rotated.client_secret, secret, 'the new secret differs from the old one')
