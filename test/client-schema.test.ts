@@ -3,7 +3,7 @@
 import { test } from 'tap'
 import Value from 'typebox/value'
 import {
-  ClientCreate, ClientEventView, ClientPatch, ClientView, clientChangesFrom, clientEventView, clientView,
+  ClientCreate, ClientEventView, ClientView, type ClientCreateBody, type ClientPatchBody, clientChangesFrom, clientEventView, clientView,
   generateClientId, generateClientSecret, InvalidClientError, isClientId, newClientFrom
 } from '../schemas/client.js'
 import type { ClientRecord } from '../storage/clients.js'
@@ -58,8 +58,8 @@ test('newClientFrom: defaults, a generated id and secret, and each rule', async 
     [{ name: 'n', unknown: 1 }, /additional properties/]
   ]
   for (const [input, message] of refused) {
-    t.throws(() => newClientFrom(input as ClientCreate), InvalidClientError, JSON.stringify(input).slice(0, 60))
-    t.throws(() => newClientFrom(input as ClientCreate), { message }, JSON.stringify(input).slice(0, 60))
+    t.throws(() => newClientFrom(input as ClientCreateBody), InvalidClientError, JSON.stringify(input).slice(0, 60))
+    t.throws(() => newClientFrom(input as ClientCreateBody), { message }, JSON.stringify(input).slice(0, 60))
   }
   t.notOk(Value.Check(ClientCreate, { name: 'n', client_secret: 'x'.repeat(73) }), 'the schema bounds the secret too')
 })
@@ -70,7 +70,7 @@ test('clientChangesFrom: only the fields given, at least one, the same rules', a
     { defaultScopes: [], jwksUri: null, grantTypes: ['refresh_token', 'client_credentials'] })
   t.throws(() => clientChangesFrom({}), { message: 'give at least one field to change' })
   t.throws(() => clientChangesFrom({ claims: { scope: 'admin' } }), InvalidClientError)
-  t.throws(() => clientChangesFrom({ client_id: 'other' } as ClientPatch), InvalidClientError, 'the id never changes')
+  t.throws(() => clientChangesFrom({ client_id: 'other' } as ClientPatchBody), InvalidClientError, 'the id never changes')
 })
 
 test('clientView and clientEventView: what the schemas declare, never a secret or a hash', async (t) => {
