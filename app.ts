@@ -19,7 +19,10 @@ export const options: FastifyServerOptions = {
   ajv: {
     // Refuse what does not match the schema instead of coercing it: a number
     // where a token string is expected is an error, not the string "123".
-    customOptions: { coerceTypes: false, allErrors: false }
+    // And refuse a field the schema does not list (where it says
+    // additionalProperties: false) instead of dropping it: a misspelt field
+    // of an admin request is an error, not a silent no-op.
+    customOptions: { coerceTypes: false, allErrors: false, removeAdditional: false }
   },
   return503OnClosing: true,
   // Requests Fastify refuses before any route (a URL with malformed

@@ -46,6 +46,7 @@ export default fp(async (fastify) => {
     const check = await tokens.verify(match[1])
     if (!check.valid) throw unauthorized('the access token is not valid', 'invalid_token')
     const { client_id: clientId, jti, scope } = check.claims
+    if (typeof clientId !== 'string') throw unauthorized('the access token is not valid', 'invalid_token')
     const granted = typeof scope === 'string' ? scope.split(' ') : []
     const client = await clients.find(clientId)
     if (client === undefined || client.status !== 'enabled') throw unauthorized('the access token is not valid', 'invalid_token')

@@ -86,7 +86,10 @@ export default fp(async (fastify) => {
     // CLIENT_CACHE_TTL in memory, whatever time it claims.
     const cached = await shared.get(cacheKey(clientId))
     if (cached !== null) {
-      const { readAt, ...client } = JSON.parse(cached) as Client & { readAt?: number }
+      const { readAt, ...record } = JSON.parse(cached) as Omit<Client, 'previousSecretExpiresAt'> & { readAt?: number, previousSecretExpiresAt: string | null }
+      // JSON has no dates: the grace period's end comes back as its ISO text.
+      const end = record.previousSecretExpiresAt
+      const client: Client = { ...record, previousSecretHash: record.previousSecretHash ?? null, previousSecretExpiresAt: typeof end === 'string' ? new Date(end) : null }
       remember(client, Math.min(typeof readAt === 'number' ? readAt : 0, now))
       cacheStats.sharedHits++
       return client

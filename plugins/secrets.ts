@@ -52,6 +52,8 @@ export interface SecretCheck {
 
 export interface Secrets {
   check: (secret: string, hash: string, options: SecretCheckOptions) => Promise<SecretCheck>
+  /** Whether `secret` was verified against `hash` recently enough that check() needs no compare. */
+  remembers: (secret: string, hash: string) => boolean
   /** Waits until a failed check has taken as long as a compare at BCRYPT_COST would. */
   padFailure: (check: SecretCheck) => Promise<void>
   /** A new hash of `secret` at BCRYPT_COST (on a worker), remembered as verified. */
@@ -407,5 +409,7 @@ export default fp(async (fastify) => {
     return hash
   }
 
-  fastify.decorate('secrets', { check, padFailure, rehash, stats, queueLength: () => queue.length })
+  const remembers = (secret: string, hash: string): boolean => remembered.state(remembered.fingerprint(secret, hash), Date.now()) !== 'unknown'
+
+  fastify.decorate('secrets', { check, remembers, padFailure, rehash, stats, queueLength: () => queue.length })
 }, { name: 'secrets', dependencies: ['config'] })

@@ -19,7 +19,13 @@ export const viewOfClient = ClientView
 /** The client and, this once, its secret. */
 export const createdClient = Type.Intersect([ClientView, Type.Object({ client_secret: Type.String() })])
 
-const limit = Type.Integer({ minimum: 1, maximum: 200, default: 50 })
+/** The most items a page holds, and how many when the query does not say. */
+export const MAX_PAGE_SIZE = 200
+export const DEFAULT_PAGE_SIZE = 50
+
+// Query values are strings, and the service does not coerce types: digits
+// here, a number in the route.
+const limit = Type.Optional(Type.String({ pattern: '^[1-9][0-9]{0,2}$', description: `items per page, 1 to ${MAX_PAGE_SIZE} (default ${DEFAULT_PAGE_SIZE})` }))
 
 export const clientListQuery = Type.Object({
   limit,
@@ -36,7 +42,7 @@ export const clientList = Type.Object({
 export const eventListQuery = Type.Object({
   limit,
   /** the `next` of the previous page */
-  before: Type.Optional(Type.Integer({ minimum: 1 }))
+  before: Type.Optional(Type.String({ pattern: '^[1-9][0-9]{0,17}$' }))
 }, { additionalProperties: false })
 
 export const eventList = Type.Object({
@@ -44,16 +50,20 @@ export const eventList = Type.Object({
   next: Type.Union([Type.Integer(), Type.Null()])
 })
 
-export const rotateSecretBody = Type.Optional(Type.Object({
+/** The body is optional: without one, the previous secret stops at once. */
+export const rotateSecretBody = Type.Object({
   /** how long the previous secret keeps working: 3600s, 15m, 24h, 7d; absent or 0: it stops now */
   grace: Type.Optional(Type.String({ maxLength: 32 }))
-}, { additionalProperties: false }))
+}, { additionalProperties: false })
 
 export const rotatedSecret = Type.Object({
   client_id: Type.String(),
   client_secret: Type.String(),
   previous_secret_expires_at: Type.Union([Type.String({ format: 'date-time' }), Type.Null()])
 })
+
+/** 204: done, nothing to say. */
+export const noContent = Type.Null({ description: 'No content' })
 
 /** Every error answer of the admin API: the OAuth error body. */
 export const adminErrorResponses = {

@@ -94,14 +94,27 @@ test('revoking the token, disabling the admin client or taking its scope away en
 test('create: 201 with the secret once; the client gets tokens; every error of the body answered', async (t) => {
   const admin = await setup(t)
   const created = await admin.call('POST', '/admin/clients', {
-    client_id: 'billing', name: 'Billing', scopes: ['invoices:read', 'invoices:write'], default_scopes: ['invoices:read'],
-    audiences: ['https://billing.example'], rate_limit: 120, claims: { tenant: 'acme' }, grant_types: ['client_credentials']
+    client_id: 'billing',
+    name: 'Billing',
+    scopes: ['invoices:read', 'invoices:write'],
+    default_scopes: ['invoices:read'],
+    audiences: ['https://billing.example'],
+    rate_limit: 120,
+    claims: { tenant: 'acme' },
+    grant_types: ['client_credentials']
   })
   t.equal(created.statusCode, 201, created.body)
   const body = created.json()
   t.match(body, {
-    client_id: 'billing', name: 'Billing', status: 'enabled', scopes: ['invoices:read', 'invoices:write'], default_scopes: ['invoices:read'],
-    audiences: ['https://billing.example'], rate_limit: 120, claims: { tenant: 'acme' }, grant_types: ['client_credentials']
+    client_id: 'billing',
+    name: 'Billing',
+    status: 'enabled',
+    scopes: ['invoices:read', 'invoices:write'],
+    default_scopes: ['invoices:read'],
+    audiences: ['https://billing.example'],
+    rate_limit: 120,
+    claims: { tenant: 'acme' },
+    grant_types: ['client_credentials']
   })
   t.type(body.client_secret, 'string')
   t.ok(body.client_secret.length >= 43, 'a generated secret of 256 bits')
@@ -116,20 +129,21 @@ test('create: 201 with the secret once; the client gets tokens; every error of t
   t.notOk('client_secret' in shown.json(), 'the secret is never shown again')
   t.notMatch(shown.body, /\$2[aby]\$/, 'nor its hash')
 
-  const duplicate = await admin.call('POST', '/admin/clients', { client_id: 'billing' })
+  const duplicate = await admin.call('POST', '/admin/clients', { client_id: 'billing', name: 'Again' })
   t.equal(duplicate.statusCode, 409, 'a taken id: 409')
   t.equal(duplicate.json().error, 'conflict')
 
   const errors: Array<[string, unknown, Record<string, string>?]> = [
     ['malformed JSON', '{"client_id": "x",'],
     ['not JSON', 'client_id=x', { 'content-type': 'application/x-www-form-urlencoded' }],
-    ['a secret over 72 bytes', { client_id: 'long', client_secret: 'é'.repeat(37) }],
-    ['an unknown field', { client_id: 'typo', scope: 'a b' }],
-    ['a bad scope', { client_id: 'bad-scope', scopes: ['a"b'] }],
-    ['default scopes outside scopes', { client_id: 'bad-default', scopes: ['a'], default_scopes: ['b'] }],
-    ['an unknown grant type', { client_id: 'bad-grant', grant_types: ['password'] }],
-    ['a registered claim', { client_id: 'bad-claim', claims: { sub: 'someone' } }],
-    ['a wrong type', { client_id: 'bad-type', rate_limit: '10' }]
+    ['a secret over 72 bytes', { client_id: 'long', name: 'x', client_secret: 'é'.repeat(37) }],
+    ['no name', { client_id: 'nameless' }],
+    ['an unknown field', { client_id: 'typo', name: 'x', scope: 'a b' }],
+    ['a bad scope', { client_id: 'bad-scope', name: 'x', scopes: ['a"b'] }],
+    ['default scopes outside scopes', { client_id: 'bad-default', name: 'x', scopes: ['a'], default_scopes: ['b'] }],
+    ['an unknown grant type', { client_id: 'bad-grant', name: 'x', grant_types: ['password'] }],
+    ['a registered claim', { client_id: 'bad-claim', name: 'x', claims: { sub: 'someone' } }],
+    ['a wrong type', { client_id: 'bad-type', name: 'x', rate_limit: '10' }]
   ]
   for (const [what, payload, headers] of errors) {
     const res = await admin.call('POST', '/admin/clients', payload, headers)
@@ -143,7 +157,7 @@ test('create: 201 with the secret once; the client gets tokens; every error of t
 test('update, enable and disable apply at once, on this instance and on another sharing Redis', async (t) => {
   const admin = await setup(t)
   const other = await build(t, { databaseUrl: admin.databaseUrl, redisPrefix: admin.redisPrefix })
-  const { client_secret: secret } = (await admin.call('POST', '/admin/clients', { client_id: 'reports', scopes: ['a', 'b'] })).json()
+  const { client_secret: secret } = (await admin.call('POST', '/admin/clients', { client_id: 'reports', name: 'reports', scopes: ['a', 'b'] })).json()
   t.equal((await clientToken(other.app, 'reports', secret, 'b')).statusCode, 200, 'the other instance issues scope b (and caches the client)')
 
   const patched = await admin.call('PATCH', '/admin/clients/reports', { scopes: ['a'], name: 'Reports' })
@@ -154,7 +168,7 @@ test('update, enable and disable apply at once, on this instance and on another 
   t.equal(elsewhere, 400, 'and on the other instance without waiting for CLIENT_CACHE_TTL')
 
   t.equal((await admin.call('POST', '/admin/clients/reports/disable')).json().status, 'disabled')
-  t.equal(await pollStatus(async () => await clientToken(other.app, 'reports', secret, 'a'), 401), 401, 'disabled: refused everywhere')
+  t.equal(await pollStatus(async () => await clientToken(other.app, 'reports', secret, 'a'), 400), 400, 'disabled: refused everywhere (unauthorized_client)')
   t.equal((await admin.call('POST', '/admin/clients/reports/enable')).json().status, 'enabled')
   t.equal(await pollStatus(async () => await clientToken(other.app, 'reports', secret, 'a'), 200), 200, 'enabled again')
 
@@ -175,7 +189,7 @@ async function pollStatus (request: () => Promise<LightMyRequestResponse>, statu
 
 test('rotate the secret: with grace both work until it ends, without grace the old one stops at once', async (t) => {
   const admin = await setup(t)
-  const { client_secret: first } = (await admin.call('POST', '/admin/clients', { client_id: 'rotating' })).json()
+  const { client_secret: first } = (await admin.call('POST', '/admin/clients', { client_id: 'rotating', name: 'rotating' })).json()
   const before = Date.now()
   const rotated = await admin.call('POST', '/admin/clients/rotating/secret', { grace: '24h' })
   t.equal(rotated.statusCode, 200, rotated.body)
@@ -203,7 +217,7 @@ test('rotate the secret: with grace both work until it ends, without grace the o
 
 test('delete, unknown clients, events and pages', async (t) => {
   const admin = await setup(t)
-  for (const id of ['c1', 'c2', 'c3', 'c4']) t.equal((await admin.call('POST', '/admin/clients', { client_id: id })).statusCode, 201)
+  for (const id of ['c1', 'c2', 'c3', 'c4']) t.equal((await admin.call('POST', '/admin/clients', { client_id: id, name: id })).statusCode, 201)
   await admin.call('PATCH', '/admin/clients/c2', { name: 'Second' })
   await admin.call('POST', '/admin/clients/c2/secret', { grace: '1h' })
 
@@ -234,7 +248,7 @@ test('delete, unknown clients, events and pages', async (t) => {
   const list = events.json<{ events: Array<{ action: string, actor: string, before: unknown, after: unknown }> }>().events
   t.strictSame(list.map((e) => e.action), ['deleted', 'secret_rotated', 'updated', 'created'], 'every change, newest first, outliving the client')
   t.ok(list.every((e) => e.actor === `client:${ADMIN_ID}`), 'each made by the admin client')
-  t.match(list.find((e) => e.action === 'updated'), { before: { name: '' }, after: { name: 'Second' } })
+  t.match(list.find((e) => e.action === 'updated'), { before: { name: 'c2' }, after: { name: 'Second' } })
   t.notMatch(events.body, /\$2[aby]\$|secret_hash|client_secret"/, 'no secret or hash in any event')
   const firstPage = (await admin.call('GET', '/admin/clients/c2/events?limit=1')).json<{ events: unknown[], next: number | null }>()
   t.equal(firstPage.events.length, 1)

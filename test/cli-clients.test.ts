@@ -13,7 +13,7 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 const ISO_TIME = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/
 const BCRYPT_HASH = /\$2[aby]\$\d\d\$/
 /** The fields of a client as `clients show --json` and `clients list --json` print them. */
-const VIEW_FIELDS = ['audiences', 'authentication', 'client_id', 'created_at', 'default_scopes', 'name', 'rate_limit', 'scopes', 'status', 'updated_at']
+const VIEW_FIELDS = ['audiences', 'authentication', 'claims', 'client_id', 'created_at', 'default_scopes', 'grant_types', 'jwks_uri', 'name', 'previous_secret_expires_at', 'rate_limit', 'scopes', 'status', 'updated_at']
 
 const needsServers = !backends.postgres
   ? 'needs a PostgreSQL server (none answers)'
@@ -111,7 +111,8 @@ test('PostgreSQL: a client created, rotated, disabled, enabled and deleted with 
   res = await cli(t, ['clients', 'rotate-secret', id, '--json'], { env, cwd })
   succeeded(t, res, 'clients rotate-secret --json')
   const rotated = parsed<Record<string, unknown>>(t, res, 'clients rotate-secret --json')
-  t.strictSame(Object.keys(rotated).sort(), ['client_id', 'client_secret'], 'rotate-secret prints the id and the new secret')
+  t.strictSame(Object.keys(rotated).sort(), ['client_id', 'client_secret', 'previous_secret_expires_at'], 'rotate-secret prints the id, the new secret and the end of the grace period')
+  t.equal(rotated.previous_secret_expires_at, null, 'without --grace there is no grace period')
   t.equal(rotated.client_id, id, 'the client rotated')
   t.match(rotated.client_secret, GENERATED_SECRET, 'the new secret is 43 base64url characters')
   t.not(rotated.client_secret, secret, 'the new secret differs from the old one')
@@ -186,4 +187,107 @@ test('PostgreSQL: creating a client with an id that exists fails and leaves the 
   t.strictSame(await sql(databaseUrl, 'SELECT name FROM clients'), [{ name: 'first' }], 'the first client is unchanged')
   const token = await tokenRequest(app, CLIENT_CREDENTIALS, basic('svc-dup', secret))
   t.equal(token.statusCode, 200, 'the first client\'s secret still gets a token', { body: token.body })
+})
+
+test('PostgreSQL: update changes only the options given, show prints every field but secrets, events tell who did what', { skip: needsServers }, async (t) => {
+  const { app, databaseUrl, redisPrefix } = await build(t)
+  const cwd = t.testdir({})
+  const env = { DATABASE_URL: databaseUrl, REDIS_URL: TEST_REDIS_URL, REDIS_KEY_PREFIX: redisPrefix }
+  let res = await cli(t, ['clients', 'create', '--name', 'before', '--id', 'svc-upd', '--scope', 'read', '--rate-limit', '5', '--json'], { env, cwd })
+  succeeded(t, res, 'clients create')
+  const secret = String(parsed(t, res, 'clients create --json').client_secret)
+  t.equal((await tokenRequest(app, CLIENT_CREDENTIALS, basic('svc-upd', secret))).statusCode, 200, 'a token before the update (the record is now cached)')
+
+  res = await cli(t, ['clients', 'update', 'svc-upd', '--name', 'after', '--scopes', 'read,write', '--default-scopes', 'write', '--audiences', 'other',
+    '--claims', '{"tier":"gold"}', '--jwks-uri', 'https://keys.example/jwks.json', '--grant-types', 'client_credentials'], { env, cwd })
+  succeeded(t, res, 'clients update')
+  t.match(res.stdout, /^name:\s+after$/m, 'update prints the client')
+  res = await cli(t, ['clients', 'show', 'svc-upd', '--json'], { env, cwd })
+  succeeded(t, res, 'clients show --json')
+  const shown = parsed(t, res, 'clients show --json')
+  t.strictSame(Object.keys(shown).sort(), VIEW_FIELDS, 'every field of the view')
+  t.match(shown, {
+    client_id: 'svc-upd',
+    name: 'after',
+    scopes: ['read', 'write'],
+    default_scopes: ['write'],
+    audiences: ['other'],
+    rate_limit: 5,
+    claims: { tier: 'gold' },
+    jwks_uri: 'https://keys.example/jwks.json',
+    grant_types: ['client_credentials'],
+    authentication: ['client_secret', 'private_key_jwt'],
+    previous_secret_expires_at: null
+  }, 'the options given changed, the rate limit did not')
+  res = await cli(t, ['clients', 'show', 'svc-upd'], { env, cwd })
+  t.match(res.stdout, /^claims:\s+\{"tier":"gold"\}$/m, 'show as text: the claims as JSON')
+  t.match(res.stdout, /^grant_types:\s+client_credentials$/m, 'show as text: the grant types')
+  t.notMatch(res.stdout, BCRYPT_HASH, 'show prints no hash')
+  const token = await answersWithin(app, basic('svc-upd', secret), 200)
+  t.equal(decodeJwt(token.json().access_token).payload.scope, 'write', 'the running app uses the new default scope at once')
+
+  res = await cli(t, ['clients', 'update', 'svc-upd', '--rate-limit', 'default', '--json'], { env, cwd })
+  t.equal(parsed(t, res, 'clients update --rate-limit default').rate_limit, null, '"default" clears the rate limit')
+
+  res = await cli(t, ['clients', 'events', 'svc-upd'], { env, cwd })
+  succeeded(t, res, 'clients events')
+  const lines = res.stdout.trimEnd().split('\n')
+  t.equal(lines.length, 3, 'one line per change')
+  t.match(lines[0], /^\d+\s+\S+Z\s+updated\s+cli:\S+\s+rate_limit: 5 -> null$/, 'the newest first, with what changed')
+  t.match(lines[1], /updated\s+cli:\S+\s+.*name: "before" -> "after"/, 'the first update')
+  t.match(lines[2], /created\s+cli:\S+$/, 'the creation')
+  t.notOk(res.stdout.includes(secret), 'no secret in the history')
+})
+
+test('PostgreSQL: rotate-secret --grace keeps the old secret working until the time it prints', { skip: needsServers }, async (t) => {
+  const { app, databaseUrl, redisPrefix } = await build(t)
+  const cwd = t.testdir({})
+  const env = { DATABASE_URL: databaseUrl, REDIS_URL: TEST_REDIS_URL, REDIS_KEY_PREFIX: redisPrefix }
+  let res = await cli(t, ['clients', 'create', '--name', 'x', '--id', 'svc-grace', '--json'], { env, cwd })
+  const secret = String(parsed(t, res, 'clients create --json').client_secret)
+  res = await cli(t, ['clients', 'rotate-secret', 'svc-grace', '--grace', '24h'], { env, cwd })
+  succeeded(t, res, 'clients rotate-secret --grace 24h')
+  const newSecret = /^client_secret:\s+(\S+)$/m.exec(res.stdout)?.[1] ?? ''
+  t.match(newSecret, GENERATED_SECRET, 'the new secret, printed once')
+  const end = /^previous_secret_expires_at:\s+(\S+)$/m.exec(res.stdout)?.[1] ?? ''
+  t.ok(Math.abs(Date.parse(end) - Date.now() - 86_400_000) < 60_000, 'the old secret works for 24 hours', { end })
+  t.match(res.stdout, /The previous secret works until /, 'and says so')
+  t.equal((await answersWithin(app, basic('svc-grace', secret), 200)).statusCode, 200, 'the old secret after the rotation')
+  t.equal((await tokenRequest(app, CLIENT_CREDENTIALS, basic('svc-grace', newSecret))).statusCode, 200, 'the new secret')
+  const [row] = await sql<{ previous_secret_hash: string }>(databaseUrl, 'SELECT previous_secret_hash FROM clients WHERE client_id = $1', ['svc-grace'])
+  t.match(row?.previous_secret_hash, BCRYPT_HASH, 'the old secret is kept only as its hash')
+
+  res = await cli(t, ['clients', 'rotate-secret', 'svc-grace', '--grace', 'none', '--json'], { env, cwd })
+  succeeded(t, res, 'clients rotate-secret --grace none')
+  t.equal(parsed(t, res, 'rotate-secret --grace none').previous_secret_expires_at, null, 'no grace period')
+  assertTokenError(t, await answersWithin(app, basic('svc-grace', newSecret), 401), 401, 'invalid_client', 'the previous secret at once')
+})
+
+test('PostgreSQL: update and rotate-secret refuse bad input with exit 2, and a rule against the stored client with exit 1', { skip: needsServers }, async (t) => {
+  const { databaseUrl, redisPrefix } = await build(t)
+  const cwd = t.testdir({})
+  const env = { DATABASE_URL: databaseUrl, REDIS_URL: TEST_REDIS_URL, REDIS_KEY_PREFIX: redisPrefix }
+  succeeded(t, await cli(t, ['clients', 'create', '--name', 'x', '--id', 'svc-bad', '--scope', 'read', '--json'], { env, cwd }), 'clients create')
+  const usageCases: Array<[string[], RegExp]> = [
+    [['clients', 'update', 'svc-bad'], /give at least one field to change/],
+    [['clients', 'update', 'svc-bad', '--claims', '{"sub":"root"}'], /"sub" is a registered claim/],
+    [['clients', 'update', 'svc-bad', '--claims', '[1]'], /--claims must be a JSON object/],
+    [['clients', 'update', 'svc-bad', '--jwks-uri', 'http://keys.example/jwks.json'], /jwks_uri: must be an https URL/],
+    [['clients', 'update', 'svc-bad', '--grant-types', 'password'], /grant_types/],
+    [['clients', 'update', 'svc-bad', '--scopes', 'a', '--default-scopes', 'b'], /"b" is not among scopes/],
+    [['clients', 'update', 'svc-bad', '--scopes', 'bad"scope'], /scope tokens/],
+    [['clients', 'update', 'svc-bad', '--rate-limit', '0'], /--rate-limit/],
+    [['clients', 'rotate-secret', 'svc-bad', '--grace', 'soon'], /--grace must be a duration/],
+    [['clients', 'create', '--name', 'x', '--claims', '{"aud":"x"}'], /"aud" is a registered claim/]
+  ]
+  for (const [args, message] of usageCases) {
+    t.match(failed(t, await cli(t, args, { env, cwd }), 2, args.join(' ')), message, args.join(' '))
+  }
+  t.match(failed(t, await cli(t, ['clients', 'rotate-secret', 'svc-bad', '--secret-stdin'], { env, cwd, stdin: `${'x'.repeat(73)}\n` }), 2, 'a 73-byte secret'), /73 bytes.*72/)
+  t.equal(failed(t, await cli(t, ['clients', 'update', 'svc-bad', '--default-scopes', 'write'], { env, cwd }), 1, 'a default scope outside the stored scopes'),
+    'session-service: the default scopes must be among the client\'s scopes')
+  t.equal(failed(t, await cli(t, ['clients', 'update', 'svc-none', '--name', 'y'], { env, cwd }), 1, 'an unknown client'), 'session-service: no client "svc-none"')
+  t.equal(failed(t, await cli(t, ['clients', 'events', 'svc-bad', '--limit', 'x'], { env, cwd }), 2, 'a bad --limit'),
+    'session-service: --limit must be a whole number, at least 1 (see session-service clients events --help)')
+  t.strictSame(await sql(databaseUrl, 'SELECT action FROM client_events WHERE client_id = $1', ['svc-bad']), [{ action: 'created' }], 'nothing refused was recorded')
 })

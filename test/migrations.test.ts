@@ -3,6 +3,7 @@ import { join } from 'node:path'
 import { test } from 'tap'
 import bcrypt from 'bcryptjs'
 import { serverDatabase, type Database } from '../storage/database.js'
+import { clientsRepository } from '../storage/clients.js'
 import { applyMigrations, MIGRATIONS_DIR, type MigrationLog } from '../plugins/migrations.js'
 import { basicAuth, build, createDatabase, freePort, needs, runEntry, type RunResult, insertClient, issueTokens, sql, tokenRequest, verify } from './helper.js'
 
@@ -92,6 +93,35 @@ test('a failing migration is not recorded and earlier files stay applied', { ski
   writeFileSync(join(dir, broken), 'CREATE TABLE half_done (id integer);\n')
   t.strictSame(await applyMigrations(db, memoryLog(), dir), [broken], 'once fixed, it is applied')
   t.ok(await tableExists(databaseUrl, 'half_done'))
+})
+
+test('006 on a database with clients: they keep working, and a plain INSERT too; then they rotate with overlap', { skip: needs.postgres }, async (t) => {
+  const databaseUrl = await createDatabase(t, { empty: true })
+  const db = pool(t, databaseUrl)
+  const before006 = MIGRATION_FILES.filter((name) => name < '006')
+  const earlier: Record<string, string> = {}
+  for (const name of before006) earlier[name] = readFileSync(join(MIGRATIONS_DIR, name), 'utf8')
+  t.strictSame(await applyMigrations(db, memoryLog(), t.testdir(earlier)), before006)
+  await sql(databaseUrl, 'INSERT INTO clients (client_id, client_secret_hash, rate_limit) VALUES ($1, $2, $3)', ['svc-old', await bcrypt.hash('old-client-secret', 10), 10])
+  await sql(databaseUrl, 'INSERT INTO clients (client_id, jwks_uri) VALUES ($1, $2)', ['svc-keys', 'https://keys.example/jwks.json'])
+
+  t.strictSame(await applyMigrations(db, memoryLog()), MIGRATION_FILES.filter((name) => name >= '006'), '006 and later applied')
+  await sql(databaseUrl, 'INSERT INTO clients (client_id, client_secret_hash, rate_limit) VALUES ($1, $2, $3)', ['svc-new', await bcrypt.hash('new-client-secret', 10), null])
+  t.strictSame(await sql(databaseUrl, 'SELECT client_id, previous_secret_hash, previous_secret_expires_at FROM clients ORDER BY client_id'), [
+    { client_id: 'svc-keys', previous_secret_hash: null, previous_secret_expires_at: null },
+    { client_id: 'svc-new', previous_secret_hash: null, previous_secret_expires_at: null },
+    { client_id: 'svc-old', previous_secret_hash: null, previous_secret_expires_at: null }
+  ], 'every client, old and new, without a previous secret')
+  t.strictSame(await sql(databaseUrl, 'SELECT count(*)::int AS events FROM client_events'), [{ events: 0 }], 'no history is invented for existing clients')
+  await t.rejects(sql(databaseUrl, "UPDATE clients SET previous_secret_hash = client_secret_hash WHERE client_id = 'svc-old'"), /clients_previous_secret_expires/, 'a previous hash needs the end of its grace period')
+
+  const { app } = await build(t, { databaseUrl })
+  const auth = (secret: string): Record<string, string> => ({ authorization: basicAuth('svc-old', secret) })
+  t.equal((await tokenRequest(app, { grant_type: 'client_credentials' }, auth('old-client-secret'))).statusCode, 200, 'an existing client gets tokens after 006')
+  await clientsRepository(app.db).rotateSecret('svc-old', { secret: 'rotated-client-secret', cost: 10, graceMs: 60_000, actor: 'test' })
+  await app.clients.forget('svc-old')
+  t.equal((await tokenRequest(app, { grant_type: 'client_credentials' }, auth('old-client-secret'))).statusCode, 200, 'its old secret during the grace period')
+  t.equal((await tokenRequest(app, { grant_type: 'client_credentials' }, auth('rotated-client-secret'))).statusCode, 200, 'and its new one')
 })
 
 test('clients inserted the original way, with $2a$ and $2b$ hashes, get tokens', async (t) => {

@@ -1,37 +1,42 @@
-// `clients ...`: register, list, show, rotate, disable, enable and delete
-// clients. Every change is announced to the running instances.
-import { randomBytes, randomUUID } from 'node:crypto'
-import { clientsRepository, ClientExistsError, MAX_SECRET_BYTES, type ClientRecord, type ClientStatus } from '../../storage/clients.js'
+// `clients ...`: register, list, show, update, rotate, disable, enable and
+// delete clients, and read their history. Every change is recorded with the
+// operator's name and announced to the running instances. The fields and
+// their rules are those of schemas/client.ts, which the admin API shares.
+import { userInfo } from 'node:os'
+import {
+  clientsRepository, ClientExistsError, ClientRuleError, MAX_SECRET_BYTES, SecretTooLongError,
+  type ClientEvent, type ClientRecord, type ClientStatus
+} from '../../storage/clients.js'
+import {
+  checkClientSecret, clientChangesFrom, clientEventView, clientView, generateClientSecret, InvalidClientError,
+  isClientId, MIN_SECRET_BYTES, newClientFrom, type ClientPatchBody
+} from '../../schemas/client.js'
+import { parseDurationMs } from '../../plugins/config.js'
 import { announceChange } from '../announce.js'
 import { JSON_OPTION, noPositionals, type CommandContext, type CommandTable } from '../command.js'
 import { withDatabase } from '../connection.js'
-import { SCOPE_TOKEN } from '../../schemas/scope.js'
 import { CliError, readInput, usage, type CliIo, type Output } from '../io.js'
 
-const CLIENT_ID = /^[\x21-\x7E]{1,255}$/
 const SECRET_SHOWN_ONCE = 'The secret is shown this once; store it now.'
+/** Rows read per query when the CLI lists every client. */
+const LIST_PAGE = 500
 
-/** A client as the CLI shows it: never its secret or hash. */
-function clientView (client: ClientRecord): Record<string, unknown> {
-  return {
-    client_id: client.id,
-    name: client.name,
-    status: client.status,
-    scopes: client.scopes,
-    default_scopes: client.defaultScopes,
-    audiences: client.audiences,
-    rate_limit: client.rateLimit,
-    authentication: [...(client.secretHash !== null ? ['client_secret'] : []),
-      ...(client.jwksUri !== null || client.jwks !== null ? ['private_key_jwt'] : [])],
-    created_at: client.createdAt.toISOString(),
-    updated_at: client.updatedAt.toISOString()
+/** Who the events of this command name: the operating system's user running it. */
+function cliActor (): string {
+  try {
+    return `cli:${userInfo().username}`
+  } catch {
+    // No passwd entry for this uid (some containers): its number instead.
+    return `cli:uid-${process.getuid?.() ?? 'unknown'}`
   }
 }
 
-function printClient (out: Output, view: Record<string, unknown>): void {
-  for (const [name, value] of Object.entries(view)) {
-    const text = Array.isArray(value) ? (value.length === 0 ? '-' : value.join(' ')) : value === null ? '-' : String(value)
-    out.print(`${`${name}:`.padEnd(16)}${text}`)
+function printFields (out: Output, fields: Record<string, unknown>): void {
+  for (const [name, value] of Object.entries(fields)) {
+    const text = Array.isArray(value)
+      ? (value.length === 0 ? '-' : value.join(' '))
+      : value === null ? '-' : typeof value === 'object' ? JSON.stringify(value) : String(value)
+    out.print(`${`${name}:`.padEnd(28)}${text}`)
   }
 }
 
@@ -43,108 +48,164 @@ function printClientTable (out: Output, clients: ClientRecord[]): void {
   for (const line of table) out.print(line.map((cell, column) => cell.padEnd(widths[column] ?? 0)).join('  ').trimEnd())
 }
 
-function listOption (values: string[] | undefined, what: string, command: string, pattern: RegExp): string[] {
-  const items = (values ?? []).flatMap((value) => value.split(/[\s,]+/)).filter((item) => item !== '')
-  const bad = items.find((item) => !pattern.test(item) || item.length > 255)
-  if (bad !== undefined) throw usage(`"${bad}" is not a valid ${what}`, command)
-  return [...new Set(items)]
-}
-
-function checkClientId (id: string, command: string): string {
-  if (!CLIENT_ID.test(id)) throw usage(`"${id}" is not a valid client id (1 to 255 visible ASCII characters)`, command)
+function clientIdArgument (positionals: string[], command: string): string {
+  if (positionals.length !== 1) throw usage('give exactly one client id', command)
+  const id = positionals[0] ?? ''
+  if (!isClientId(id)) throw usage(`"${id}" is not a valid client id (1 to 255 visible ASCII characters)`, command)
   return id
 }
 
-function clientIdArgument (positionals: string[], command: string): string {
-  if (positionals.length !== 1) throw usage('give exactly one client id', command)
-  return checkClientId(positionals[0] ?? '', command)
+/** The typed refusals of the schema and the repository, as the operator reads them. */
+function refusal (err: unknown, command: string): unknown {
+  if (err instanceof InvalidClientError) return usage(err.message, command)
+  if (err instanceof ClientExistsError || err instanceof ClientRuleError || err instanceof SecretTooLongError) return new CliError(err.message)
+  return err
 }
 
+async function refusing<T> (command: string, work: () => Promise<T>): Promise<T> {
+  try {
+    return await work()
+  } catch (err) {
+    throw refusal(err, command)
+  }
+}
+
+/** The secret on standard input (without its line end), or a generated one. */
 async function chooseSecret (fromStdin: boolean, io: CliIo, command: string): Promise<string> {
-  if (!fromStdin) return randomBytes(32).toString('base64url')
+  if (!fromStdin) return generateClientSecret()
   const secret = (await readInput(io)).replace(/\r?\n$/, '')
   if (secret.length === 0) throw usage('the secret read from stdin is empty', command)
-  const bytes = Buffer.byteLength(secret, 'utf8')
-  // bcrypt reads only the first 72 bytes: a longer secret would be truncated silently.
-  if (bytes > MAX_SECRET_BYTES) throw usage(`the secret is ${bytes} bytes; at most ${MAX_SECRET_BYTES} are allowed (bcrypt ignores the rest)`, command)
-  if (bytes < 16) throw usage('the secret is shorter than 16 bytes', command)
+  await refusing(command, async () => { checkClientSecret(secret) })
   return secret
 }
 
 const noClient = (id: string): CliError => new CliError(`no client "${id}"`)
 
+/** The option names of each setting: `clients create` takes repeatable singulars, `clients update` lists. */
+interface SettingOptions { scopes: string, defaultScopes: string, audiences: string }
+const CREATE_OPTIONS: SettingOptions = { scopes: 'scope', defaultScopes: 'default-scope', audiences: 'audience' }
+const UPDATE_OPTIONS: SettingOptions = { scopes: 'scopes', defaultScopes: 'default-scopes', audiences: 'audiences' }
+
+/** The items of a list option (repeated, or space- or comma-separated); '' gives none. */
+function listItems (value: unknown): string[] | undefined {
+  if (value === undefined) return undefined
+  const texts = Array.isArray(value) ? value as string[] : [value as string]
+  return [...new Set(texts.flatMap((text) => text.split(/[\s,]+/)).filter((item) => item !== ''))]
+}
+
+function rateLimitOption (text: string | undefined, command: string): number | null | undefined {
+  if (text === undefined) return undefined
+  if (text === 'default') return null
+  if (!/^\d{1,9}$/.test(text) || Number(text) < 1) throw usage('--rate-limit must be a whole number of requests per minute, at least 1 (or "default")', command)
+  return Number(text)
+}
+
+function claimsOption (text: string | undefined, command: string): Record<string, unknown> | undefined {
+  if (text === undefined) return undefined
+  let claims: unknown
+  try {
+    claims = JSON.parse(text)
+  } catch {
+    throw usage('--claims must be a JSON object', command)
+  }
+  if (typeof claims !== 'object' || claims === null || Array.isArray(claims)) throw usage('--claims must be a JSON object', command)
+  return claims as Record<string, unknown>
+}
+
+/** The client settings given as options, in the schema's fields; those not given are absent. */
+function settingsFrom (values: Record<string, unknown>, names: SettingOptions, command: string): ClientPatchBody {
+  const jwksUri = values['jwks-uri'] as string | undefined
+  const settings: Record<string, unknown> = {
+    name: values.name,
+    scopes: listItems(values[names.scopes]),
+    default_scopes: listItems(values[names.defaultScopes]),
+    audiences: listItems(values[names.audiences]),
+    rate_limit: rateLimitOption(values['rate-limit'] as string | undefined, command),
+    claims: claimsOption(values.claims as string | undefined, command),
+    jwks_uri: jwksUri === 'none' ? null : jwksUri,
+    grant_types: listItems(values['grant-types'])
+  }
+  return Object.fromEntries(Object.entries(settings).filter(([, value]) => value !== undefined)) as ClientPatchBody
+}
+
 async function setStatus ({ positionals, config, out }: CommandContext, command: string, status: ClientStatus): Promise<void> {
   const id = clientIdArgument(positionals, command)
   await withDatabase(config, async (connection) => {
-    if (!await clientsRepository(connection.db).setStatus(id, status)) throw noClient(id)
+    if (await clientsRepository(connection.db).setStatus(id, status, cliActor()) === undefined) throw noClient(id)
     await announceChange(config, connection, id, out)
     if (out.json) out.data({ client_id: id, status })
     else out.print(`client ${id} ${status}`)
   })
 }
 
-/** The settings of `clients create`, checked. */
-function newClientOptions (values: Record<string, unknown>, command: string): { id: string, name: string, scopes: string[], defaultScopes: string[], audiences: string[], rateLimit: number | null } {
-  const name = values.name as string | undefined
-  if (name === undefined || name.trim() === '') throw usage('--name is required', command)
-  if (name.length > 200) throw usage('--name is longer than 200 characters', command)
-  const id = checkClientId((values.id as string | undefined) ?? randomUUID(), command)
-  const scopes = listOption(values.scope as string[] | undefined, 'scope', command, SCOPE_TOKEN)
-  const defaultScopes = listOption(values['default-scope'] as string[] | undefined, 'scope', command, SCOPE_TOKEN)
-  const notAllowed = defaultScopes.find((scope) => !scopes.includes(scope))
-  if (notAllowed !== undefined) throw usage(`default scope "${notAllowed}" is not among --scope`, command)
-  const audiences = listOption(values.audience as string[] | undefined, 'audience', command, /^[\x21-\x7E]+$/)
-  let rateLimit: number | null = null
-  if (values['rate-limit'] !== undefined) {
-    const text = values['rate-limit'] as string
-    rateLimit = /^\d{1,9}$/.test(text) ? Number(text) : Number.NaN
-    if (!(rateLimit >= 1)) throw usage('--rate-limit must be a whole number of requests per minute, at least 1', command)
-  }
-  return { id, name, scopes, defaultScopes, audiences, rateLimit }
-}
-
 async function createClient ({ values, positionals, config, out, io }: CommandContext): Promise<void> {
   const command = 'clients create'
   noPositionals(positionals, command)
-  const client = newClientOptions(values, command)
+  if (values.name === undefined) throw usage('--name is required', command)
   const secret = await chooseSecret(values['secret-stdin'] === true, io, command)
+  const { client } = await refusing(command, async () => newClientFrom({
+    ...settingsFrom(values, CREATE_OPTIONS, command),
+    name: values.name as string,
+    ...(values.id === undefined ? {} : { client_id: values.id as string }),
+    client_secret: secret
+  }))
   await withDatabase(config, async (connection) => {
-    const clients = clientsRepository(connection.db)
-    try {
-      await clients.insert({ ...client, secret }, config.bcryptCost)
-    } catch (err) {
-      if (err instanceof ClientExistsError) throw new CliError(err.message)
-      throw err
-    }
+    const record = await refusing(command, async () => await clientsRepository(connection.db).insert(client, config.bcryptCost, cliActor()))
     await announceChange(config, connection, client.id, out)
-    const record = await clients.findRecord(client.id)
-    if (record === undefined) throw noClient(client.id)
     const view = clientView(record)
     if (out.json) {
       out.data({ ...view, client_secret: secret })
       return
     }
     out.print(`client created in ${connection.where}`)
-    printClient(out, view)
-    out.print(`${'client_secret:'.padEnd(16)}${secret}`)
+    printFields(out, { ...view, client_secret: secret })
     out.print(SECRET_SHOWN_ONCE)
   })
+}
+
+async function updateClient ({ values, positionals, config, out }: CommandContext): Promise<void> {
+  const command = 'clients update'
+  const id = clientIdArgument(positionals, command)
+  const changes = await refusing(command, async () => clientChangesFrom(settingsFrom(values, UPDATE_OPTIONS, command)))
+  await withDatabase(config, async (connection) => {
+    const record = await refusing(command, async () => await clientsRepository(connection.db).update(id, changes, cliActor()))
+    if (record === undefined) throw noClient(id)
+    await announceChange(config, connection, id, out)
+    if (out.json) out.data(clientView(record))
+    else printFields(out, clientView(record))
+  })
+}
+
+/** --grace: a duration in the settings' syntax (24h, 90m, 3600s, 500ms), or none. */
+function graceOption (text: string | undefined, command: string): number {
+  if (text === undefined || text === 'none') return 0
+  try {
+    return parseDurationMs('--grace', text, { allowZero: true })
+  } catch {
+    throw usage('--grace must be a duration (24h, 90m, 3600s, 7d, 500ms) or "none"', command)
+  }
 }
 
 async function rotateSecret ({ values, positionals, config, out, io }: CommandContext): Promise<void> {
   const command = 'clients rotate-secret'
   const id = clientIdArgument(positionals, command)
+  const graceMs = graceOption(values.grace as string | undefined, command)
   const secret = await chooseSecret(values['secret-stdin'] === true, io, command)
   await withDatabase(config, async (connection) => {
-    if (!await clientsRepository(connection.db).setSecret(id, secret, config.bcryptCost)) throw noClient(id)
+    const rotation = { secret, cost: config.bcryptCost, graceMs, actor: cliActor() }
+    const rotated = await refusing(command, async () => await clientsRepository(connection.db).rotateSecret(id, rotation))
+    if (rotated === undefined) throw noClient(id)
     await announceChange(config, connection, id, out)
+    const result = { client_id: id, client_secret: secret, previous_secret_expires_at: rotated.previousSecretExpiresAt?.toISOString() ?? null }
     if (out.json) {
-      out.data({ client_id: id, client_secret: secret })
+      out.data(result)
       return
     }
-    out.print(`${'client_id:'.padEnd(16)}${id}`)
-    out.print(`${'client_secret:'.padEnd(16)}${secret}`)
+    printFields(out, result)
     out.print(SECRET_SHOWN_ONCE)
+    out.print(result.previous_secret_expires_at === null
+      ? 'The previous secret no longer works.'
+      : `The previous secret works until ${result.previous_secret_expires_at}.`)
   })
 }
 
@@ -155,31 +216,103 @@ async function showClient ({ positionals, config, out }: CommandContext): Promis
     if (record === undefined) throw noClient(id)
     const view = clientView(record)
     if (out.json) out.data(view)
-    else printClient(out, view)
+    else printFields(out, view)
+  })
+}
+
+async function listClients ({ positionals, config, out }: CommandContext): Promise<void> {
+  noPositionals(positionals, 'clients list')
+  await withDatabase(config, async ({ db }) => {
+    const clients: ClientRecord[] = []
+    let after: string | undefined
+    do {
+      const page = await clientsRepository(db).list({ limit: LIST_PAGE, after })
+      clients.push(...page.clients)
+      after = page.next ?? undefined
+    } while (after !== undefined)
+    if (out.json) out.data(clients.map((client) => clientView(client)))
+    else if (clients.length === 0) out.print('no clients')
+    else printClientTable(out, clients)
   })
 }
 
 async function deleteClient ({ positionals, config, out }: CommandContext): Promise<void> {
   const id = clientIdArgument(positionals, 'clients delete')
   await withDatabase(config, async (connection) => {
-    if (!await clientsRepository(connection.db).delete(id)) throw noClient(id)
+    if (!await clientsRepository(connection.db).delete(id, cliActor())) throw noClient(id)
     await announceChange(config, connection, id, out)
     if (out.json) out.data({ client_id: id, deleted: true })
     else out.print(`client ${id} deleted`)
   })
 }
 
+/** What an event changed, in one line: the fields whose values differ, or the grace period of a rotation. */
+function eventSummary (event: ClientEvent): string {
+  if (event.action === 'secret_rotated') {
+    const end = event.after?.previous_secret_expires_at
+    return typeof end === 'string' ? `previous secret until ${new Date(end).toISOString()}` : 'previous secret stopped at once'
+  }
+  if (event.action !== 'updated') return ''
+  const before = event.before ?? {}
+  const after = event.after ?? {}
+  return Object.keys(after).filter((field) => JSON.stringify(before[field]) !== JSON.stringify(after[field]))
+    .map((field) => `${field}: ${JSON.stringify(before[field])} -> ${JSON.stringify(after[field])}`).join('; ')
+}
+
+function pageOption (text: string | undefined, name: string, fallback: number | undefined, command: string): number | undefined {
+  if (text === undefined) return fallback
+  if (!/^\d{1,15}$/.test(text) || Number(text) < 1) throw usage(`--${name} must be a whole number, at least 1`, command)
+  return Number(text)
+}
+
+async function listEvents ({ values, positionals, config, out }: CommandContext): Promise<void> {
+  const command = 'clients events'
+  const id = clientIdArgument(positionals, command)
+  const limit = Math.min(pageOption(values.limit as string | undefined, 'limit', 20, command) ?? 20, 1000)
+  const before = pageOption(values.before as string | undefined, 'before', undefined, command)
+  await withDatabase(config, async ({ db }) => {
+    const page = await clientsRepository(db).events(id, { limit, before })
+    if (out.json) {
+      out.data({ events: page.events.map(clientEventView), next: page.next })
+      return
+    }
+    if (page.events.length === 0) out.print(`no events of client ${id}`)
+    for (const event of page.events) {
+      out.print([event.id, event.at.toISOString(), event.action.padEnd(14), event.actor, eventSummary(event)].join('  ').trimEnd())
+    }
+    if (page.next !== null) out.print(`older events: --before ${page.next}`)
+  })
+}
+
+const SETTINGS_HELP = `--rate-limit: token requests per minute, or "default" (RATE_LIMIT_DEFAULT).
+--claims: a JSON object of claims added to each access token (registered
+claims such as sub, aud or scope are refused). --jwks-uri: an https URL of
+the client's JWK Set (private_key_jwt), or "none". --grant-types: the grants
+it may use (client_credentials, refresh_token).`
+
+const UPDATE_SETTINGS = {
+  name: { type: 'string' },
+  scopes: { type: 'string' },
+  'default-scopes': { type: 'string' },
+  audiences: { type: 'string' },
+  'rate-limit': { type: 'string' },
+  claims: { type: 'string' },
+  'jwks-uri': { type: 'string' },
+  'grant-types': { type: 'string' }
+} as const
+
 export const clientsCommands: CommandTable = {
   'clients create': {
     summary: 'register a client and print its secret (shown once)',
-    usage: 'clients create --name <name> [--id <client_id>] [--scope <scope>]... [--default-scope <scope>]... [--audience <aud>]... [--rate-limit <n>] [--secret-stdin] [--json]',
+    usage: 'clients create --name <name> [--id <client_id>] [--scope <scope>]... [--default-scope <scope>]... [--audience <aud>]... [--rate-limit <n>] [--claims <json>] [--jwks-uri <url>] [--grant-types <list>] [--secret-stdin] [--json]',
     help: `Registers a client that authenticates with a secret. Without --id, the id is a
 random UUID. The secret is generated (32 random bytes, base64url) and printed
 once; only its bcrypt hash is stored. --secret-stdin reads the secret from
-standard input instead (16 to ${MAX_SECRET_BYTES} bytes).
+standard input instead (${MIN_SECRET_BYTES} to ${MAX_SECRET_BYTES} bytes).
 Scopes and audiences may be repeated or given as one space- or comma-separated
 list. --default-scope: granted when a token request names no scope (must be
-among --scope). --rate-limit: token requests per minute (default: RATE_LIMIT_DEFAULT).`,
+among --scope).
+${SETTINGS_HELP}`,
     options: {
       name: { type: 'string' },
       id: { type: 'string' },
@@ -187,6 +320,9 @@ among --scope). --rate-limit: token requests per minute (default: RATE_LIMIT_DEF
       'default-scope': { type: 'string', multiple: true },
       audience: { type: 'string', multiple: true },
       'rate-limit': { type: 'string' },
+      claims: { type: 'string' },
+      'jwks-uri': { type: 'string' },
+      'grant-types': { type: 'string' },
       'secret-stdin': { type: 'boolean' },
       ...JSON_OPTION
     },
@@ -195,34 +331,52 @@ among --scope). --rate-limit: token requests per minute (default: RATE_LIMIT_DEF
   'clients list': {
     summary: 'list the clients',
     usage: 'clients list [--json]',
-    help: 'Lists every client: id, status, name, scopes and audiences. Secrets are never shown.',
+    help: 'Lists every client by id: id, status, name, scopes and audiences (--json: every setting). Secrets are never shown.',
     options: JSON_OPTION,
-    async run ({ positionals, config, out }) {
-      noPositionals(positionals, 'clients list')
-      await withDatabase(config, async ({ db }) => {
-        const clients = await clientsRepository(db).list()
-        if (out.json) out.data(clients.map(clientView))
-        else if (clients.length === 0) out.print('no clients')
-        else printClientTable(out, clients)
-      })
-    }
+    run: listClients
   },
   'clients show': {
     summary: 'show one client',
     usage: 'clients show <client_id> [--json]',
-    help: 'Shows a client\'s settings. The secret is never shown (only its hash is stored).',
+    help: `Shows every setting of a client, how it authenticates, and until when the
+secret before its last rotation still works. Secrets and their hashes are never shown.`,
     options: JSON_OPTION,
     run: showClient
   },
+  'clients update': {
+    summary: 'change a client\'s settings (only those given)',
+    usage: 'clients update <client_id> [--name <name>] [--scopes <list>] [--default-scopes <list>] [--audiences <list>] [--rate-limit <n>] [--claims <json>] [--jwks-uri <url>] [--grant-types <list>] [--json]',
+    help: `Changes the settings given and leaves the others as they are; prints the
+client. A list replaces the stored one whole (space- or comma-separated; ""
+empties it). The default scopes must stay among the scopes.
+${SETTINGS_HELP}`,
+    options: { ...UPDATE_SETTINGS, ...JSON_OPTION },
+    run: updateClient
+  },
   'clients rotate-secret': {
-    summary: 'give a client a new secret (shown once); the old one stops working',
-    usage: 'clients rotate-secret <client_id> [--secret-stdin] [--json]',
-    help: `Replaces the client's secret with a new one, printed once (or read from
-standard input with --secret-stdin, 16 to ${MAX_SECRET_BYTES} bytes). The old secret is refused
-from then on: at once where this command can tell the running instances, else
-within CLIENT_CACHE_TTL. Tokens already issued stay valid until they expire.`,
-    options: { 'secret-stdin': { type: 'boolean' }, ...JSON_OPTION },
+    summary: 'give a client a new secret (shown once), the old one kept for --grace',
+    usage: 'clients rotate-secret <client_id> [--grace <duration>] [--secret-stdin] [--json]',
+    help: `Gives the client a new secret, printed once (or read from standard input with
+--secret-stdin, ${MIN_SECRET_BYTES} to ${MAX_SECRET_BYTES} bytes). With --grace (24h, 90m, 3600s, 7d; default
+none) the current secret keeps working for that long, so that the client's
+deployments can move to the new one; previous_secret_expires_at says until
+when. Without it, the old secret is refused from then on: at once where this
+command can tell the running instances, else within CLIENT_CACHE_TTL. A
+second rotation during a grace period ends the first one's previous secret.
+Tokens already issued stay valid until they expire.`,
+    options: { grace: { type: 'string' }, 'secret-stdin': { type: 'boolean' }, ...JSON_OPTION },
     run: rotateSecret
+  },
+  'clients events': {
+    summary: 'show the recorded changes of a client, newest first',
+    usage: 'clients events <client_id> [--limit <n>] [--before <event_id>] [--json]',
+    help: `Lists who changed the client, when, and how (created, updated, secret_rotated,
+enabled, disabled, deleted), newest first, --limit at a time (default 20, at
+most 1000); --before <id> shows the page after the one that ended there. The
+history outlives a deleted client. It holds no secret or hash: a rotation
+records only when the previous secret stops working.`,
+    options: { limit: { type: 'string' }, before: { type: 'string' }, ...JSON_OPTION },
+    run: listEvents
   },
   'clients disable': {
     summary: 'refuse a client\'s token requests (kept, can be enabled again)',
@@ -239,9 +393,9 @@ within CLIENT_CACHE_TTL. Tokens already issued stay valid until they expire.`,
     run: async (context) => await setStatus(context, 'clients enable', 'enabled')
   },
   'clients delete': {
-    summary: 'remove a client for good',
+    summary: 'remove a client for good (its history stays)',
     usage: 'clients delete <client_id> [--json]',
-    help: 'Deletes a client. Its token requests fail as for an unknown client; tokens already issued stay valid until they expire.',
+    help: 'Deletes a client. Its token requests fail as for an unknown client; tokens already issued stay valid until they expire. Its events stay (clients events).',
     options: JSON_OPTION,
     run: deleteClient
   }

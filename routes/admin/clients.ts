@@ -6,12 +6,19 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { OAuthError } from '../../plugins/errors.js'
 import type { AdminActor } from '../../plugins/admin-auth.js'
 import { parseDuration } from '../../plugins/config.js'
-import { ClientExistsError, clientsRepository, SecretTooLongError } from '../../storage/clients.js'
-import { clientChangesFrom, clientView, generateClientSecret, newClientFrom } from '../../schemas/client.js'
+import { ClientExistsError, ClientRuleError, clientsRepository, SecretTooLongError } from '../../storage/clients.js'
+import { clientChangesFrom, clientEventView, clientView, generateClientSecret, InvalidClientError, newClientFrom } from '../../schemas/client.js'
 import {
   adminErrorResponses, clientIdParams, clientList, clientListQuery, createClientBody, createdClient, eventList, eventListQuery,
-  MAX_GRACE_SECONDS, patchClientBody, rotateSecretBody, rotatedSecret, viewOfClient
+  DEFAULT_PAGE_SIZE, MAX_GRACE_SECONDS, MAX_PAGE_SIZE, noContent, patchClientBody, rotateSecretBody, rotatedSecret, viewOfClient
 } from '../../schemas/admin.js'
+
+/** A page size from the query: DEFAULT_PAGE_SIZE when absent, at most MAX_PAGE_SIZE. */
+function pageSize (limit: string | undefined): number {
+  const size = limit === undefined ? DEFAULT_PAGE_SIZE : Number(limit)
+  if (size > MAX_PAGE_SIZE) throw new OAuthError(400, 'invalid_request', `limit may be at most ${MAX_PAGE_SIZE}`)
+  return size
+}
 
 const noSuchClient = (): OAuthError => new OAuthError(404, 'not_found', 'no client with this id')
 
@@ -31,10 +38,22 @@ function graceMs (grace: string | undefined): number {
   return seconds * 1000
 }
 
-function mapStorageError (err: unknown): never {
+/** The repository's and the field rules' refusals, as the caller's errors. */
+function refusal (err: unknown): never {
   if (err instanceof ClientExistsError) throw new OAuthError(409, 'conflict', 'a client with this id already exists')
-  if (err instanceof SecretTooLongError) throw new OAuthError(400, 'invalid_request', err.message)
+  if (err instanceof SecretTooLongError || err instanceof InvalidClientError || err instanceof ClientRuleError) {
+    throw new OAuthError(400, 'invalid_request', err.message)
+  }
   throw err
+}
+
+/** Runs `build`, turning a broken field rule into a 400. */
+function checked<T> (build: () => T): T {
+  try {
+    return build()
+  } catch (err) {
+    return refusal(err)
+  }
 }
 
 const adminClientsRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
@@ -57,8 +76,8 @@ const adminClientsRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     schema: { summary: 'Register a client; its secret is in this answer only', body: createClientBody, response: { 201: createdClient, ...adminErrorResponses } }
   }, async (request, reply) => {
     const actor = actorOf(request.adminActor)
-    const secret = request.body.client_secret ?? generateClientSecret()
-    const record = await repository.insert(newClientFrom(request.body, secret), config.bcryptCost, actor).catch(mapStorageError)
+    const { client, secret } = checked(() => newClientFrom(request.body))
+    const record = await repository.insert(client, config.bcryptCost, actor).catch(refusal)
     await changed(record.id, 'created', actor)
     return reply.code(201).send({ ...clientView(record), client_secret: secret })
   })
@@ -66,8 +85,8 @@ const adminClientsRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.get('/admin/clients', {
     schema: { summary: 'List clients, by client id, a page at a time', querystring: clientListQuery, response: { 200: clientList, ...adminErrorResponses } }
   }, async (request) => {
-    const page = await repository.list({ limit: request.query.limit, after: request.query.after })
-    return { clients: page.clients.map(clientView), next: page.next }
+    const page = await repository.list({ limit: pageSize(request.query.limit), after: request.query.after })
+    return { clients: page.clients.map((record) => clientView(record)), next: page.next }
   })
 
   fastify.get('/admin/clients/:client_id', {
@@ -83,25 +102,29 @@ const adminClientsRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     schema: { summary: 'Change some of a client\'s fields', params: clientIdParams, body: patchClientBody, response: { 200: viewOfClient, ...adminErrorResponses } }
   }, async (request) => {
     const actor = actorOf(request.adminActor)
-    const record = await repository.update(request.params.client_id, clientChangesFrom(request.body), actor).catch(mapStorageError)
+    const changes = checked(() => clientChangesFrom(request.body))
+    const record = await repository.update(request.params.client_id, changes, actor).catch(refusal)
     if (record === undefined) throw noSuchClient()
     await changed(record.id, 'updated', actor)
     return clientView(record)
   })
 
   fastify.delete('/admin/clients/:client_id', {
-    schema: { summary: 'Delete a client (its events stay)', params: clientIdParams, response: { ...adminErrorResponses } }
+    schema: { summary: 'Delete a client (its events stay)', params: clientIdParams, response: { 204: noContent, ...adminErrorResponses } }
   }, async (request, reply) => {
     const actor = actorOf(request.adminActor)
     if (!await repository.delete(request.params.client_id, actor)) throw noSuchClient()
     await changed(request.params.client_id, 'deleted', actor)
-    return reply.code(204).send()
+    return reply.code(204).send(null)
   })
 
   fastify.post('/admin/clients/:client_id/secret', {
     preParsing: async (request, reply, payload) => {
       // The body is optional; when there is one, it is JSON.
       if (request.headers['content-type'] !== undefined) await json.call(fastify, request, reply, payload)
+    },
+    preValidation: async (request) => {
+      request.body ??= {}
     },
     schema: {
       summary: 'Rotate the secret; with a grace period the previous one keeps working until it ends',
@@ -113,8 +136,8 @@ const adminClientsRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     const actor = actorOf(request.adminActor)
     const secret = generateClientSecret()
     const rotated = await repository.rotateSecret(request.params.client_id, {
-      secret, cost: config.bcryptCost, graceMs: graceMs(request.body?.grace), actor
-    }).catch(mapStorageError)
+      secret, cost: config.bcryptCost, graceMs: graceMs(request.body.grace), actor
+    }).catch(refusal)
     if (rotated === undefined) throw noSuchClient()
     await changed(request.params.client_id, 'secret_rotated', actor)
     return {
@@ -140,8 +163,9 @@ const adminClientsRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.get('/admin/clients/:client_id/events', {
     schema: { summary: 'The recorded changes of a client, newest first', params: clientIdParams, querystring: eventListQuery, response: { 200: eventList, ...adminErrorResponses } }
   }, async (request) => {
-    const page = await repository.events(request.params.client_id, { limit: request.query.limit, before: request.query.before })
-    return page
+    const { before } = request.query
+    const page = await repository.events(request.params.client_id, { limit: pageSize(request.query.limit), before: before === undefined ? undefined : Number(before) })
+    return { events: page.events.map(clientEventView), next: page.next }
   })
 }
 
