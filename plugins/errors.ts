@@ -46,10 +46,10 @@ export class DependencyError extends createError<'SS_DEPENDENCY_UNAVAILABLE', 50
   }
 }
 
-/** Runs a storage operation; any failure of it becomes a DependencyError naming `dependency`. */
+/** What each call to a dependency goes through: any failure of `operation` becomes a DependencyError naming `dependency`. */
 export type Guard = <T>(dependency: DependencyName, operation: Promise<T>) => Promise<T>
 
-/** Runs a storage operation; any failure of it becomes a DependencyError. Records nothing (the CLI, pings). */
+/** The guard that records nothing: for pings (which have their own gauge), sealing, and the CLI and tests. */
 export const guard: Guard = async (dependency, operation) => {
   try {
     return await operation
