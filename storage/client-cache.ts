@@ -41,7 +41,8 @@ export interface ClientCache {
 
 /**
  * The cache in Redis (`redis` applies `prefix` to keys, not to channels);
- * `guard` records its Redis calls.
+ * `guard` records its Redis calls. Sealing and opening are local work once
+ * the seal's secret is loaded, so they are not timed as PostgreSQL calls.
  * Values are sealed on the way in and checked on the way out: a value that
  * anyone but this service wrote reads as absent. The seal's secret is read
  * from PostgreSQL, and failing that, so is the call.

@@ -145,7 +145,8 @@ const refreshKey = (hash: string): string => `refresh:v2:${hash}`
  * Refresh tokens in Redis (`redis` applies the key prefix), each with a TTL
  * of its expiry. A record is sealed (storage/record-seal.ts) and opened
  * before any rule is judged: a forged or moved record reads as missing.
- * The seal's secret is read from PostgreSQL, and failing that, so is the call.
+ * The seal's secret is read from PostgreSQL, and failing that, so is the call;
+ * sealing is local work otherwise, so only the Redis calls are recorded.
  */
 export function redisRefreshTokens (client: Redis, seal: RecordSeal, revocations: Revocations, guard: Guard): RefreshTokens {
   const redis = client as RedisWithRefreshScripts
