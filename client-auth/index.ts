@@ -55,6 +55,8 @@ declare module 'fastify' {
      * unauthorized_client for a disabled client.
      */
     authenticateClient: (request: FastifyRequest, credentials: PresentedCredentials) => Promise<Client>
+    /** Authentications refused (429) by the failed-authentication throttle since start. */
+    authThrottleStats: { refused: number }
   }
 }
 
@@ -62,6 +64,7 @@ export default fp(async (fastify) => {
   const { config, db, clients, clientAssertions, secrets } = fastify
   const repository = clientsRepository(db)
   const throttle = attemptThrottle(fastify)
+  fastify.decorate('authThrottleStats', throttle.stats)
   const realm = config.issuer.replace(/["\\]/g, '')
   // Compared against when the client is unknown (or has no secret), so that
   // such a request costs the same bcrypt work as a wrong secret and the

@@ -25,6 +25,8 @@ export interface AttemptThrottle {
   countAttempt: (request: FastifyRequest, clientId: string | undefined) => Promise<void>
   countCheapFailure: (request: FastifyRequest, clientId: string | undefined) => void
   refundAttempt: (request: FastifyRequest, clientId: string) => void
+  /** attempts refused (429) since start */
+  stats: { refused: number }
 }
 
 // Attempts that cost real work (a bcrypt compare, a client assertion) are
@@ -40,6 +42,7 @@ export interface AttemptThrottle {
 export function attemptThrottle (fastify: FastifyInstance): AttemptThrottle {
   const { config, store } = fastify
   const ATTEMPT_WINDOW_SECONDS = 60
+  const stats = { refused: 0 }
   const attemptKeys = (request: FastifyRequest, clientId: string | undefined): [string, string] => {
     const address = addressKey(request.ip)
     const id = createHash('sha256').update(clientId ?? '').digest('base64url')
@@ -48,6 +51,7 @@ export function attemptThrottle (fastify: FastifyInstance): AttemptThrottle {
   async function countAttempt (request: FastifyRequest, clientId: string | undefined): Promise<void> {
     const [forClient = 0, forAddress = 0] = await store.counters.count(attemptKeys(request, clientId), ATTEMPT_WINDOW_SECONDS)
     if (forClient <= config.authFailureLimit && forAddress <= config.authFailureLimitPerAddress) return
+    stats.refused++
     request.log.warn({ clientId, address: addressKey(request.ip) }, 'client authentication throttled after repeated failures')
     throw new OAuthError(429, 'rate_limit_exceeded', `too many failed client authentications; retry in ${ATTEMPT_WINDOW_SECONDS} s`, {
       'retry-after': String(ATTEMPT_WINDOW_SECONDS)
@@ -63,5 +67,5 @@ export function attemptThrottle (fastify: FastifyInstance): AttemptThrottle {
     store.counters.refund(attemptKeys(request, clientId))
       .catch((err: Error) => request.log.warn({ cause: err.message }, 'could not take back a counted authentication attempt'))
   }
-  return { countAttempt, countCheapFailure, refundAttempt }
+  return { countAttempt, countCheapFailure, refundAttempt, stats }
 }

@@ -1,5 +1,4 @@
 import fp from 'fastify-plugin'
-import { guard } from './errors.js'
 import { clientsRepository, type Client } from '../storage/clients.js'
 import { clientCacheKey } from '../storage/client-cache.js'
 
@@ -95,7 +94,7 @@ export default fp(async (fastify) => {
       return client
     }
     cacheStats.misses++
-    const client = await guard('postgresql', repository.find(clientId))
+    const client = await fastify.dependencyCalls.guard('postgresql', repository.find(clientId))
     if (client === undefined) return undefined
     await shared.set(cacheKey(clientId), JSON.stringify({ ...client, readAt: now }), ttlMs)
     remember(client, now)
@@ -117,4 +116,4 @@ export default fp(async (fastify) => {
     forget,
     cacheStats
   })
-}, { name: 'clients', dependencies: ['config', 'postgres', 'store'] })
+}, { name: 'clients', dependencies: ['config', 'postgres', 'store', 'dependency-calls'] })

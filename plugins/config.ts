@@ -96,6 +96,10 @@ export interface Settings {
   shutdownDelayMs: number
   /** a CA certificate (PEM file) that the Redis server's certificate must chain to, for rediss:// */
   redisTlsCaFile: string | undefined
+  /** /metrics counts tokens issued by client id */
+  metricsPerClient: boolean
+  /** client ids that get a series of their own; the others are counted together */
+  metricsClientLimit: number
 }
 
 /** The settings with the keys they name: what the service runs on. */
@@ -157,7 +161,9 @@ export const EnvSchema = Type.Object({
   TRUST_PROXY: Type.String({ default: 'false', maxLength: 4096 }),
   JWKS_URI_ALLOW_PRIVATE: Type.Boolean({ default: false }),
   SHUTDOWN_DELAY: durationMs('5s'),
-  REDIS_TLS_CA_FILE: Type.Optional(Type.String())
+  REDIS_TLS_CA_FILE: Type.Optional(Type.String()),
+  METRICS_PER_CLIENT: Type.Boolean({ default: false }),
+  METRICS_CLIENT_LIMIT: Type.Integer({ minimum: 1, maximum: 10000, default: 100 })
 })
 
 /** The environment once validated, defaults filled in. */
@@ -346,7 +352,9 @@ function settingsFromEnv (raw: Env, cwd: string): Settings {
     trustProxy: parseTrustProxy(raw.TRUST_PROXY),
     jwksUriAllowPrivate: raw.JWKS_URI_ALLOW_PRIVATE,
     shutdownDelayMs: parseDurationMs('SHUTDOWN_DELAY', raw.SHUTDOWN_DELAY, { allowZero: true }),
-    redisTlsCaFile: nonEmpty(raw.REDIS_TLS_CA_FILE)
+    redisTlsCaFile: nonEmpty(raw.REDIS_TLS_CA_FILE),
+    metricsPerClient: raw.METRICS_PER_CLIENT,
+    metricsClientLimit: raw.METRICS_CLIENT_LIMIT
   }
 }
 

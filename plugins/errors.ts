@@ -27,28 +27,72 @@ export type DependencyName = 'postgresql' | 'redis'
 /** An operation that did not settle in its time bound (withTimeout). */
 export const TimeoutError = createError<'SS_TIMEOUT', 503, [string, number]>('SS_TIMEOUT', '%s did not answer within %d ms', 503)
 
+/** How a dependency call failed: its time bound ran out, or anything else. */
+export type DependencyFailure = 'timeout' | 'unreachable'
+
 /**
  * PostgreSQL or Redis did not answer in time or refused the connection.
  * Answered with 503 `temporarily_unavailable` and Retry-After.
  */
 export class DependencyError extends createError<'SS_DEPENDENCY_UNAVAILABLE', 503, [string, { cause: unknown }]>('SS_DEPENDENCY_UNAVAILABLE', '%s is unavailable', 503) {
   readonly dependency: DependencyName
-  /** what went wrong, by the code of the cause: its time bound ran out, or anything else */
-  readonly failure: 'timeout' | 'unreachable'
+  /** what went wrong: by the code of the cause unless the caller knows better (a call that ran out its bound) */
+  readonly failure: DependencyFailure
 
-  constructor (dependency: DependencyName, cause: unknown) {
+  constructor (dependency: DependencyName, cause: unknown, failure?: DependencyFailure) {
     super(dependency, { cause })
     this.dependency = dependency
-    this.failure = (cause as { code?: unknown } | null)?.code === 'SS_TIMEOUT' ? 'timeout' : 'unreachable'
+    this.failure = failure ?? ((cause as { code?: unknown } | null)?.code === 'SS_TIMEOUT' ? 'timeout' : 'unreachable')
   }
 }
 
-/** Runs a storage operation; any failure of it becomes a DependencyError. */
-export async function guard<T> (dependency: DependencyName, operation: Promise<T>): Promise<T> {
+/** What each call to a dependency goes through: any failure of `operation` becomes a DependencyError naming `dependency`. */
+export type Guard = <T>(dependency: DependencyName, operation: Promise<T>) => Promise<T>
+
+/** The guard that records nothing: for pings (which have their own gauge), sealing, and the CLI and tests. */
+export const guard: Guard = async (dependency, operation) => {
   try {
     return await operation
   } catch (err) {
     throw err instanceof DependencyError ? err : new DependencyError(dependency, err)
+  }
+}
+
+/** One call to a dependency as a recording guard saw it: how long it took, and how it failed if it did. */
+export interface DependencyCall {
+  dependency: DependencyName
+  seconds: number
+  failure?: DependencyFailure
+}
+
+// ioredis (commandTimeout) and pg (query_timeout, connectionTimeoutMillis)
+// reject a call that ran out its bound with a plain Error, no code: a failure
+// that took the whole bound is taken for a timeout. The slack covers timers
+// that fire a little early and calls that started just before the guard.
+const TIMER_SLACK_MS = 10
+
+/**
+ * guard() that also tells `record` of every call: its duration, and its
+ * failure (a timeout when it failed after `timeoutMs`, the bound the clients
+ * of PostgreSQL and Redis are given). One per app instance, so that
+ * instances in one process keep their own counts.
+ */
+export function recordingGuard (record: (call: DependencyCall) => void, timeoutMs: number): Guard {
+  return async (dependency, operation) => {
+    const started = performance.now()
+    try {
+      const result = await operation
+      record({ dependency, seconds: (performance.now() - started) / 1000 })
+      return result
+    } catch (err) {
+      // Already classified (and recorded) by a guard inside this one.
+      if (err instanceof DependencyError) throw err
+      const ms = performance.now() - started
+      const failure = ms >= timeoutMs - TIMER_SLACK_MS ? 'timeout' : undefined
+      const error = new DependencyError(dependency, err, failure)
+      record({ dependency, seconds: ms / 1000, failure: error.failure })
+      throw error
+    }
   }
 }
 

@@ -7,7 +7,7 @@ import type { FastifySchema } from 'fastify'
 import { registerAdminRoutes } from './admin-listener.js'
 
 /** The version in package.json, from plugins/ (tsx, tests) or dist/plugins/ (built). */
-function serviceVersion (): string {
+export function serviceVersion (): string {
   let dir = import.meta.dirname
   for (let level = 0; level < 3; level++) {
     dir = dirname(dir)

@@ -18,6 +18,8 @@ declare module 'fastify' {
      * Redis. Sets the X-RateLimit-* headers; over the limit, throws a 429.
      */
     limitTokenRequests: (request: FastifyRequest, reply: FastifyReply, client: LimitedClient) => Promise<void>
+    /** Token requests refused (429) by the per-client limit since start. */
+    tokenRequestLimitStats: { refused: number }
   }
   interface FastifyRequest {
     limitedClient: LimitedClient | null
@@ -34,6 +36,8 @@ export default fp(async (fastify) => {
     skipOnError: false
   })
   fastify.decorateRequest('limitedClient', null)
+  const stats = { refused: 0 }
+  fastify.decorate('tokenRequestLimitStats', stats)
 
   // Keyed by the client, not the address: the limit is the client's own
   // budget, whichever instance or address the requests come through.
@@ -43,18 +47,22 @@ export default fp(async (fastify) => {
     timeWindow: WINDOW_MS
   })
 
+  // Counted in Redis when it is configured: a failure there is Redis's, and
+  // the call is one of Redis's in the metrics; in process it is neither.
+  const guardCount = config.redisUrl === undefined ? guard : fastify.dependencyCalls.guard
+
   fastify.decorate('limitTokenRequests', async (request: FastifyRequest, reply: FastifyReply, client: LimitedClient) => {
     request.limitedClient = client
-    // Counted in Redis when it is configured: a failure there is Redis's.
-    const state = await guard('redis', countRequest(request))
+    const state = await guardCount('redis', countRequest(request))
     if (state.isAllowed) return // only for an allow-list, which is not configured
     reply.header('x-ratelimit-limit', state.max)
     reply.header('x-ratelimit-remaining', state.remaining)
     reply.header('x-ratelimit-reset', state.ttlInSeconds)
     if (state.isExceeded) {
+      stats.refused++
       throw new OAuthError(429, 'rate_limit_exceeded', `more than ${state.max} token requests per minute; retry in ${state.ttlInSeconds} s`, {
         'retry-after': String(state.ttlInSeconds)
       })
     }
   })
-}, { name: 'rate-limit', dependencies: ['config', 'redis'] })
+}, { name: 'rate-limit', dependencies: ['config', 'redis', 'dependency-calls'] })

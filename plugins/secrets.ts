@@ -62,6 +62,14 @@ export interface Secrets {
   stats: { compares: number, refused: number, dropped: number, rehashes: number }
   /** compares waiting for a worker now */
   queueLength: () => number
+  /** Adds a listener told of each compare that ran: how long it waited in the queue, and how long it took. */
+  onCompare: (listener: (timing: CompareTiming) => void) => void
+}
+
+/** One compare: from enqueue to start on a worker, and the compare itself, seconds. */
+export interface CompareTiming {
+  waitSeconds: number
+  compareSeconds: number
 }
 
 declare module 'fastify' {
@@ -155,6 +163,8 @@ interface Queued {
   isGone: (() => boolean) | undefined
   resolve: (result: BcryptResult) => void
   reject: (err: Error) => void
+  /** performance.now() when it was submitted */
+  submittedAt: number
 }
 
 /** bcrypt work for the executors, queued by lane with a bound. */
@@ -167,7 +177,8 @@ class BcryptQueue {
   constructor (
     private readonly executors: Executor[],
     private readonly limit: number,
-    private readonly stats: Secrets['stats']
+    private readonly stats: Secrets['stats'],
+    private readonly observeCompare: (timing: CompareTiming) => void
   ) {}
 
   get length (): number {
@@ -176,7 +187,7 @@ class BcryptQueue {
 
   async submit (job: JobSpec, lane: string, isGone?: () => boolean): Promise<BcryptResult> {
     return await new Promise<BcryptResult>((resolve, reject) => {
-      const entry: Queued = { job, lane, isGone, resolve, reject }
+      const entry: Queued = { job, lane, isGone, resolve, reject, submittedAt: performance.now() }
       const idle = this.executors.find((executor) => !executor.busy)
       if (idle !== undefined && this.queued === 0) {
         this.start(idle, entry)
@@ -240,7 +251,11 @@ class BcryptQueue {
     if (entry.job.op === 'compare') this.stats.compares++
     this.lastServed = entry.lane
     executor.busy = true
-    executor.run(entry.job).then(entry.resolve, entry.reject).finally(() => {
+    const waitSeconds = (performance.now() - entry.submittedAt) / 1000
+    executor.run(entry.job).then((result) => {
+      if (entry.job.op === 'compare') this.observeCompare({ waitSeconds, compareSeconds: result.ms / 1000 })
+      entry.resolve(result)
+    }, entry.reject).finally(() => {
       executor.busy = false
       const following = this.next()
       if (following !== undefined) this.start(executor, following)
@@ -327,7 +342,10 @@ export default fp(async (fastify) => {
   const executors = config.bcryptWorkers === 0
     ? [mainThreadExecutor()]
     : Array.from({ length: config.bcryptWorkers }, (_, index) => workerExecutor(index))
-  const queue = new BcryptQueue(executors, config.bcryptQueueLimit, stats)
+  const compareListeners: Array<(timing: CompareTiming) => void> = []
+  const queue = new BcryptQueue(executors, config.bcryptQueueLimit, stats, (timing) => {
+    for (const listener of compareListeners) listener(timing)
+  })
   fastify.addHook('onClose', async () => { await Promise.all(executors.map(async (executor) => await executor.close())) })
 
   const remembered = new RememberedSecrets(config.secretCacheTtl * 1000)
@@ -411,5 +429,13 @@ export default fp(async (fastify) => {
 
   const remembers = (secret: string, hash: string): boolean => remembered.state(remembered.fingerprint(secret, hash), Date.now()) !== 'unknown'
 
-  fastify.decorate('secrets', { check, remembers, padFailure, rehash, stats, queueLength: () => queue.length })
+  fastify.decorate('secrets', {
+    check,
+    remembers,
+    padFailure,
+    rehash,
+    stats,
+    queueLength: () => queue.length,
+    onCompare: (listener) => { compareListeners.push(listener) }
+  })
 }, { name: 'secrets', dependencies: ['config'] })

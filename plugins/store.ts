@@ -21,9 +21,9 @@ export default fp(async (fastify) => {
     // database answers, else at the first need.
     const seal = recordSeal(async () => await readRecordSecret(fastify.db), fastify.log)
     await seal.load().catch((err: Error) => fastify.log.error({ cause: err.message }, 'could not read the record-signing secret; Redis records cannot be read or written until it is'))
-    store = redisStore({ redis: fastify.redis, prefix: config.redisKeyPrefix, db: fastify.db, seal, log: fastify.log })
+    store = redisStore({ redis: fastify.redis, prefix: config.redisKeyPrefix, db: fastify.db, seal, log: fastify.log, guard: fastify.dependencyCalls.guard })
   } else {
-    store = sqlStore(fastify.db, fastify.log)
+    store = sqlStore(fastify.db, fastify.log, fastify.dependencyCalls.guard)
     // Said once, at start: rate limits and the client cache are per process
     // without Redis, so several instances would not add up to one service.
     fastify.log.warn('no REDIS_URL: refresh tokens and revocations are kept in the database, rate limits in this process; run a single instance in this mode')
@@ -31,4 +31,4 @@ export default fp(async (fastify) => {
   fastify.addHook('onClose', async () => store.close())
   await store.start()
   fastify.decorate('store', store)
-}, { name: 'store', dependencies: ['config', 'postgres', 'migrations', 'redis'] })
+}, { name: 'store', dependencies: ['config', 'postgres', 'migrations', 'redis', 'dependency-calls'] })

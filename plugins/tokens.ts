@@ -1,13 +1,17 @@
 import fp from 'fastify-plugin'
 import { tokenInspection, type TokenInspection } from '../tokens/inspection.js'
 import { tokenIssuance, type TokenIssuance } from '../tokens/issuance.js'
+import { newTokenStats, type TokenStats } from '../tokens/session.js'
 
 export type { Introspection } from '../tokens/inspection.js'
 export { customClaims, INVALID_REFRESH_TOKEN, type TokenRequest, type TokenResponse } from '../tokens/issuance.js'
 export type { RefreshTokenRecord } from '../storage/refresh-tokens.js'
 
 /** Issuing (tokens/issuance.ts) and inspecting (tokens/inspection.ts) tokens. */
-export type Tokens = TokenIssuance & TokenInspection
+export type Tokens = TokenIssuance & TokenInspection & {
+  /** refresh-token reuses and revocations since start */
+  stats: TokenStats
+}
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -16,6 +20,7 @@ declare module 'fastify' {
 }
 
 export default fp(async (fastify) => {
-  const dependencies = { config: fastify.config, keys: fastify.keys, store: fastify.store, log: fastify.log }
-  fastify.decorate('tokens', { ...tokenIssuance(dependencies), ...tokenInspection(dependencies) })
+  const stats = newTokenStats()
+  const dependencies = { config: fastify.config, keys: fastify.keys, store: fastify.store, log: fastify.log, stats }
+  fastify.decorate('tokens', { ...tokenIssuance(dependencies), ...tokenInspection(dependencies), stats })
 }, { name: 'tokens', dependencies: ['config', 'store', 'keys'] })

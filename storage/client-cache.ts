@@ -4,7 +4,7 @@
 // its records in memory for CLIENT_CACHE_TTL, so the SQL flavour is a cache
 // that never holds anything (reads miss, writes and notices do nothing).
 import type { Redis } from 'ioredis'
-import { guard } from '../plugins/errors.js'
+import { guard as unrecorded, type Guard } from '../plugins/errors.js'
 import type { RecordSeal } from './record-seal.js'
 
 /** Redis channel (after the key prefix) on which a changed client's id is announced. */
@@ -41,20 +41,22 @@ export interface ClientCache {
 }
 
 /**
- * The cache in Redis (`redis` applies `prefix` to keys, not to channels).
+ * The cache in Redis (`redis` applies `prefix` to keys, not to channels);
+ * `guard` records its Redis calls. Sealing and opening are local work once
+ * the seal's secret is loaded, so they are not timed as PostgreSQL calls.
  * Values are sealed on the way in and checked on the way out: a value that
  * anyone but this service wrote reads as absent. The seal's secret is read
  * from PostgreSQL, and failing that, so is the call.
  */
-export function redisClientCache (redis: Redis, prefix: string, seal: RecordSeal): ClientCache {
+export function redisClientCache (redis: Redis, prefix: string, seal: RecordSeal, guard: Guard): ClientCache {
   const channel = `${prefix}${CLIENT_CHANGES_CHANNEL}`
   return {
     async get (key) {
       const sealed = await guard('redis', redis.get(key))
-      return sealed === null ? null : await guard('postgresql', seal.open(key, sealed)) ?? null
+      return sealed === null ? null : await unrecorded('postgresql', seal.open(key, sealed)) ?? null
     },
     async set (key, value, ttlMs) {
-      const sealed = await guard('postgresql', seal.seal(key, value))
+      const sealed = await unrecorded('postgresql', seal.seal(key, value))
       await guard('redis', redis.set(key, sealed, 'PX', ttlMs))
     },
     del: async (key) => { await guard('redis', redis.del(key)) },

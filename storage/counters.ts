@@ -1,7 +1,7 @@
 // Counters of attempts over a window (failed client authentications): each
 // call adds one, atomically, so a concurrent burst cannot pass whole.
 import type { Redis } from 'ioredis'
-import { guard } from '../plugins/errors.js'
+import type { Guard } from '../plugins/errors.js'
 import { luaScript } from './redis-commands.js'
 
 export interface Counters {
@@ -24,7 +24,7 @@ interface RedisWithCounterScripts extends Redis {
 }
 
 /** Counters in Redis (`redis` applies the key prefix): shared by every instance. */
-export function redisCounters (client: Redis): Counters {
+export function redisCounters (client: Redis, guard: Guard): Counters {
   const redis = client as RedisWithCounterScripts
   redis.defineCommand('countAttempts', { lua: COUNT_ATTEMPTS })
   redis.defineCommand('refundAttempts', { lua: REFUND_ATTEMPTS })

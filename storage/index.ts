@@ -5,6 +5,7 @@
 // tables of the SQL database, counters in the process and no shared cache.
 // Each call fails as a DependencyError naming what it really touched.
 import type { Redis } from 'ioredis'
+import { guard as unrecorded, type Guard } from '../plugins/errors.js'
 import type { Database } from './database.js'
 import type { RecordSeal } from './record-seal.js'
 import { noClientCache, redisClientCache, type ClientCache } from './client-cache.js'
@@ -57,18 +58,20 @@ export interface RedisStoreOptions {
   db: Database
   seal: RecordSeal
   log: StoreLog
+  /** what each call to Redis or PostgreSQL goes through (default: one that records nothing) */
+  guard?: Guard
 }
 
 /** The store in Redis, revocations written through to the database. */
-export function redisStore ({ redis, prefix, db, seal, log }: RedisStoreOptions): Store {
-  const revocations = redisRevocations(redis, db, log)
+export function redisStore ({ redis, prefix, db, seal, log, guard = unrecorded }: RedisStoreOptions): Store {
+  const revocations = redisRevocations(redis, db, log, guard)
   return {
     kind: 'redis',
-    refreshTokens: redisRefreshTokens(redis, seal, revocations),
+    refreshTokens: redisRefreshTokens(redis, seal, revocations, guard),
     revocations,
-    replayGuard: redisReplayGuard(redis),
-    counters: redisCounters(redis),
-    clientCache: redisClientCache(redis, prefix, seal),
+    replayGuard: redisReplayGuard(redis, guard),
+    counters: redisCounters(redis, guard),
+    clientCache: redisClientCache(redis, prefix, seal, guard),
     rejectedRecords: () => seal.stats.rejected,
     start: revocations.start,
     // Expired revocations leave the database as they leave Redis.
@@ -76,14 +79,14 @@ export function redisStore ({ redis, prefix, db, seal, log }: RedisStoreOptions)
   }
 }
 
-/** The store in the SQL database (tables of migrations/003): one instance only. */
-export function sqlStore (db: Database, log: StoreLog): Store {
-  const revocations = sqlRevocations(db)
+/** The store in the SQL database (tables of migrations/003): one instance only. `guard`: as for redisStore. */
+export function sqlStore (db: Database, log: StoreLog, guard: Guard = unrecorded): Store {
+  const revocations = sqlRevocations(db, guard)
   return {
     kind: 'database',
-    refreshTokens: sqlRefreshTokens(db, revocations),
+    refreshTokens: sqlRefreshTokens(db, revocations, guard),
     revocations,
-    replayGuard: sqlReplayGuard(db),
+    replayGuard: sqlReplayGuard(db, guard),
     counters: processCounters(),
     clientCache: noClientCache(),
     rejectedRecords: () => 0,

@@ -3,7 +3,7 @@
 // the record read back; each backend only provides the step that must be
 // atomic: marking a token used, so that of two concurrent exchanges one wins.
 import type { Redis } from 'ioredis'
-import { guard } from '../plugins/errors.js'
+import { guard as unrecorded, type Guard } from '../plugins/errors.js'
 import type { Queryable } from './database.js'
 import type { RecordSeal } from './record-seal.js'
 import { execAll, luaScript } from './redis-commands.js'
@@ -145,22 +145,23 @@ const refreshKey = (hash: string): string => `refresh:v2:${hash}`
  * Refresh tokens in Redis (`redis` applies the key prefix), each with a TTL
  * of its expiry. A record is sealed (storage/record-seal.ts) and opened
  * before any rule is judged: a forged or moved record reads as missing.
- * The seal's secret is read from PostgreSQL, and failing that, so is the call.
+ * The seal's secret is read from PostgreSQL, and failing that, so is the call;
+ * sealing is local work otherwise, so only the Redis calls are recorded.
  */
-export function redisRefreshTokens (client: Redis, seal: RecordSeal, revocations: Revocations): RefreshTokens {
+export function redisRefreshTokens (client: Redis, seal: RecordSeal, revocations: Revocations, guard: Guard): RefreshTokens {
   const redis = client as RedisWithRefreshScripts
   redis.defineCommand('consumeRefreshToken', { numberOfKeys: 1, lua: CONSUME_REFRESH_TOKEN })
   return refreshTokens({
     async put (hash, record) {
       const key = refreshKey(hash)
-      const sealed = await guard('postgresql', seal.seal(key, recordText(record)))
+      const sealed = await unrecorded('postgresql', seal.seal(key, recordText(record)))
       await guard('redis', execAll(redis.multi().hset(key, 'r', sealed).expireat(key, record.exp)))
     },
     async read (hash) {
       const key = refreshKey(hash)
       const [sealed, used] = await guard('redis', redis.hmget(key, 'r', 'u'))
       if (sealed === null || sealed === undefined) return undefined
-      const text = await guard('postgresql', seal.open(key, sealed))
+      const text = await unrecorded('postgresql', seal.open(key, sealed))
       if (text === undefined) return undefined
       try {
         return { record: JSON.parse(text) as RefreshTokenRecord, used: used !== null && used !== undefined }
@@ -174,7 +175,7 @@ export function redisRefreshTokens (client: Redis, seal: RecordSeal, revocations
 }
 
 /** Refresh tokens in the SQL database (migrations/003); rows past their expiry read as absent. */
-export function sqlRefreshTokens (db: Queryable, revocations: Revocations): RefreshTokens {
+export function sqlRefreshTokens (db: Queryable, revocations: Revocations, guard: Guard): RefreshTokens {
   const read = async (hash: string): Promise<StoredToken | undefined> => {
     const { rows } = await guard('postgresql', db.query<StoredToken>('SELECT record, used FROM refresh_tokens WHERE token_hash = $1 AND expires_at > now()', [hash]))
     return rows[0]

@@ -1,7 +1,7 @@
 // Single-use markers: what may be presented once only (a client assertion's
 // jti, RFC 7523 §3) is recorded until it expires.
 import type { Redis } from 'ioredis'
-import { guard } from '../plugins/errors.js'
+import type { Guard } from '../plugins/errors.js'
 import type { Queryable } from './database.js'
 
 export interface ReplayGuard {
@@ -10,14 +10,14 @@ export interface ReplayGuard {
 }
 
 /** Markers in Redis (`redis` applies the key prefix), each expiring by itself. */
-export function redisReplayGuard (redis: Redis): ReplayGuard {
+export function redisReplayGuard (redis: Redis, guard: Guard): ReplayGuard {
   return {
     recordOnce: async (key, exp) => (await guard('redis', redis.set(key, '1', 'EXAT', exp, 'NX'))) !== null
   }
 }
 
 /** Markers in the SQL database (migrations/003). */
-export function sqlReplayGuard (db: Queryable): ReplayGuard {
+export function sqlReplayGuard (db: Queryable, guard: Guard): ReplayGuard {
   return {
     async recordOnce (key, exp) {
       // A row past its expiry counts as absent: it is taken over.

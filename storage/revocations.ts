@@ -3,7 +3,7 @@
 // of them (migrations/003), whichever store enforces them, so that they
 // outlive that store; with Redis, Redis answers the checks.
 import type { Redis } from 'ioredis'
-import { DependencyError, guard } from '../plugins/errors.js'
+import { DependencyError, type Guard } from '../plugins/errors.js'
 import type { Queryable } from './database.js'
 import { execAll, luaScript } from './redis-commands.js'
 
@@ -31,7 +31,7 @@ type RevocationKind = 'access_token' | 'session'
  * writes them with. Recorded twice, a revocation keeps the later expiry, so
  * that nothing revoked comes back to life early.
  */
-export async function insertRevocation (db: Queryable, kind: RevocationKind, id: string, expiresAt: number): Promise<void> {
+export async function insertRevocation (db: Queryable, guard: Guard, kind: RevocationKind, id: string, expiresAt: number): Promise<void> {
   await guard('postgresql', db.query(`INSERT INTO revocations (kind, id, expires_at) VALUES ($1, $2, to_timestamp($3))
     ON CONFLICT (kind, id) DO UPDATE SET expires_at = GREATEST(revocations.expires_at, EXCLUDED.expires_at)`, [kind, id, expiresAt]))
 }
@@ -39,10 +39,10 @@ export async function insertRevocation (db: Queryable, kind: RevocationKind, id:
 const secondsFromNow = (ttl: number): number => Math.floor(Date.now() / 1000) + ttl
 
 /** Revocations in the SQL database alone (no Redis). */
-export function sqlRevocations (db: Queryable): Revocations {
+export function sqlRevocations (db: Queryable, guard: Guard): Revocations {
   return {
-    denyAccessToken: async (jti, exp) => { await insertRevocation(db, 'access_token', jti, exp) },
-    revokeSession: async (sid, ttl) => { await insertRevocation(db, 'session', sid, secondsFromNow(ttl)) },
+    denyAccessToken: async (jti, exp) => { await insertRevocation(db, guard, 'access_token', jti, exp) },
+    revokeSession: async (sid, ttl) => { await insertRevocation(db, guard, 'session', sid, secondsFromNow(ttl)) },
     async isRevoked (jti, sid) {
       const { rows } = await guard('postgresql', db.query(`SELECT 1 FROM revocations WHERE expires_at > now()
         AND ((kind = 'access_token' AND id = $1) OR (kind = 'session' AND id = $2)) LIMIT 1`, [jti, sid ?? null]))
@@ -73,7 +73,7 @@ const RESTORED_MARKER = 'store:revocations-restored'
  * (flushed, or restarted with no persistence); one restore at a time. A
  * marker key says that the dataset holds them.
  */
-function revocationRestorer (redis: Redis, db: Queryable, log: RevocationsLog): () => Promise<void> {
+function revocationRestorer (redis: Redis, db: Queryable, log: RevocationsLog, guard: Guard): () => Promise<void> {
   async function restore (): Promise<void> {
     const { rows } = await guard('postgresql', db.query<{ kind: string, id: string, exp: number }>(
       "SELECT kind, id, floor(extract(epoch FROM expires_at))::float8 AS exp FROM revocations WHERE expires_at > now() + interval '1 second'"))
@@ -102,10 +102,10 @@ function revocationRestorer (redis: Redis, db: Queryable, log: RevocationsLog): 
  * put back before any token is checked against them: a check that finds the
  * restore marker missing restores first.
  */
-export function redisRevocations (client: Redis, db: Queryable, log: RevocationsLog): Revocations {
+export function redisRevocations (client: Redis, db: Queryable, log: RevocationsLog, guard: Guard): Revocations {
   const redis = client as RedisWithRevocationScripts
   redis.defineCommand('checkRevoked', { lua: CHECK_REVOKED })
-  const ensureRestored = revocationRestorer(redis, db, log)
+  const ensureRestored = revocationRestorer(redis, db, log, guard)
   const logRestoreFailure = (err: Error): void => {
     log.error({ cause: (err.cause as Error | undefined)?.message ?? err.message }, 'could not restore revocations to Redis')
   }
@@ -129,11 +129,11 @@ export function redisRevocations (client: Redis, db: Queryable, log: Revocations
   return {
     async denyAccessToken (jti, exp) {
       await guard('redis', redis.set(denyKey(jti), '1', 'EXAT', exp))
-      await insertRevocation(db, 'access_token', jti, exp)
+      await insertRevocation(db, guard, 'access_token', jti, exp)
     },
     async revokeSession (sid, ttl) {
       await guard('redis', redis.set(sessionKey(sid), '1', 'EX', ttl))
-      await insertRevocation(db, 'session', sid, secondsFromNow(ttl))
+      await insertRevocation(db, guard, 'session', sid, secondsFromNow(ttl))
     },
     isRevoked: async (jti, sid) => await countRevoked(sid === undefined ? [denyKey(jti)] : [denyKey(jti), sessionKey(sid)]) > 0,
     isSessionRevoked: async (sid) => await countRevoked([sessionKey(sid)]) > 0,

@@ -1,15 +1,13 @@
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { backends, basicAuth, build, freePort, insertClient, issueTokens, tokenRequest, verify, injectAdmin } from './helper.js'
+import { backends, basicAuth, build, decodeJwt, freePort, insertClient, issueTokens, sample, samplesOf, tokenRequest, verify, injectAdmin } from './helper.js'
+
+const { version } = JSON.parse(readFileSync(join(import.meta.dirname, '..', 'package.json'), 'utf8')) as { version: string }
 
 async function scrape (app: FastifyInstance): Promise<LightMyRequestResponse> {
   return await injectAdmin(app, '/metrics')
-}
-
-/** The value of one sample line (`name{labels} value`), or undefined if absent. */
-function sample (text: string, series: string): number | undefined {
-  const line = text.split('\n').find((candidate) => candidate.startsWith(series + ' '))
-  return line === undefined ? undefined : Number(line.slice(series.length + 1))
 }
 
 test('GET /metrics: counters, cache lookups, dependency gauges and route latency', async (t) => {
@@ -49,7 +47,21 @@ test('GET /metrics: counters, cache lookups, dependency gauges and route latency
   t.equal(sample(text, 'http_request_duration_seconds_count{method="POST",route="/oauth/verify",status_code="200"}'), 1)
   t.notMatch(text, /route="\/metrics"/, 'scrapes are not timed')
   t.match(text, /^process_cpu_user_seconds_total \d/m, 'process metrics are included')
-  t.notMatch(text, /access_token|metrics-secret|eyJ/, 'no token or secret in the scrape')
+  t.notOk(text.includes(tokens.access_token) || text.includes(tokens.refresh_token), 'no token in the scrape')
+  t.notMatch(text, /metrics-secret|eyJ/, 'no secret or JWT in the scrape')
+
+  // Each compare (the token request's and the wrong secret's) waited once and ran once.
+  t.equal(sample(text, 'session_service_bcrypt_compare_duration_seconds_count'), sample(text, 'session_service_bcrypt_compares_total'), 'one duration per compare')
+  t.equal(sample(text, 'session_service_bcrypt_queue_wait_seconds_count'), sample(text, 'session_service_bcrypt_compares_total'), 'one wait per compare')
+  t.ok((sample(text, 'session_service_bcrypt_compare_duration_seconds_sum') ?? 0) > 0, 'compares take time')
+  t.ok((sample(text, 'session_service_dependency_duration_seconds_count{dependency="postgresql"}') ?? 0) >= 1, 'the client lookup was timed')
+  t.equal((sample(text, 'session_service_dependency_duration_seconds_count{dependency="redis"}') ?? 0) > 0, backends.redis, 'Redis calls are timed when there is Redis')
+  t.equal(sample(text, 'session_service_dependency_errors_total{dependency="postgresql",kind="unreachable"}'), 0, 'no failed call')
+  t.equal(sample(text, 'session_service_dependency_errors_total{dependency="redis",kind="timeout"}'), backends.redis ? 0 : undefined)
+  t.equal(sample(text, `session_service_build_info{version="${version}",node_version="${process.versions.node}"}`), 1, 'the build')
+  const { kid, alg } = decodeJwt(tokens.access_token).header
+  t.equal(sample(text, `session_service_signing_key_info{kid="${String(kid)}",alg="${String(alg)}"}`), 1, 'the signing key')
+  t.strictSame(samplesOf(text, 'session_service_client_tokens_issued_total'), [], 'no per-client series unless asked for')
 
   const again = await scrape(app)
   t.equal(sample(again.body, 'session_service_tokens_issued_total{grant_type="client_credentials"}'), 1, 'a scrape counts nothing')
@@ -67,7 +79,7 @@ test('every app instance has its own registry; a dead PostgreSQL shows as 0', as
   t.equal(res.statusCode, 200)
   t.equal(sample(res.body, 'session_service_dependency_up{dependency="postgresql"}'), 0)
   t.equal(sample(res.body, 'session_service_dependency_up{dependency="redis"}'), backends.redis ? 1 : undefined)
-  // prom-client writes "Nan"; Prometheus parses NaN in any case.
-  t.match(res.body, /^session_service_client_cache_hit_ratio nan$/im, 'no ratio before the first lookup')
+  t.equal(sample(res.body, 'session_service_client_cache_hit_ratio'), 0, 'a ratio of no lookups reads 0')
+  t.notMatch(res.body, /^session_service_\S+ nan$/im, 'no series of the service reads NaN')
   t.ok(ms < 1500, `scraped in ${ms} ms`)
 })

@@ -58,7 +58,7 @@ function activeAccessToken (claims: AccessTokenClaims, clientId: string): Intros
   }
 }
 
-export function tokenInspection ({ config, keys, store }: TokenDependencies): TokenInspection {
+export function tokenInspection ({ config, keys, store, stats }: TokenDependencies): TokenInspection {
   const inspection: TokenInspection = {
     async verify (token, audience) {
       const result = keys.check(token, { audience })
@@ -104,13 +104,17 @@ export function tokenInspection ({ config, keys, store }: TokenDependencies): To
         const { jti, exp } = result.claims
         // The entry lives as long as the token could: after that the token
         // fails on its own expiry and the entry is dead weight.
-        if (exp * 1000 > Date.now()) await store.revocations.denyAccessToken(jti, exp)
+        if (exp * 1000 > Date.now()) {
+          await store.revocations.denyAccessToken(jti, exp)
+          stats.revocations.access_token++
+        }
         return
       }
       const outcome = await store.refreshTokens.revoke(refreshTokenHash(token), clientId, sessionRevocationTtl(config))
       if (outcome === 'foreign') {
         throw new OAuthError(400, 'unauthorized_client', 'the token was not issued to this client')
       }
+      if (outcome === 'revoked') stats.revocations.refresh_token++
     }
   }
   return inspection

@@ -94,7 +94,7 @@ async function issueTokens ({ config, keys, store }: TokenDependencies, client: 
 }
 
 export function tokenIssuance (dependencies: TokenDependencies): TokenIssuance {
-  const { config, store, log } = dependencies
+  const { config, store, log, stats } = dependencies
   return {
     async issueForClient (client, request) {
       const scope = grantScope(client, request.scope, request.scope === undefined ? client.defaultScopes : client.scopes).join(' ')
@@ -116,7 +116,10 @@ export function tokenIssuance (dependencies: TokenDependencies): TokenIssuance {
       if (status === 'scope') throw new OAuthError(400, 'invalid_scope', 'a refresh may narrow the scope, never widen it')
       if (status === 'target') throw new OAuthError(400, 'invalid_target', 'a refresh keeps the audience of its session')
       if (status === 'lost') throw invalidGrant('the client may no longer obtain tokens for this session\'s audience; request a new grant')
-      if (status === 'reused') log.warn({ clientId: client.id }, 'a used refresh token was presented again; its session is revoked')
+      if (status === 'reused') {
+        stats.refreshTokenReuses++
+        log.warn({ clientId: client.id }, 'a used refresh token was presented again; its session is revoked')
+      }
       if (outcome.status !== 'ok') throw invalidGrant(INVALID_REFRESH_TOKEN)
       const record = outcome.record
       const session = { sid: record.sid, scope: record.scope, aud: record.aud }

@@ -6,12 +6,23 @@ import type { Config } from '../plugins/config.js'
 import type { Keys } from '../plugins/keys.js'
 import type { Store } from '../storage/index.js'
 
-/** What the token operations work with: the instance's decorators they need. */
+/** What the token operations count since start, read by the metrics. */
+export interface TokenStats {
+  /** used refresh tokens presented again (each revoked its session) */
+  refreshTokenReuses: number
+  /** revocations that took effect, by the kind of token presented (a refresh token revokes its session) */
+  revocations: { access_token: number, refresh_token: number }
+}
+
+export const newTokenStats = (): TokenStats => ({ refreshTokenReuses: 0, revocations: { access_token: 0, refresh_token: 0 } })
+
+/** What the token operations work with: the instance's decorators they need, and its counts. */
 export interface TokenDependencies {
   config: Config
   keys: Keys
   store: Store
   log: FastifyBaseLogger
+  stats: TokenStats
 }
 
 /** Refresh tokens are kept under their hash: a copy of the store holds no usable token. */
