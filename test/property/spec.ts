@@ -48,6 +48,16 @@ export const ROUTES: Record<string, RouteSpec> = {
   '/health': { methods: GET_HEAD },
   '/ready': { methods: GET_HEAD, admin: true },
   '/live': { methods: GET_HEAD, admin: true },
+  // The admin API: the generated requests carry no admin token, so these are
+  // its refusals (401) and what comes before authentication (404, 413). It
+  // authenticates before it reads a body, so no media type is listed: a body
+  // of the wrong type from a caller without a token is a 401, not a 400.
+  '/admin/clients': { methods: ['GET', 'HEAD', 'POST'], admin: true },
+  '/admin/clients/{client_id}': { methods: ['GET', 'HEAD', 'PATCH', 'DELETE'], admin: true },
+  '/admin/clients/{client_id}/secret': { methods: ['POST'], admin: true },
+  '/admin/clients/{client_id}/enable': { methods: ['POST'], admin: true },
+  '/admin/clients/{client_id}/disable': { methods: ['POST'], admin: true },
+  '/admin/clients/{client_id}/events': { methods: GET_HEAD, admin: true },
   // README, Discovery: the document comes from configuration alone, so no Host header changes or refuses it.
   '/.well-known/openid-configuration': { methods: GET_HEAD, statuses: [200] },
   '/.well-known/oauth-authorization-server': { methods: GET_HEAD, statuses: [200] },
@@ -74,7 +84,8 @@ export const VERIFY_REASONS = ['malformed', 'invalid_algorithm', 'invalid_header
 /** README: the error codes by status (the token endpoint's table, 404 from the not-found handler). */
 export const ERROR_CODES: Record<number, readonly string[]> = {
   400: ['invalid_request', 'invalid_grant', 'invalid_scope', 'invalid_target', 'unsupported_grant_type', 'unauthorized_client'],
-  401: ['invalid_client'],
+  401: ['invalid_client', 'invalid_token', 'invalid_request'],
+  403: ['insufficient_scope'],
   404: ['not_found'],
   413: ['invalid_request'],
   429: ['rate_limit_exceeded']
