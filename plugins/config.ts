@@ -90,6 +90,8 @@ export interface Settings {
   shutdownDelayMs: number
   /** a CA certificate (PEM file) that the Redis server's certificate must chain to, for rediss:// */
   redisTlsCaFile: string | undefined
+  /** the request header whose sane value becomes a request's id, echoed in the response (lower case) */
+  requestIdHeader: string
 }
 
 /** The settings with the keys they name: what the service runs on. */
@@ -148,7 +150,8 @@ export const EnvSchema = Type.Object({
   TRUST_PROXY: Type.String({ default: 'false', maxLength: 4096 }),
   JWKS_URI_ALLOW_PRIVATE: Type.Boolean({ default: false }),
   SHUTDOWN_DELAY: durationMs('5s'),
-  REDIS_TLS_CA_FILE: Type.Optional(Type.String())
+  REDIS_TLS_CA_FILE: Type.Optional(Type.String()),
+  REQUEST_ID_HEADER: Type.String({ default: 'x-request-id', maxLength: 64 })
 })
 
 /** The environment once validated, defaults filled in. */
@@ -252,6 +255,13 @@ function describeSchemaError (err: unknown): ConfigError {
   return new ConfigError(variable, first.message ?? 'is invalid')
 }
 
+// RFC 9110 §5.1 allows more, but a name that needs more than these is a mistake.
+function parseHeaderName (variable: string, value: string): string {
+  const name = value.trim().toLowerCase()
+  if (!/^[a-z0-9][a-z0-9-]{0,63}$/.test(name)) throw new ConfigError(variable, 'must be a header name (letters, digits and dashes)')
+  return name
+}
+
 function nonEmpty (value: string | undefined): string | undefined {
   return value === undefined || value.trim() === '' ? undefined : value
 }
@@ -323,7 +333,8 @@ function settingsFromEnv (raw: Env, cwd: string): Settings {
     trustProxy: parseTrustProxy(raw.TRUST_PROXY),
     jwksUriAllowPrivate: raw.JWKS_URI_ALLOW_PRIVATE,
     shutdownDelayMs: parseDurationMs('SHUTDOWN_DELAY', raw.SHUTDOWN_DELAY, { allowZero: true }),
-    redisTlsCaFile: nonEmpty(raw.REDIS_TLS_CA_FILE)
+    redisTlsCaFile: nonEmpty(raw.REDIS_TLS_CA_FILE),
+    requestIdHeader: parseHeaderName('REQUEST_ID_HEADER', raw.REQUEST_ID_HEADER)
   }
 }
 
