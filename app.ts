@@ -3,7 +3,7 @@ import autoLoad from '@fastify/autoload'
 import fp from 'fastify-plugin'
 import type { FastifyPluginAsync, FastifyReply, FastifyServerOptions } from 'fastify'
 import type { Config } from './plugins/config.js'
-import { LOG_SERIALIZERS, REDACTED_PATHS, requestIdGenerator } from './logging.js'
+import { LOG_SERIALIZERS, REDACTED_PATHS, RequestLogController, requestIdGenerator } from './logging.js'
 
 export interface AppOptions {
   /** A configuration already loaded; without it the config plugin reads the environment. */
@@ -22,7 +22,7 @@ export const options: FastifyServerOptions = {
   },
   return503OnClosing: true,
   // plugins/request-log.ts writes one line per request instead of Fastify's two.
-  disableRequestLogging: true,
+  logController: new RequestLogController(),
   // Requests Fastify refuses before any route (a URL with malformed
   // percent-encoding) get the service's error body, and never an echo of the URL.
   frameworkErrors: (error, request, reply) => {

@@ -2,7 +2,7 @@
 // lives outside plugins/ because everything there is autoloaded as a plugin.
 import { randomUUID } from 'node:crypto'
 import type { IncomingMessage } from 'node:http'
-import type { FastifyRequest } from 'fastify'
+import { LogController, type FastifyReply, type FastifyRequest } from 'fastify'
 
 // Pino paths that must never reach a log line, whatever a serializer adds.
 export const REDACTED_PATHS = [
@@ -66,5 +66,21 @@ export function requestIdGenerator (header: string): (request: IncomingMessage) 
   return (request) => {
     const incoming = request.headers[header]
     return typeof incoming === 'string' && SANE_REQUEST_ID.test(incoming) ? incoming : randomUUID()
+  }
+}
+
+/**
+ * Fastify's request lines, less its two per request: plugins/request-log.ts
+ * writes one line when a request is answered. "incoming request" remains at
+ * debug, for finding a request that never ends; a response that failed still
+ * gets Fastify's error line, and its other warnings stay as they are.
+ */
+export class RequestLogController extends LogController {
+  override incomingRequest (request: FastifyRequest): void {
+    if (!this.isLogDisabled(request)) request.log.debug({ req: request }, 'incoming request')
+  }
+
+  override requestCompleted (error: Error | null | undefined, request: FastifyRequest, reply: FastifyReply, metadata?: Record<string, unknown>): void {
+    if (error !== null && error !== undefined) super.requestCompleted(error, request, reply, metadata)
   }
 }

@@ -95,6 +95,12 @@ function readOtelDotenv (env: NodeJS.ProcessEnv): void {
   }
 }
 
+// Probes, answered every few seconds: like their log lines (they log at
+// warn), their spans would drown the requests. Called with a route's pattern
+// when it is added, and with a request's URL (query included) when it arrives.
+const UNTRACED_PATHS = new Set(['/health', '/ready', '/live', '/metrics'])
+const isProbe = ({ url }: { url: string }): boolean => UNTRACED_PATHS.has(url.split('?')[0] ?? url)
+
 // Redis arguments hold keys named after refresh token hashes and the values
 // stored; a span names the command and how many arguments it had.
 const redisStatement = (command: string, args: unknown[]): string => `${command} [${args.length} arguments]`
@@ -125,7 +131,8 @@ function startTracing (): Tracing {
     registerOnInitialization: true,
     // One span per request and one for its handler, not one per hook.
     instrumentHooks: false,
-    recordExceptions: false
+    recordExceptions: false,
+    ignorePaths: isProbe
   })
   // eslint-disable-next-line no-new
   new PgInstrumentation({

@@ -1,7 +1,8 @@
 // What each request did, told once: its id echoed in the response, one log
-// line when it is answered (Fastify's own two lines are turned off in
-// app.ts), and the same facts as attributes of its trace span when tracing
-// is on (tracing.ts). Nothing here reads a secret: the client id is the one
+// line when it is answered (Fastify's own two lines are turned off by
+// logging.ts's RequestLogController), and the same facts as attributes of
+// its trace span when tracing is on (tracing.ts; the probes have none).
+// Nothing here reads a secret: the client id is the one
 // the request names, cut to MAX_LOGGED_CLIENT_ID, and an error code is
 // taken from the answer only when it looks like one.
 import fp from 'fastify-plugin'
@@ -29,11 +30,6 @@ const MAX_LOGGED_PATH = 256
 // Error codes are the service's own, but the body is only parsed, not
 // trusted: anything unexpected is left out.
 const ERROR_CODE = /^[a-z_]{1,64}$/
-
-// pino's numeric levels: a route whose logLevel is above info is a probe
-// (/health, /ready, /metrics), answered too often to log or trace.
-const LEVELS: Record<string, number> = { trace: 10, debug: 20, info: 30, warn: 40, error: 50, fatal: 60, silent: Infinity }
-const INFO = 30
 
 function answeredErrorCode (reply: FastifyReply, payload: unknown): string | undefined {
   if (typeof payload !== 'string' || !String(reply.getHeader('content-type') ?? '').includes('json')) return undefined
@@ -103,17 +99,8 @@ export default fp(async (fastify) => {
   const { requestIdHeader } = fastify.config
   const outcomes = new WeakMap<FastifyRequest, RequestOutcome>()
 
-  // Probes stay out of traces as they stay out of the info log.
-  fastify.addHook('onRoute', (route) => {
-    if ((LEVELS[route.logLevel ?? 'info'] ?? INFO) > INFO) {
-      route.config = { ...route.config, otel: false } as typeof route.config
-    }
-  })
-
   fastify.addHook('onRequest', async (request, reply) => {
     reply.header(requestIdHeader, request.id)
-    // At debug only: the line that says a request arrived, for the one that never ends.
-    request.log.debug({ req: request }, 'incoming request')
   })
 
   // onSend sees the answer as it goes out, whichever handler produced it, and

@@ -115,6 +115,15 @@ test('a token request continues its traceparent; its span has the outcome, and b
   })
   t.equal(wrong.status, 401, 'a wrong secret is refused')
 
+  // The probes are left out of traces.
+  const probeTraceIds: string[] = []
+  for (const path of ['/health', '/ready', '/metrics']) {
+    const probeTraceId = hex(16)
+    probeTraceIds.push(probeTraceId)
+    const res = await fetch(`${base}${path}`, { headers: { traceparent: `00-${probeTraceId}-${hex(8)}-01` } })
+    await res.arrayBuffer()
+  }
+
   t.equal(receiver.bodies.length, 0, 'nothing exported before the batch delay')
   server.child.kill('SIGTERM')
   t.strictSame(await server.exitWithin(20_000), { code: 0, signal: null }, 'the server exits 0 after SIGTERM')
@@ -160,6 +169,10 @@ test('a token request continues its traceparent; its span has the outcome, and b
     t.equal(failure === undefined ? undefined : attribute(failure, 'http.response.status_code'), 401)
     t.ok(spans.some((span) => attribute(span, 'url.path') === '/oauth/token' && span.traceId !== traceId && span.traceId !== refreshTraceId && span.traceId !== wrongTraceId),
       'the request with a query string has its span, its path without the query')
+  })
+
+  t.test('the probes make no span', async (t) => {
+    t.strictSame(spans.filter((span) => probeTraceIds.includes(span.traceId)).map((span) => span.name), [])
   })
 
   t.test('no secret, token, hash or credential in anything exported', async (t) => {
