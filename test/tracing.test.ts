@@ -7,6 +7,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { test } from 'tap'
+import { ScrubbingExporter } from '../tracing.js'
 import { basicAuth, createDatabase, createRedisPrefix, freePort, insertClient, needs, ServerProcess, testEnv, waitForHealth } from './helper.js'
 
 const FORM = 'application/x-www-form-urlencoded'
@@ -24,6 +25,7 @@ interface OtlpSpan {
   parentSpanId?: string
   name: string
   attributes: Array<{ key: string, value: OtlpValue }>
+  status?: { code?: number, message?: string }
 }
 
 interface OtlpExport {
@@ -115,6 +117,10 @@ test('a token request continues its traceparent; its span has the outcome, and b
   })
   t.equal(wrong.status, 401, 'a wrong secret is refused')
 
+  // An error before any handler: the body parser's.
+  const malformed = await fetch(`${base}/oauth/verify`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: `x${secret}` })
+  t.equal(malformed.status, 400, 'malformed JSON is refused')
+
   // The probes are left out of traces.
   const probeTraceIds: string[] = []
   for (const path of ['/health', '/ready', '/metrics']) {
@@ -191,5 +197,28 @@ test('a token request continues its traceparent; its span has the outcome, and b
     ]
     for (const [what, value] of secrets) t.notOk(exported.includes(value), `${what} is not exported`)
     t.notOk(exported.includes('?'), 'no exported value has a query string (or any question mark)')
+    t.ok(spans.some((span) => span.status?.code === 2), 'some spans ended in error')
+    t.strictSame(spans.filter((span) => (span.status?.message ?? '') !== '').map((span) => span.status?.message), [], 'no error status has a message')
   })
+})
+
+test('the exporter is handed spans without query strings, error messages or exception details', async (t) => {
+  const { InMemorySpanExporter, NodeTracerProvider, SimpleSpanProcessor } = await import('@opentelemetry/sdk-trace-node')
+  const memory = new InMemorySpanExporter()
+  const provider = new NodeTracerProvider({ spanProcessors: [new SimpleSpanProcessor(new ScrubbingExporter(memory))] })
+  t.teardown(async () => await provider.shutdown())
+  const span = provider.getTracer('test').startSpan('request', {
+    attributes: { 'url.path': '/oauth/token?client_secret=s3cret', 'url.full': 'http://h/x?token=t0ken', 'url.query': 'a=b', 'http.route': '/oauth/token' }
+  })
+  const failure = new SyntaxError('Unexpected token \'x\', "xs3cret" is not valid JSON')
+  span.recordException(failure)
+  span.setStatus({ code: 2, message: failure.message })
+  span.end()
+  await provider.forceFlush()
+
+  const [exported] = memory.getFinishedSpans()
+  t.strictSame(exported?.attributes, { 'url.path': '/oauth/token', 'url.full': 'http://h/x', 'http.route': '/oauth/token' }, 'URL attributes without their query')
+  t.strictSame(exported?.status, { code: 2 }, 'an error status without its message')
+  t.strictSame(exported?.events.map((event) => [event.name, event.attributes]), [['exception', { 'exception.type': 'SyntaxError' }]], 'an exception event with its type only')
+  t.equal(exported?.spanContext().spanId, span.spanContext().spanId, 'the rest is the span itself')
 })
