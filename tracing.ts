@@ -1,5 +1,5 @@
 // OpenTelemetry tracing, on when OTEL_EXPORTER_OTLP_ENDPOINT is set. The
-// entry point imports this module before any other: pg and ioredis are
+// entry points (server.ts, lambda.ts) import this module before any other: pg and ioredis are
 // CommonJS modules that @fastify/postgres and @fastify/redis require, and an
 // instrumentation only patches what is loaded after it is registered.
 // Without the endpoint nothing of the SDK is loaded, and @opentelemetry/api's
@@ -16,15 +16,17 @@ import type { Attributes } from '@opentelemetry/api'
 export const DEFAULT_SERVICE_NAME = 'session-service'
 
 export interface Tracing {
+  /** Exports the spans buffered so far; bounded and never rejects, like shutdown. */
+  flush: () => Promise<void>
   /**
    * Exports the spans still buffered, then stops the exporter; gives up after
-   * SHUTDOWN_EXPORT_LIMIT_MS, so that a collector that is down cannot hold
-   * the process's exit. Never rejects.
+   * EXPORT_LIMIT_MS, so that a collector that is down cannot hold the
+   * process's exit (or a Lambda invocation's answer). Never rejects.
    */
   shutdown: () => Promise<void>
 }
 
-const SHUTDOWN_EXPORT_LIMIT_MS = 3_000
+const EXPORT_LIMIT_MS = 3_000
 
 // Attributes of URLs that would carry a query string: clients put
 // client_secret and tokens there despite RFC 6749 §2.3.1.
@@ -144,11 +146,12 @@ function startTracing (): Tracing {
   // eslint-disable-next-line no-new
   new IORedisInstrumentation({ dbStatementSerializer: redisStatement, requireParentSpan: true })
 
+  const bounded = async (work: Promise<void>): Promise<void> => {
+    await Promise.race([work.catch(() => {}), sleep(EXPORT_LIMIT_MS, undefined, { ref: false })])
+  }
   return {
-    shutdown: async () => {
-      const stopped = provider.shutdown().catch(() => {})
-      await Promise.race([stopped, sleep(SHUTDOWN_EXPORT_LIMIT_MS, undefined, { ref: false })])
-    }
+    flush: async () => await bounded(provider.forceFlush()),
+    shutdown: async () => await bounded(provider.shutdown())
   }
 }
 

@@ -4,57 +4,12 @@
 // read back. The batch delay is a minute, so that every span arrives by the
 // flush at shutdown, which the test thereby checks too.
 import { createHash, randomBytes } from 'node:crypto'
-import { createServer, type Server } from 'node:http'
-import type { AddressInfo } from 'node:net'
 import { test } from 'tap'
 import { ScrubbingExporter } from '../tracing.js'
 import { basicAuth, createDatabase, createRedisPrefix, freePort, insertClient, needs, ServerProcess, testEnv, waitForHealth } from './helper.js'
+import { attribute, otlpReceiver, type OtlpExport, type OtlpSpan } from './helpers/otlp.js'
 
 const FORM = 'application/x-www-form-urlencoded'
-
-interface OtlpValue {
-  stringValue?: string
-  intValue?: number | string
-  boolValue?: boolean
-  doubleValue?: number
-}
-
-interface OtlpSpan {
-  traceId: string
-  spanId: string
-  parentSpanId?: string
-  name: string
-  attributes: Array<{ key: string, value: OtlpValue }>
-  status?: { code?: number, message?: string }
-}
-
-interface OtlpExport {
-  resourceSpans: Array<{
-    resource: { attributes: Array<{ key: string, value: OtlpValue }> }
-    scopeSpans: Array<{ spans: OtlpSpan[] }>
-  }>
-}
-
-/** An OTLP/HTTP receiver on 127.0.0.1 that keeps every body it is sent. */
-async function otlpReceiver (): Promise<{ server: Server, url: string, bodies: string[] }> {
-  const bodies: string[] = []
-  const server = createServer((request, response) => {
-    let body = ''
-    request.setEncoding('utf8').on('data', (chunk: string) => { body += chunk })
-    request.on('end', () => {
-      if (request.url === '/v1/traces') bodies.push(body)
-      response.writeHead(200, { 'content-type': 'application/json' }).end('{}')
-    })
-  })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  return { server, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, bodies }
-}
-
-function attribute (span: OtlpSpan, key: string): string | number | boolean | undefined {
-  const value = span.attributes.find((entry) => entry.key === key)?.value
-  if (value === undefined) return undefined
-  return value.stringValue ?? (value.intValue === undefined ? undefined : Number(value.intValue)) ?? value.boolValue ?? value.doubleValue
-}
 
 const hex = (bytes: number): string => randomBytes(bytes).toString('hex')
 
