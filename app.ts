@@ -4,7 +4,7 @@ import fp from 'fastify-plugin'
 import type { FastifyPluginAsync, FastifyReply, FastifyServerOptions } from 'fastify'
 import type { Config } from './plugins/config.js'
 import { registerAdminRoutes } from './plugins/admin-listener.js'
-import { LOG_SERIALIZERS, REDACTED_PATHS } from './logging.js'
+import { LOG_SERIALIZERS, REDACTED_PATHS, RequestLogController, requestIdGenerator } from './logging.js'
 
 export interface AppOptions {
   /** A configuration already loaded; without it the config plugin reads the environment. */
@@ -25,6 +25,8 @@ export const options: FastifyServerOptions = {
     customOptions: { coerceTypes: false, allErrors: false, removeAdditional: false }
   },
   return503OnClosing: true,
+  // plugins/request-log.ts writes one line per request instead of Fastify's two.
+  logController: new RequestLogController(),
   // Requests Fastify refuses before any route (a URL with malformed
   // percent-encoding) get the service's error body, and never an echo of the URL.
   frameworkErrors: (error, request, reply) => {
@@ -48,6 +50,7 @@ export function instanceOptions (config: Config): FastifyServerOptions {
       redact: { paths: REDACTED_PATHS, censor: '[redacted]' },
       serializers: LOG_SERIALIZERS
     },
+    genReqId: requestIdGenerator(config.requestIdHeader),
     trustProxy: config.trustProxy,
     bodyLimit: config.bodyLimit
   }

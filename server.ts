@@ -1,3 +1,5 @@
+// First: tracing must be set up before pg and ioredis are loaded.
+import { tracing } from './tracing.js'
 import type { Server as HttpServer } from 'node:http'
 import { Server as NetServer } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -103,6 +105,7 @@ closeWithGrace({ delay: config.shutdownDelayMs + EXIT_LIMIT_MS }, async ({ signa
   await sleep(delayMs)
   await stopListening(server.server, Date.now() + DRAIN_LIMIT_MS)
   await server.close()
+  await tracing?.shutdown()
 })
 
 try {

@@ -100,6 +100,8 @@ export interface Settings {
   metricsPerClient: boolean
   /** client ids that get a series of their own; the others are counted together */
   metricsClientLimit: number
+  /** the request header whose sane value becomes a request's id, echoed in the response (lower case) */
+  requestIdHeader: string
 }
 
 /** The settings with the keys they name: what the service runs on. */
@@ -163,7 +165,8 @@ export const EnvSchema = Type.Object({
   SHUTDOWN_DELAY: durationMs('5s'),
   REDIS_TLS_CA_FILE: Type.Optional(Type.String()),
   METRICS_PER_CLIENT: Type.Boolean({ default: false }),
-  METRICS_CLIENT_LIMIT: Type.Integer({ minimum: 1, maximum: 10000, default: 100 })
+  METRICS_CLIENT_LIMIT: Type.Integer({ minimum: 1, maximum: 10000, default: 100 }),
+  REQUEST_ID_HEADER: Type.String({ default: 'x-request-id', maxLength: 64 })
 })
 
 /** The environment once validated, defaults filled in. */
@@ -278,6 +281,13 @@ function describeSchemaError (err: unknown): ConfigError {
   return new ConfigError(variable, first.message ?? 'is invalid')
 }
 
+// RFC 9110 §5.1 allows more, but a name that needs more than these is a mistake.
+function parseHeaderName (variable: string, value: string): string {
+  const name = value.trim().toLowerCase()
+  if (!/^[a-z0-9][a-z0-9-]{0,63}$/.test(name)) throw new ConfigError(variable, 'must be a header name (letters, digits and dashes)')
+  return name
+}
+
 function nonEmpty (value: string | undefined): string | undefined {
   return value === undefined || value.trim() === '' ? undefined : value
 }
@@ -354,7 +364,8 @@ function settingsFromEnv (raw: Env, cwd: string): Settings {
     shutdownDelayMs: parseDurationMs('SHUTDOWN_DELAY', raw.SHUTDOWN_DELAY, { allowZero: true }),
     redisTlsCaFile: nonEmpty(raw.REDIS_TLS_CA_FILE),
     metricsPerClient: raw.METRICS_PER_CLIENT,
-    metricsClientLimit: raw.METRICS_CLIENT_LIMIT
+    metricsClientLimit: raw.METRICS_CLIENT_LIMIT,
+    requestIdHeader: parseHeaderName('REQUEST_ID_HEADER', raw.REQUEST_ID_HEADER)
   }
 }
 

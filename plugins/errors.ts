@@ -120,6 +120,21 @@ function isDependencyFailure (err: FastifyError): boolean {
 
 export const RETRY_AFTER_SECONDS = 2
 
+// Error codes are the service's own, but a body is only parsed, not trusted:
+// anything unexpected is left out rather than becoming a label or a log field.
+const ERROR_CODE = /^[a-z_]{1,64}$/
+
+/** The `error` member of an OAuth error body as sent (metrics, the request log), or undefined for any other answer. */
+export function answeredErrorCode (reply: FastifyReply, payload: unknown): string | undefined {
+  if (typeof payload !== 'string' || !String(reply.getHeader('content-type') ?? '').includes('json')) return undefined
+  try {
+    const error = (JSON.parse(payload) as { error?: unknown } | null)?.error
+    return typeof error === 'string' && ERROR_CODE.test(error) ? error : undefined
+  } catch {
+    return undefined
+  }
+}
+
 function send (reply: FastifyReply, statusCode: number, error: string, description: string): FastifyReply {
   return reply.code(statusCode).type('application/json; charset=utf-8').send({ error, error_description: description })
 }

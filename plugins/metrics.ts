@@ -1,8 +1,9 @@
 import fp from 'fastify-plugin'
 import fastifyMetricsModule from 'fastify-metrics'
 import { Counter, Gauge, Histogram, Registry } from 'prom-client'
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { GRANT_TYPES } from '../grants/index.js'
+import { answeredErrorCode } from './errors.js'
 import { ADMIN_ONLY } from './admin-listener.js'
 import { serviceVersion } from './openapi.js'
 
@@ -11,21 +12,6 @@ const SCRAPE_PING_TIMEOUT_MS = 500
 
 /** The route label of requests that matched no route (one series, whatever the URL). */
 const UNMATCHED_ROUTE = '__unknown__'
-
-// Error codes are the service's own, but the body is only parsed, not
-// trusted: anything unexpected is left out rather than becoming a label.
-const ERROR_CODE = /^[a-z_]{1,64}$/
-
-/** The `error` member of an OAuth error body as sent, or undefined for any other answer. */
-function answeredErrorCode (reply: FastifyReply, payload: unknown): string | undefined {
-  if (typeof payload !== 'string' || !String(reply.getHeader('content-type') ?? '').includes('json')) return undefined
-  try {
-    const error = (JSON.parse(payload) as { error?: unknown } | null)?.error
-    return typeof error === 'string' && ERROR_CODE.test(error) ? error : undefined
-  } catch {
-    return undefined
-  }
-}
 
 // A CommonJS package whose plugin is its `default` export.
 const fastifyMetrics = fastifyMetricsModule.default

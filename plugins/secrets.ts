@@ -22,10 +22,13 @@ import { createHmac, randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Worker } from 'node:worker_threads'
 import fp from 'fastify-plugin'
+import { SpanStatusCode, trace } from '@opentelemetry/api'
 import { runBcryptJob, type BcryptJob, type BcryptResult } from '../workers/bcrypt.js'
 import { OAuthError } from './errors.js'
 
 export const MAX_CACHED_SECRETS = 10_000
+
+const tracer = trace.getTracer('session-service')
 
 /** The lane of background work (renewals, rehashes): it never evicts a request. */
 const BACKGROUND_LANE = '\0background'
@@ -360,10 +363,22 @@ export default fp(async (fastify) => {
   }
 
   async function compare (secret: string, hash: string, lane: string, isGone?: () => boolean): Promise<SecretCheck> {
-    const result = await queue.submit({ op: 'compare', secret, hash }, lane, isGone)
     const cost = bcryptCost(hash)
-    observe(cost, result.ms)
-    return { matches: result.matches ?? null, compareMs: result.ms, cost }
+    // One span for the wait in the queue and the compare (no instrumentation
+    // covers bcrypt); a no-op unless tracing is on. Never the secret or hash.
+    return await tracer.startActiveSpan('bcrypt compare', { attributes: { 'bcrypt.cost': cost } }, async (span) => {
+      try {
+        const result = await queue.submit({ op: 'compare', secret, hash }, lane, isGone)
+        span.setAttribute('bcrypt.compare_ms', result.ms)
+        observe(cost, result.ms)
+        return { matches: result.matches ?? null, compareMs: result.ms, cost }
+      } catch (err) {
+        span.setStatus({ code: SpanStatusCode.ERROR })
+        throw err
+      } finally {
+        span.end()
+      }
+    })
   }
 
   function renew (secret: string, hash: string, id: string, flight: string): void {

@@ -115,7 +115,7 @@ async function exerciseEndpoints (t: Test, { post, verify }: ProcessClient): Pro
 
 /**
  * SIGTERM while requests are in flight: once the server has received them
- * (it logs "incoming request" for each), it must answer all of them, then
+ * (it logs "incoming request" for each, at debug), it must answer all of them, then
  * exit 0. Returns the tokens they were given.
  */
 async function sigtermWithRequestsInFlight (t: Test, server: ServerProcess, { post }: ProcessClient, shutdownDelayMs: number): Promise<string[]> {
@@ -158,7 +158,8 @@ test('the server process: serves over HTTP, drains in-flight requests on SIGTERM
   const server = new ServerProcess(t, testEnv(databaseUrl, createRedisPrefix(t), {
     SERVER_PORT: String(port),
     SERVER_HOST: '127.0.0.1',
-    LOG_LEVEL: 'info',
+    // debug: the "incoming request" line of each request, as it arrives
+    LOG_LEVEL: 'debug',
     SHUTDOWN_DELAY: `${shutdownDelayMs / 1000}s`
   }))
   const healthStatus = await waitForHealth(base, () => server.running, 20_000)
@@ -172,7 +173,7 @@ test('the server process: serves over HTTP, drains in-flight requests on SIGTERM
   t.test('the log has lines, and no credential or token in them', async (t) => {
     const lines = server.logLines()
     t.ok(lines.some((line) => typeof line.msg === 'string' && line.msg.startsWith(`Server listening at http://127.0.0.1:${port}`)), 'a "Server listening" line')
-    t.ok(lines.some((line) => line.msg === 'incoming request'), 'request lines')
+    t.ok(lines.some((line) => line.msg === 'request completed'), 'request lines')
     t.ok(lines.some((line) => line.msg === 'shutting down' && line.signal === 'SIGTERM' && line.delayMs === shutdownDelayMs), 'a "shutting down" line with the delay')
     t.equal(issued.length, 14, 'two tokens from each of the seven grants')
     const secrets: Array<[string, string]> = [

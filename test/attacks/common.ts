@@ -53,10 +53,14 @@ export const rawBasic = (decoded: string | Buffer): Headers => ({ authorization:
 
 // ---------------------------------------------------------------- answers
 
-/** What a caller can tell two answers apart by: the status, the body and every header but Date. */
+/**
+ * What a caller can tell two answers apart by: the status, the body and every
+ * header but Date and the request id (the caller's own, or random, per request).
+ */
 export function observable (res: LightMyRequestResponse): { status: number, body: string, headers: Record<string, unknown> } {
   const headers: Record<string, unknown> = { ...res.headers }
   delete headers.date
+  delete headers['x-request-id']
   return { status: res.statusCode, body: res.body, headers }
 }
 
