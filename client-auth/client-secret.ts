@@ -20,8 +20,8 @@ export function previousHashInGrace (client: Client | undefined, now: number): s
 
 /**
  * Checks the secret against each hash: a remembered one answers without
- * bcrypt; otherwise all are compared side by side, so that a client in its
- * grace period answers about as fast as any other (the work, not the wait,
+ * bcrypt; otherwise all are queued at once, so that with two workers or more
+ * a client in its grace period answers about as fast as any other (the work
  * is doubled; the throttle counts the attempt once, before either compare).
  * Returns the index of the hash that matched (-1: none) and its check (the
  * first hash's check when none matched); `unreadable` when a stored hash is
