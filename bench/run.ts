@@ -77,7 +77,7 @@ async function startService (env: Record<string, string>): Promise<Service> {
   const port = await freePort()
   const child = spawn(process.execPath, [join(root, 'dist', 'server.js')], {
     cwd: work, // no .env of the developer's is read
-    env: { PATH: process.env.PATH ?? '', SERVER_HOST: '127.0.0.1', SERVER_PORT: String(port), LOG_LEVEL: 'warn', ...env },
+    env: { PATH: process.env.PATH ?? '', SERVER_HOST: '127.0.0.1', SERVER_PORT: String(port), ADMIN_PORT: '0', LOG_LEVEL: 'warn', ...env },
     stdio: ['ignore', 'ignore', 'inherit']
   })
   const url = `http://127.0.0.1:${port}`

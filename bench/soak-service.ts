@@ -70,6 +70,8 @@ export function startService (settings: ServiceSettings, log: (line: string) => 
       PATH: process.env.PATH ?? '',
       SERVER_HOST: '127.0.0.1',
       SERVER_PORT: String(settings.port),
+      // The admin listener on any free port: 9090 may be taken on the machine.
+      ADMIN_PORT: '0',
       LOG_LEVEL: 'warn',
       DATABASE_URL: settings.databaseUrl,
       REDIS_URL: settings.redisUrl,

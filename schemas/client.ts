@@ -32,6 +32,17 @@ const fields = {
   grant_types: Type.Array(Type.Unsafe<string>({ type: 'string', enum: [...GRANT_TYPES] }), { minItems: 1, uniqueItems: true })
 }
 
+/** The settings a create may give and a patch may change, each optional. */
+const optionalSettings = {
+  scopes: Type.Optional(fields.scopes),
+  default_scopes: Type.Optional(fields.default_scopes),
+  audiences: Type.Optional(fields.audiences),
+  rate_limit: Type.Optional(fields.rate_limit),
+  claims: Type.Optional(fields.claims),
+  jwks_uri: Type.Optional(fields.jwks_uri),
+  grant_types: Type.Optional(fields.grant_types)
+}
+
 /**
  * A client to register. client_id: generated (a UUID) when absent.
  * client_secret: generated (generateClientSecret) when absent, which is the
@@ -43,13 +54,7 @@ export const ClientCreate = Type.Object({
   client_id: Type.Optional(Type.String({ pattern: CLIENT_ID_PATTERN })),
   client_secret: Type.Optional(Type.String({ minLength: 1, maxLength: MAX_SECRET_BYTES })),
   name: fields.name,
-  scopes: Type.Optional(fields.scopes),
-  default_scopes: Type.Optional(fields.default_scopes),
-  audiences: Type.Optional(fields.audiences),
-  rate_limit: Type.Optional(fields.rate_limit),
-  claims: Type.Optional(fields.claims),
-  jwks_uri: Type.Optional(fields.jwks_uri),
-  grant_types: Type.Optional(fields.grant_types)
+  ...optionalSettings
 }, { additionalProperties: false, $id: 'ClientCreate' })
 /** The JSON of ClientCreate, as TypeScript. */
 export type ClientCreateBody = Static<typeof ClientCreate>
@@ -57,13 +62,7 @@ export type ClientCreateBody = Static<typeof ClientCreate>
 /** Changes to a client: only the fields given change; at least one. */
 export const ClientPatch = Type.Object({
   name: Type.Optional(fields.name),
-  scopes: Type.Optional(fields.scopes),
-  default_scopes: Type.Optional(fields.default_scopes),
-  audiences: Type.Optional(fields.audiences),
-  rate_limit: Type.Optional(fields.rate_limit),
-  claims: Type.Optional(fields.claims),
-  jwks_uri: Type.Optional(fields.jwks_uri),
-  grant_types: Type.Optional(fields.grant_types)
+  ...optionalSettings
 }, { additionalProperties: false, minProperties: 1, $id: 'ClientPatch' })
 /** The JSON of ClientPatch, as TypeScript. */
 export type ClientPatchBody = Static<typeof ClientPatch>

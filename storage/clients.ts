@@ -43,23 +43,6 @@ export interface ClientRecord extends Client {
 
 export type ClientStatus = Client['status']
 
-/** A client to register; every field but the id has the table's default. */
-export interface NewClient {
-  id: string
-  /** hashed with bcrypt here; the secret itself is never stored */
-  secret?: string
-  name?: string
-  rateLimit?: number | null
-  scopes?: string[]
-  defaultScopes?: string[]
-  audiences?: string[]
-  claims?: Record<string, unknown>
-  jwksUri?: string | null
-  jwks?: { keys: JsonWebKey[] } | null
-  /** default: the column's (client_credentials and refresh_token) */
-  grantTypes?: string[]
-}
-
 /** The settings `update` may change; a field left out keeps its value. */
 export interface ClientChanges {
   name?: string
@@ -69,7 +52,16 @@ export interface ClientChanges {
   audiences?: string[]
   claims?: Record<string, unknown>
   jwksUri?: string | null
+  /** on insert, default: the column's (client_credentials and refresh_token) */
   grantTypes?: string[]
+}
+
+/** A client to register; every field but the id has the table's default. */
+export interface NewClient extends ClientChanges {
+  id: string
+  /** hashed with bcrypt here; the secret itself is never stored */
+  secret?: string
+  jwks?: { keys: JsonWebKey[] } | null
 }
 
 export interface SecretRotation {

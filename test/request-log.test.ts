@@ -6,7 +6,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import { test, type Test } from 'tap'
 import app, { instanceOptions } from '../app.js'
 import { ConfigError, loadConfig } from '../plugins/config.js'
-import { basicAuth, createDatabase, createRedisPrefix, FORM, form, insertClient, testEnv, trackEmbedded } from './helper.js'
+import { basicAuth, createDatabase, createRedisPrefix, FORM, form, injectAdmin, insertClient, testEnv, trackEmbedded } from './helper.js'
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
 
@@ -116,9 +116,10 @@ test('one info line per request: method, path without query, route, status, dura
 
 test('probes (routes logged above info) write no line', async (t) => {
   const { instance, lines } = await loggedApp(t)
-  for (const url of ['/health', '/ready', '/metrics']) {
-    const res = await instance.inject({ method: 'GET', url, headers: { 'x-request-id': `probe${url.replace('/', '-')}` } })
-    t.ok(res.statusCode < 500, `${url} answers`)
+  for (const [url, admin] of [['/health', false], ['/ready', true], ['/live', true], ['/metrics', true]] as const) {
+    const request = { method: 'GET' as const, url, headers: { 'x-request-id': `probe${url.replace('/', '-')}` } }
+    const res = admin ? await injectAdmin(instance, request) : await instance.inject(request)
+    t.equal(res.statusCode, 200, `${url} answers`)
     t.equal(linesOf(lines, `probe${url.replace('/', '-')}`).length, 0, `${url}: no line`)
   }
 })
