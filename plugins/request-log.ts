@@ -64,6 +64,10 @@ function describe (request: FastifyRequest, reply: FastifyReply, payload: unknow
   }
 }
 
+// The request's logger level: the service's LOG_LEVEL, or the route's own.
+const INFO_OR_FINER = new Set(['info', 'debug', 'trace'])
+const logsAtInfo = (request: FastifyRequest): boolean => INFO_OR_FINER.has(request.log.level)
+
 function withClientId (clientId: string | undefined): { clientId?: string } {
   return clientId === undefined ? {} : { clientId }
 }
@@ -92,10 +96,13 @@ export default fp(async (fastify) => {
 
   // onSend sees the answer as it goes out, whichever handler produced it, and
   // runs before @fastify/otel ends the span in its own route-level onSend.
+  // Nothing is read of the answer when neither a line nor a span will say it
+  // (LOG_LEVEL above info, or a probe, and tracing off).
   fastify.addHook('onSend', async (request, reply, payload) => {
+    const span = requestSpan(request)
+    if (span === undefined && !logsAtInfo(request)) return payload
     const outcome = describe(request, reply, payload)
     outcomes.set(request, outcome)
-    const span = requestSpan(request)
     if (span !== undefined) annotate(span, outcome)
     return payload
   })
@@ -103,6 +110,7 @@ export default fp(async (fastify) => {
   // request.log carries the request id (reqId), and the route's own level:
   // a route logged at warn writes no line here.
   fastify.addHook('onResponse', async (request, reply) => {
+    if (!logsAtInfo(request)) return
     const outcome = outcomes.get(request) ?? describe(request, reply, undefined)
     request.log.info({
       // method and path (without the query string), by the req serializer of logging.ts
