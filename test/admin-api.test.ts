@@ -93,7 +93,7 @@ test('revoking the token, disabling the admin client or taking its scope away en
 
 test('create: 201 with the secret once; the client gets tokens; every error of the body answered', async (t) => {
   const admin = await setup(t)
-  const created = await admin.call('POST', '/admin/clients', {
+  const billing = {
     client_id: 'billing',
     name: 'Billing',
     scopes: ['invoices:read', 'invoices:write'],
@@ -102,20 +102,11 @@ test('create: 201 with the secret once; the client gets tokens; every error of t
     rate_limit: 120,
     claims: { tenant: 'acme' },
     grant_types: ['client_credentials']
-  })
+  }
+  const created = await admin.call('POST', '/admin/clients', billing)
   t.equal(created.statusCode, 201, created.body)
   const body = created.json()
-  t.match(body, {
-    client_id: 'billing',
-    name: 'Billing',
-    status: 'enabled',
-    scopes: ['invoices:read', 'invoices:write'],
-    default_scopes: ['invoices:read'],
-    audiences: ['https://billing.example'],
-    rate_limit: 120,
-    claims: { tenant: 'acme' },
-    grant_types: ['client_credentials']
-  })
+  t.match(body, { ...billing, status: 'enabled' }, 'every field as given, enabled')
   t.type(body.client_secret, 'string')
   t.ok(body.client_secret.length >= 43, 'a generated secret of 256 bits')
   t.equal(created.headers['cache-control'], 'no-store')
