@@ -6,7 +6,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { OAuthError } from '../../plugins/errors.js'
 import type { AdminActor } from '../../plugins/admin-auth.js'
 import { parseDuration } from '../../plugins/config.js'
-import { ClientExistsError, ClientRuleError, clientsRepository, SecretTooLongError } from '../../storage/clients.js'
+import { ClientExistsError, ClientRuleError, clientsRepository, SecretTooLongError, type ClientsRepository } from '../../storage/clients.js'
 import { clientChangesFrom, clientEventView, clientView, generateClientSecret, InvalidClientError, newClientFrom } from '../../schemas/client.js'
 import {
   adminErrorResponses, clientIdParams, clientList, clientListQuery, createClientBody, createdClient, eventList, eventListQuery,
@@ -56,32 +56,19 @@ function checked<T> (build: () => T): T {
   }
 }
 
-const adminClientsRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
-  const { config, db, clients, store } = fastify
-  const repository = clientsRepository(db)
-  const json = fastify.requireMediaType('application/json')
+type AdminInstance = Parameters<FastifyPluginAsyncTypebox>[0]
 
-  // Every instance drops its copy now: the same notice the CLI sends.
-  async function changed (clientId: string, action: string, actor: string): Promise<void> {
-    await clients.forget(clientId)
-    await store.clientCache.announce(clientId)
-    fastify.log.info({ clientId, action, actor }, 'client changed through the admin API')
-  }
+/** What the routes that change a client share. */
+interface ChangeContext {
+  repository: ClientsRepository
+  bcryptCost: number
+  json: ReturnType<AdminInstance['requireMediaType']>
+  /** Every instance drops its copy now (the same notice the CLI sends), and the change is logged. */
+  changed: (clientId: string, action: string, actor: string) => Promise<void>
+}
 
-  fastify.addHook('onRequest', fastify.noStore)
-  fastify.addHook('onRequest', fastify.authenticateAdmin)
-
-  fastify.post('/admin/clients', {
-    preParsing: json,
-    schema: { summary: 'Register a client; its secret is in this answer only', body: createClientBody, response: { 201: createdClient, ...adminErrorResponses } }
-  }, async (request, reply) => {
-    const actor = actorOf(request.adminActor)
-    const { client, secret } = checked(() => newClientFrom(request.body))
-    const record = await repository.insert(client, config.bcryptCost, actor).catch(refusal)
-    await changed(record.id, 'created', actor)
-    return reply.code(201).send({ ...clientView(record), client_secret: secret })
-  })
-
+/** List, show and events: nothing changes. */
+function readRoutes (fastify: AdminInstance, repository: ClientsRepository): void {
   fastify.get('/admin/clients', {
     schema: { summary: 'List clients, by client id, a page at a time', querystring: clientListQuery, response: { 200: clientList, ...adminErrorResponses } }
   }, async (request) => {
@@ -95,6 +82,28 @@ const adminClientsRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     const record = await repository.findRecord(request.params.client_id)
     if (record === undefined) throw noSuchClient()
     return clientView(record)
+  })
+
+  fastify.get('/admin/clients/:client_id/events', {
+    schema: { summary: 'The recorded changes of a client, newest first', params: clientIdParams, querystring: eventListQuery, response: { 200: eventList, ...adminErrorResponses } }
+  }, async (request) => {
+    const { before } = request.query
+    const page = await repository.events(request.params.client_id, { limit: pageSize(request.query.limit), before: before === undefined ? undefined : Number(before) })
+    return { events: page.events.map(clientEventView), next: page.next }
+  })
+}
+
+/** Create, update, delete, enable and disable. */
+function changeRoutes (fastify: AdminInstance, { repository, bcryptCost, json, changed }: ChangeContext): void {
+  fastify.post('/admin/clients', {
+    preParsing: json,
+    schema: { summary: 'Register a client; its secret is in this answer only', body: createClientBody, response: { 201: createdClient, ...adminErrorResponses } }
+  }, async (request, reply) => {
+    const actor = actorOf(request.adminActor)
+    const { client, secret } = checked(() => newClientFrom(request.body))
+    const record = await repository.insert(client, bcryptCost, actor).catch(refusal)
+    await changed(record.id, 'created', actor)
+    return reply.code(201).send({ ...clientView(record), client_secret: secret })
   })
 
   fastify.patch('/admin/clients/:client_id', {
@@ -118,6 +127,22 @@ const adminClientsRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     return reply.code(204).send(null)
   })
 
+  for (const status of ['enabled', 'disabled'] as const) {
+    const verb = status === 'enabled' ? 'enable' : 'disable'
+    fastify.post(`/admin/clients/:client_id/${verb}`, {
+      schema: { summary: `${verb[0]?.toUpperCase() ?? ''}${verb.slice(1)} a client`, params: clientIdParams, response: { 200: viewOfClient, ...adminErrorResponses } }
+    }, async (request) => {
+      const actor = actorOf(request.adminActor)
+      const record = await repository.setStatus(request.params.client_id, status, actor)
+      if (record === undefined) throw noSuchClient()
+      await changed(record.id, status, actor)
+      return clientView(record)
+    })
+  }
+}
+
+/** Secret rotation, with or without a grace period for the previous secret. */
+function rotationRoute (fastify: AdminInstance, { repository, bcryptCost, json, changed }: ChangeContext): void {
   fastify.post('/admin/clients/:client_id/secret', {
     preParsing: async (request, reply, payload) => {
       // The body is optional; when there is one, it is JSON.
@@ -136,7 +161,7 @@ const adminClientsRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     const actor = actorOf(request.adminActor)
     const secret = generateClientSecret()
     const rotated = await repository.rotateSecret(request.params.client_id, {
-      secret, cost: config.bcryptCost, graceMs: graceMs(request.body.grace), actor
+      secret, cost: bcryptCost, graceMs: graceMs(request.body.grace), actor
     }).catch(refusal)
     if (rotated === undefined) throw noSuchClient()
     await changed(request.params.client_id, 'secret_rotated', actor)
@@ -146,27 +171,27 @@ const adminClientsRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
       previous_secret_expires_at: rotated.previousSecretExpiresAt?.toISOString() ?? null
     }
   })
+}
 
-  for (const status of ['enabled', 'disabled'] as const) {
-    const verb = status === 'enabled' ? 'enable' : 'disable'
-    fastify.post(`/admin/clients/:client_id/${verb}`, {
-      schema: { summary: `${verb[0]?.toUpperCase() ?? ''}${verb.slice(1)} a client`, params: clientIdParams, response: { 200: viewOfClient, ...adminErrorResponses } }
-    }, async (request) => {
-      const actor = actorOf(request.adminActor)
-      const record = await repository.setStatus(request.params.client_id, status, actor)
-      if (record === undefined) throw noSuchClient()
-      await changed(record.id, status, actor)
-      return clientView(record)
-    })
+const adminClientsRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
+  const { config, db, clients, store } = fastify
+  const repository = clientsRepository(db)
+  const context: ChangeContext = {
+    repository,
+    bcryptCost: config.bcryptCost,
+    json: fastify.requireMediaType('application/json'),
+    async changed (clientId, action, actor) {
+      await clients.forget(clientId)
+      await store.clientCache.announce(clientId)
+      fastify.log.info({ clientId, action, actor }, 'client changed through the admin API')
+    }
   }
 
-  fastify.get('/admin/clients/:client_id/events', {
-    schema: { summary: 'The recorded changes of a client, newest first', params: clientIdParams, querystring: eventListQuery, response: { 200: eventList, ...adminErrorResponses } }
-  }, async (request) => {
-    const { before } = request.query
-    const page = await repository.events(request.params.client_id, { limit: pageSize(request.query.limit), before: before === undefined ? undefined : Number(before) })
-    return { events: page.events.map(clientEventView), next: page.next }
-  })
+  fastify.addHook('onRequest', fastify.noStore)
+  fastify.addHook('onRequest', fastify.authenticateAdmin)
+  readRoutes(fastify, repository)
+  changeRoutes(fastify, context)
+  rotationRoute(fastify, context)
 }
 
 export default adminClientsRoutes
