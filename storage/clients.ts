@@ -313,6 +313,53 @@ export interface ClientsRepository {
   replaceSecretHash: (clientId: string, oldHash: string, newHash: string) => Promise<boolean>
 }
 
+/** The changed row of an audited statement, as a record; a broken table rule becomes a ClientRuleError. */
+async function changedRecordOf (db: Queryable, text: string, values: unknown[]): Promise<ClientRecord | undefined> {
+  try {
+    const row = (await db.query<ClientRow>(text, values)).rows[0]
+    return row === undefined ? undefined : recordFromRow(row)
+  } catch (err) {
+    throw ruleBroken(err)
+  }
+}
+
+/** Inserts a client and its `created` event in one statement; ClientExistsError for a taken id. */
+async function insertAudited (db: Queryable, client: NewClient, cost: number, actor: string): Promise<ClientRecord> {
+  const hash = client.secret === undefined ? null : await hashSecret(client.secret, cost)
+  const { columns, values } = newRow(client, hash)
+  const text = `WITH new_row AS (INSERT INTO clients (${columns.join(', ')}) VALUES (${placeholders(values.length, 2)}) RETURNING *),
+    event AS (INSERT INTO client_events (client_id, action, actor, after)
+      SELECT client_id, 'created', $1, ${auditedFields('new_row')} FROM new_row)
+    SELECT ${CLIENT_COLUMNS} FROM new_row`
+  try {
+    return await changedRecordOf(db, text, [actor, ...values]) as ClientRecord
+  } catch (err) {
+    if ((err as { code?: string }).code === UNIQUE_VIOLATION) throw new ClientExistsError(client.id)
+    throw err
+  }
+}
+
+/** A new secret, the current one kept for graceMs (0: dropped), and the `secret_rotated` event, in one statement. */
+async function rotateAudited (db: Queryable, clientId: string, { secret, cost, graceMs, actor }: SecretRotation): Promise<{ previousSecretExpiresAt: Date | null } | undefined> {
+  if (!Number.isSafeInteger(graceMs) || graceMs < 0) throw new RangeError('graceMs is a whole number of milliseconds, at least 0')
+  const hash = await hashSecret(secret, cost)
+  // The event keeps only the grace period's end: no hash in the history.
+  const { rows } = await db.query<{ previous_secret_expires_at: Date | string | null }>(
+      `WITH old_row AS (SELECT client_id, client_secret_hash FROM clients WHERE client_id = $1 FOR UPDATE),
+      new_row AS (UPDATE clients SET client_secret_hash = $3,
+          previous_secret_hash = CASE WHEN $4::bigint > 0 THEN old_row.client_secret_hash END,
+          previous_secret_expires_at = CASE WHEN $4::bigint > 0 AND old_row.client_secret_hash IS NOT NULL
+            THEN now() + $4::bigint * interval '1 millisecond' END
+        FROM old_row WHERE clients.client_id = old_row.client_id
+        RETURNING clients.client_id, clients.previous_secret_expires_at),
+      event AS (INSERT INTO client_events (client_id, action, actor, after)
+        SELECT client_id, 'secret_rotated', $2, jsonb_build_object('previous_secret_expires_at', previous_secret_expires_at) FROM new_row)
+      SELECT previous_secret_expires_at FROM new_row`,
+      [clientId, actor, hash, graceMs])
+  const row = rows[0]
+  return row === undefined ? undefined : { previousSecretExpiresAt: dateOrNull(row.previous_secret_expires_at) }
+}
+
 export function clientsRepository (db: Queryable): ClientsRepository {
   const select = async (clientId: string): Promise<ClientRow | undefined> =>
     (await db.query<ClientRow>(`SELECT ${CLIENT_COLUMNS} FROM clients WHERE client_id = $1`, [clientId])).rows[0]
@@ -320,14 +367,7 @@ export function clientsRepository (db: Queryable): ClientsRepository {
     const row = await select(clientId)
     return row === undefined ? undefined : recordFromRow(row)
   }
-  const changedRecord = async (text: string, values: unknown[]): Promise<ClientRecord | undefined> => {
-    try {
-      const row = (await db.query<ClientRow>(text, values)).rows[0]
-      return row === undefined ? undefined : recordFromRow(row)
-    } catch (err) {
-      throw ruleBroken(err)
-    }
-  }
+  const changedRecord = async (text: string, values: unknown[]): Promise<ClientRecord | undefined> => await changedRecordOf(db, text, values)
   return {
     async find (clientId) {
       const row = await select(clientId)
@@ -342,20 +382,7 @@ export function clientsRepository (db: Queryable): ClientsRepository {
       const clients = rows.slice(0, limit).map(recordFromRow)
       return { clients, next: rows.length > limit ? clients[clients.length - 1]?.id ?? null : null }
     },
-    async insert (client, cost, actor) {
-      const hash = client.secret === undefined ? null : await hashSecret(client.secret, cost)
-      const { columns, values } = newRow(client, hash)
-      const text = `WITH new_row AS (INSERT INTO clients (${columns.join(', ')}) VALUES (${placeholders(values.length, 2)}) RETURNING *),
-        event AS (INSERT INTO client_events (client_id, action, actor, after)
-          SELECT client_id, 'created', $1, ${auditedFields('new_row')} FROM new_row)
-        SELECT ${CLIENT_COLUMNS} FROM new_row`
-      try {
-        return await changedRecord(text, [actor, ...values]) as ClientRecord
-      } catch (err) {
-        if ((err as { code?: string }).code === UNIQUE_VIOLATION) throw new ClientExistsError(client.id)
-        throw err
-      }
-    },
+    insert: async (client, cost, actor) => await insertAudited(db, client, cost, actor),
     async update (clientId, changes, actor) {
       const given = (Object.keys(CHANGE_COLUMNS) as Array<keyof ClientChanges>).filter((field) => changes[field] !== undefined)
       if (given.length === 0) return await findRecord(clientId)
@@ -363,25 +390,7 @@ export function clientsRepository (db: Queryable): ClientsRepository {
       const values = given.map((field) => CHANGE_COLUMNS[field].encode?.(changes[field]) ?? changes[field])
       return await changedRecord(auditedUpdate('\'updated\'', assignments.join(', ')), [clientId, actor, ...values])
     },
-    async rotateSecret (clientId, { secret, cost, graceMs, actor }) {
-      if (!Number.isSafeInteger(graceMs) || graceMs < 0) throw new RangeError('graceMs is a whole number of milliseconds, at least 0')
-      const hash = await hashSecret(secret, cost)
-      // The event keeps only the grace period's end: no hash in the history.
-      const { rows } = await db.query<{ previous_secret_expires_at: Date | string | null }>(
-        `WITH old_row AS (SELECT client_id, client_secret_hash FROM clients WHERE client_id = $1 FOR UPDATE),
-        new_row AS (UPDATE clients SET client_secret_hash = $3,
-            previous_secret_hash = CASE WHEN $4::bigint > 0 THEN old_row.client_secret_hash END,
-            previous_secret_expires_at = CASE WHEN $4::bigint > 0 AND old_row.client_secret_hash IS NOT NULL
-              THEN now() + $4::bigint * interval '1 millisecond' END
-          FROM old_row WHERE clients.client_id = old_row.client_id
-          RETURNING clients.client_id, clients.previous_secret_expires_at),
-        event AS (INSERT INTO client_events (client_id, action, actor, after)
-          SELECT client_id, 'secret_rotated', $2, jsonb_build_object('previous_secret_expires_at', previous_secret_expires_at) FROM new_row)
-        SELECT previous_secret_expires_at FROM new_row`,
-        [clientId, actor, hash, graceMs])
-      const row = rows[0]
-      return row === undefined ? undefined : { previousSecretExpiresAt: dateOrNull(row.previous_secret_expires_at) }
-    },
+    rotateSecret: async (clientId, rotation) => await rotateAudited(db, clientId, rotation),
     setStatus: async (clientId, status, actor) =>
       await changedRecord(auditedUpdate('$3::text', 'status = $3::text'), [clientId, actor, status]),
     async delete (clientId, actor) {
