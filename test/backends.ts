@@ -96,6 +96,7 @@ if (process.argv[1] !== undefined && resolve(process.argv[1]) === import.meta.fi
     const line = (name: string, real: boolean, where: string, instead: string): string =>
       `#   ${name}: ${real ? `the real server at ${where}` : `none answers at ${where}; ${instead}`}`
     process.stdout.write([
+      `# Node.js ${process.version}`,
       postgres && redis ? '# backends: real PostgreSQL and Redis' : '# backends: EMBEDDED (a server did not answer; CI=true requires both)',
       line('PostgreSQL', postgres, TEST_DATABASE_URL, 'the embedded PostgreSQL (PGlite) is used'),
       line('Redis', redis, TEST_REDIS_URL, 'the in-database store and in-process rate limits are used'),
