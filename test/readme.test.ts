@@ -12,11 +12,12 @@ import { basename, dirname, join, relative, resolve } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import tap, { test, type Test } from 'tap'
 import { backends, createDatabase, freePort, PROJECT_DIR, waitForHealth } from './helper.js'
-import { anchors, type CodeBlock, codeBlocks, expectations, matchEnd, relativeLinks } from './readme/markdown.js'
+import { anchors, type CodeBlock, codeBlocks, expectations, matchEnd, relativeLinks, sourcePaths } from './readme/markdown.js'
 
 // A build (tsc) and a first start of the embedded database come before the
-// first example: on a busy machine, more than the default budget.
-tap.setTimeout(300_000)
+// first example, and each CLI example starts a process: about a minute on a
+// quiet machine, over four at a load average of 20, hence twice the default budget.
+tap.setTimeout(600_000)
 
 /** The pages whose examples run, in the order a newcomer reads them. */
 const WALKED_PAGES = ['README.md', 'docs/cli.md', 'docs/api.md']
@@ -42,7 +43,24 @@ test('every relative link of the documentation leads to a file, and to a heading
   }
 })
 
-/** What the walk-through runs against: the service's URLs and a way to stop it. */
+/** Whether a file of the project matches `path`, where `*` stands for any part of a name. */
+function projectFileExists (path: string): boolean {
+  if (!path.includes('*')) return existsSync(join(PROJECT_DIR, path))
+  const folder = join(PROJECT_DIR, dirname(path))
+  const literal = (part: string): string => part.replace(/[.*+?^$()|[\]{}\\]/g, '\\$&')
+  const pattern = new RegExp('^' + basename(path).split('*').map(literal).join('.*') + '$')
+  return existsSync(folder) && readdirSync(folder).some((name) => pattern.test(name))
+}
+
+test('every source file the documentation names exists', async (t) => {
+  for (const page of documentationPages()) {
+    for (const path of sourcePaths(readFileSync(join(PROJECT_DIR, page), 'utf8'))) {
+      t.ok(projectFileExists(path), `${page} names ${path}`)
+    }
+  }
+})
+
+/** What the walk-through runs against: the checkout copy and the service's two URLs. */
 interface RunningService {
   dir: string
   base: string

@@ -99,3 +99,18 @@ export function relativeLinks (markdown: string): string[] {
   }
   return targets
 }
+
+const SOURCE_FOLDERS = ['test', 'migrations', 'schemas', 'plugins', 'storage', 'routes', 'grants', 'client-auth', 'tokens', 'cli', 'signing-keys', 'workers', 'bench', 'docs']
+const SOURCE_PATH = new RegExp(`^(?:${SOURCE_FOLDERS.join('|')})/[\\w./*-]+\\.(?:ts|sql|lua|md|json)$`)
+
+/** The files of the repository a page names in code spans (`test/keys.test.ts`), `*` standing for any name part. */
+export function sourcePaths (markdown: string): string[] {
+  const paths = new Set<string>()
+  for (const line of proseLines(markdown)) {
+    for (const match of line.matchAll(/`([^`\s]+)`/g)) {
+      const span = match[1] ?? ''
+      if (SOURCE_PATH.test(span)) paths.add(span)
+    }
+  }
+  return [...paths]
+}
