@@ -71,17 +71,13 @@ interface RunningService {
 // a local run leaves behind (git-ignored) or what the copy links to.
 const NOT_COPIED = new Set(['.git', 'node_modules', 'dist', 'data', 'keys', 'coverage', '.tap', '.env'])
 
-/** A copy of the checkout in a temporary folder, node_modules linked, removed at teardown. */
-async function temporaryCheckout (t: Test): Promise<string> {
-  // A short path: the control socket lives in ./data, and a socket path is limited to about 100 bytes.
-  const dir = await mkdtemp(join(tmpdir(), 'ss-readme-'))
-  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
+/** A copy of the checkout in `dir`, node_modules linked. */
+async function copyCheckout (dir: string): Promise<void> {
   await cp(PROJECT_DIR, dir, {
     recursive: true,
     filter: (source) => source === PROJECT_DIR || !NOT_COPIED.has(relative(PROJECT_DIR, source).split('/')[0] ?? '')
   })
   await symlink(join(PROJECT_DIR, 'node_modules'), join(dir, 'node_modules'))
-  return dir
 }
 
 /** The environment of a reader's shell: nothing of the test runner's, no configuration of the service. */
@@ -224,10 +220,17 @@ async function walkPage (t: Test, service: RunningService, page: string, databas
 }
 
 test('the shell examples of the README and of the CLI and API pages run, in order, and print what they say', async (t) => {
-  const dir = await temporaryCheckout(t)
+  // A short path: the control socket lives in ./data, and a socket path is limited to about 100 bytes.
+  const dir = await mkdtemp(join(tmpdir(), 'ss-readme-'))
+  // Registered before the service's own teardown: tap runs teardowns last first, so the service stops before its folder goes.
+  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
+  await copyCheckout(dir)
   const service = await startService(t, dir)
   if (service === undefined) return
-  const databaseUrl = backends.postgres && hasCommand('psql') ? await createDatabase(t) : undefined
+  const psql = hasCommand('psql')
+  // Under CI every example runs: the psql ones too (backends.ts already requires the server there).
+  if (process.env.CI === 'true') t.ok(psql, 'psql is on the PATH, for the examples of the clients table')
+  const databaseUrl = backends.postgres && psql ? await createDatabase(t) : undefined
   for (const page of WALKED_PAGES) {
     await t.test(page, async (t) => await walkPage(t, service, page, databaseUrl))
   }
