@@ -317,13 +317,13 @@ const UPDATE_SETTINGS = {
 
 export const clientsCommands: CommandTable = {
   'clients create': {
-    summary: 'register a client and print its secret (shown once)',
+    summary: 'register a client and print its generated secret (shown once)',
     usage: 'clients create --name <name> [--id <client_id>] [--scope <scope>]... [--default-scope <scope>]... [--audience <aud>]... [--rate-limit <n>] [--claims <json>] [--jwks-uri <url>] [--grant-types <list>] [--secret-stdin] [--json]',
     help: `Registers a client that authenticates with a secret. Without --id, the id is a
 random UUID. The secret is generated (32 random bytes, base64url) and printed
 once; only its bcrypt hash is stored. --secret-stdin reads the secret from
-standard input instead (${MIN_SECRET_BYTES} to ${MAX_SECRET_BYTES} bytes) and never prints it back
-(--json leaves client_secret out).
+standard input instead (${MIN_SECRET_BYTES} to ${MAX_SECRET_BYTES} bytes) and never prints it back (--json
+leaves client_secret out).
 Scopes and audiences may be repeated or given as one space- or comma-separated
 list. --default-scope: granted when a token request names no scope (must be
 among --scope).
@@ -369,11 +369,12 @@ ${SETTINGS_HELP}`,
     run: updateClient
   },
   'clients rotate-secret': {
-    summary: 'give a client a new secret (shown once), the old one kept for --grace',
+    summary: 'give a client a new secret (a generated one shown once), the old one kept for --grace',
     usage: 'clients rotate-secret <client_id> [--grace <duration>] [--secret-stdin] [--json]',
-    help: `Gives the client a new secret, printed once (or read from standard input with
---secret-stdin, ${MIN_SECRET_BYTES} to ${MAX_SECRET_BYTES} bytes, and then never printed back). With --grace (24h, 90m, 3600s, 7d; default
-none) the current secret keeps working for that long, so that the client's
+    help: `Gives the client a new secret, printed once; --secret-stdin reads it from
+standard input instead (${MIN_SECRET_BYTES} to ${MAX_SECRET_BYTES} bytes) and never prints it back (--json
+leaves client_secret out). With --grace (24h, 90m, 3600s, 7d; default none)
+the current secret keeps working for that long, so that the client's
 deployments can move to the new one; previous_secret_expires_at says until
 when. Without it, the old secret is refused from then on: at once where this
 command can tell the running instances, else within CLIENT_CACHE_TTL. A
