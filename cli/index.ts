@@ -4,13 +4,13 @@
 // the embedded one in DATA_DIR (through the running service when there is
 // one, since the embedded database admits a single process).
 import { resolve } from 'node:path'
-import { parseArgs } from 'node:util'
 import { loadSettings } from '../plugins/config.js'
+import { commandArguments } from './arguments.js'
 import type { Command, CommandTable } from './command.js'
 import { clientsCommands } from './commands/clients.js'
 import { keysCommands } from './commands/keys.js'
 import { migrateCommands } from './commands/migrate.js'
-import { CliError, output, PROGRAM, processIo, usage, type CliIo } from './io.js'
+import { CliError, output, PROGRAM, processIo, type CliIo } from './io.js'
 
 const COMMANDS: CommandTable = { ...clientsCommands, ...keysCommands, ...migrateCommands }
 
@@ -31,20 +31,37 @@ function mainHelp (): string {
   ].join('\n')
 }
 
-// No command matched: the program's help, a group's commands, or an unknown command.
+/** The commands of a group (`clients`): their second words. */
+function groupCommands (group: string): string[] {
+  return Object.keys(COMMANDS).filter((command) => command.startsWith(`${group} `)).map((command) => command.slice(group.length + 1))
+}
+
+function groupHelp (group: string, members: string[]): string {
+  const lines = members.map((member) => `  ${`${group} ${member}`.padEnd(22)}  ${COMMANDS[`${group} ${member}`]?.summary ?? ''}`)
+  return `Usage: ${PROGRAM} ${group} <command> [options]\n\n${lines.join('\n')}\n`
+}
+
+// No command matched: the program's help, a group's commands, or an unknown
+// command or option. An option is named without its value (it may be a secret).
 function withoutCommand (argv: string[], words: string[], wantsHelp: boolean, io: CliIo): number {
   if (argv.length === 0 || (wantsHelp && words.length === 0)) {
     io.stdout(`${mainHelp()}\n`)
     return argv.length === 0 ? 2 : 0
   }
-  // `clients --help`: the commands of the group.
-  const group = Object.keys(COMMANDS).filter((command) => command.startsWith(`${words[0] ?? ''} `))
-  if (wantsHelp && words.length === 1 && group.length > 0) {
-    io.stdout(`Usage: ${PROGRAM} ${words[0] ?? ''} <command> [options]\n\n${group.map((command) => `  ${command.padEnd(22)}  ${COMMANDS[command]?.summary ?? ''}`).join('\n')}\n`)
+  const group = words[0]
+  const members = groupCommands(group ?? '')
+  if (group === undefined || members.length === 0) {
+    const asked = group === undefined ? `option ${(argv[0] ?? '').split('=')[0] ?? ''}` : `command "${group}"`
+    io.stderr(`${PROGRAM}: unknown ${asked} (see ${PROGRAM} --help)\n`)
+    return 2
+  }
+  if (wantsHelp && words.length === 1) {
+    io.stdout(groupHelp(group, members))
     return 0
   }
-  const asked = group.length > 0 ? `${words[0] ?? ''} ${words[1] ?? ''}`.trim() : (words[0] ?? argv[0] ?? '')
-  io.stderr(`${PROGRAM}: unknown command "${asked}" (see ${PROGRAM} --help)\n`)
+  // `clients` alone, or `clients frobnicate`: say which commands there are.
+  const problem = words.length === 1 ? `${group} needs a command:` : `unknown command "${group} ${words[1] ?? ''}"; the ${group} commands are`
+  io.stderr(`${PROGRAM}: ${problem} ${members.join(', ')} (see ${PROGRAM} ${group} --help)\n`)
   return 2
 }
 
@@ -54,12 +71,7 @@ async function runCommand (name: string, command: Command, argv: string[], io: C
   const rest = [...argv]
   for (const word of name.split(' ')) rest.splice(rest.indexOf(word), 1)
   try {
-    let parsed: { values: Record<string, unknown>, positionals: string[] }
-    try {
-      parsed = parseArgs({ args: rest, options: command.options, allowPositionals: true, strict: true })
-    } catch (err) {
-      throw usage((err as Error).message.split('\n')[0] ?? 'bad arguments', name)
-    }
+    const parsed = commandArguments(rest, command.options, name)
     const out = output(parsed.values.json === true, io)
     await command.run({ ...parsed, config: loadSettings(io.env, { dotenv: true, cwd: io.cwd }), out, io })
     return 0

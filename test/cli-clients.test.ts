@@ -164,12 +164,41 @@ test('PostgreSQL: --secret-stdin takes a secret of at most 72 bytes, all of whic
   succeeded(t, res, 'a 72-byte secret on stdin (and its newline)')
   const created = parsed<Record<string, unknown>>(t, res, 'clients create --secret-stdin --json')
   t.equal(created.client_id, 'svc-72', 'the --id given')
-  t.equal(created.client_secret, secret72, 'the secret printed is the one read, without the trailing newline')
+  t.notOk('client_secret' in created, 'a secret the operator gave is not printed back')
+  t.notOk(res.stdout.includes(secret72), 'nowhere in the output')
 
   let token = await tokenRequest(app, CLIENT_CREDENTIALS, basic('svc-72', secret72))
   t.equal(token.statusCode, 200, 'the 72-byte secret gets a token', { body: token.body })
   token = await tokenRequest(app, CLIENT_CREDENTIALS, basic('svc-72', `${secret72.slice(0, 71)}!`))
   assertTokenError(t, token, 401, 'invalid_client', 'the secret with its 72nd byte changed')
+})
+
+test('PostgreSQL: --secret-stdin never prints the secret back, as text or JSON, on create and on rotate-secret', { skip: needsServers }, async (t) => {
+  const { app, databaseUrl, redisPrefix } = await build(t)
+  const cwd = t.testdir({})
+  const env = { DATABASE_URL: databaseUrl, REDIS_URL: TEST_REDIS_URL, REDIS_KEY_PREFIX: redisPrefix }
+  const [first, second, third] = ['first-own-secret-0001', 'second-own-secret-002', 'third-own-secret-0003']
+
+  let res = await cli(t, ['clients', 'create', '--name', 'own', '--id', 'svc-own', '--secret-stdin'], { env, cwd, stdin: `${first}\n` })
+  succeeded(t, res, 'clients create --secret-stdin')
+  t.match(res.stdout, /^client_secret:\s+\(read from standard input, not shown\)$/m, 'create: the secret line says where it came from')
+  t.notOk(res.stdout.includes(first), 'create: the secret is not printed back')
+  t.notMatch(res.stdout, /shown this once/, 'create: no reminder to store a secret it did not show')
+  t.equal((await tokenRequest(app, CLIENT_CREDENTIALS, basic('svc-own', first))).statusCode, 200, 'the secret read gets a token')
+
+  res = await cli(t, ['clients', 'rotate-secret', 'svc-own', '--grace', '24h', '--secret-stdin'], { env, cwd, stdin: `${second}\n` })
+  succeeded(t, res, 'clients rotate-secret --secret-stdin')
+  t.match(res.stdout, /^client_id:\s+svc-own\nclient_secret:\s+\(read from standard input, not shown\)\nprevious_secret_expires_at:\s+\S+Z$/m, 'rotate-secret: the same line, among the fields')
+  t.notOk(res.stdout.includes(second), 'rotate-secret: the new secret is not printed back')
+  t.notMatch(res.stdout, /shown this once/, 'rotate-secret: no reminder to store it')
+  t.match(res.stdout, /The previous secret works until /, 'rotate-secret: the grace period, as without --secret-stdin')
+
+  res = await cli(t, ['clients', 'rotate-secret', 'svc-own', '--secret-stdin', '--json'], { env, cwd, stdin: third })
+  succeeded(t, res, 'clients rotate-secret --secret-stdin --json')
+  t.strictSame(parsed(t, res, 'rotate-secret --secret-stdin --json'), { client_id: 'svc-own', previous_secret_expires_at: null }, 'rotate-secret --json: the id and the grace period, no client_secret')
+  t.notOk(res.stdout.includes(third), 'rotate-secret --json: the secret is not printed back')
+  t.equal((await answersWithin(app, basic('svc-own', third), 200)).statusCode, 200, 'the last secret read gets a token')
+  assertTokenError(t, await answersWithin(app, basic('svc-own', second), 401), 401, 'invalid_client', 'the one before it, rotated without grace')
 })
 
 test('PostgreSQL: creating a client with an id that exists fails and leaves the first one alone', { skip: needsServers }, async (t) => {

@@ -45,9 +45,7 @@ test('usage errors exit 2 with one line on stderr', async (t) => {
   t.equal(none.stderr, '', 'no arguments: nothing on stderr')
 
   t.equal(failed(t, unknown, 2, 'an unknown command'), 'session-service: unknown command "frobnicate" (see session-service --help)', 'the message names the command')
-  const unknownOption = failed(t, bogus, 2, 'clients list --bogus')
-  t.match(unknownOption, /'--bogus'/, 'the message names the option')
-  t.match(unknownOption, /\(see session-service clients list --help\)$/, 'and where to look')
+  t.equal(failed(t, bogus, 2, 'clients list --bogus'), 'session-service: unknown option --bogus (see session-service clients list --help)', 'the message names the option and where to look')
   t.equal(failed(t, noId, 2, 'clients show without an id'), 'session-service: give exactly one client id (see session-service clients show --help)', 'the message asks for the id')
 })
 

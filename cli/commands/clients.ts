@@ -70,14 +70,30 @@ async function refusing<T> (command: string, work: () => Promise<T>): Promise<T>
   }
 }
 
+interface ChosenSecret {
+  secret: string
+  /** made here, so printed this once; one the operator gave is never printed back */
+  generated: boolean
+}
+
 /** The secret on standard input (without its line end), or a generated one. */
-async function chooseSecret (fromStdin: boolean, io: CliIo, command: string): Promise<string> {
-  if (!fromStdin) return generateClientSecret()
+async function chooseSecret (fromStdin: boolean, io: CliIo, command: string): Promise<ChosenSecret> {
+  if (!fromStdin) return { secret: generateClientSecret(), generated: true }
   const secret = (await readInput(io)).replace(/\r?\n$/, '')
   if (secret.length === 0) throw usage('the secret read from stdin is empty', command)
   await refusing(command, async () => { checkClientSecret(secret) })
-  return secret
+  return { secret, generated: false }
 }
+
+// The operator has the secret they gave already; printed back it would only
+// end up in terminal scrollback, CI logs or a script's captured output.
+const SECRET_NOT_SHOWN = '(read from standard input, not shown)'
+
+/** The client_secret field of --json output: present only for a generated secret. */
+const secretJson = ({ secret, generated }: ChosenSecret): { client_secret?: string } => generated ? { client_secret: secret } : {}
+
+/** The client_secret line of text output. */
+const secretText = ({ secret, generated }: ChosenSecret): string => generated ? secret : SECRET_NOT_SHOWN
 
 const noClient = (id: string): CliError => new CliError(`no client "${id}"`)
 
@@ -142,24 +158,24 @@ async function createClient ({ values, positionals, config, out, io }: CommandCo
   const command = 'clients create'
   noPositionals(positionals, command)
   if (values.name === undefined) throw usage('--name is required', command)
-  const secret = await chooseSecret(values['secret-stdin'] === true, io, command)
+  const chosen = await chooseSecret(values['secret-stdin'] === true, io, command)
   const { client } = await refusing(command, async () => newClientFrom({
     ...settingsFrom(values, CREATE_OPTIONS, command),
     name: values.name as string,
     ...(values.id === undefined ? {} : { client_id: values.id as string }),
-    client_secret: secret
+    client_secret: chosen.secret
   }))
   await withDatabase(config, async (connection) => {
     const record = await refusing(command, async () => await clientsRepository(connection.db).insert(client, config.bcryptCost, cliActor()))
     await announceChange(config, connection, client.id, out)
     const view = clientView(record)
     if (out.json) {
-      out.data({ ...view, client_secret: secret })
+      out.data({ ...view, ...secretJson(chosen) })
       return
     }
     out.print(`client created in ${connection.where}`)
-    printFields(out, { ...view, client_secret: secret })
-    out.print(SECRET_SHOWN_ONCE)
+    printFields(out, { ...view, client_secret: secretText(chosen) })
+    if (chosen.generated) out.print(SECRET_SHOWN_ONCE)
   })
 }
 
@@ -190,22 +206,20 @@ async function rotateSecret ({ values, positionals, config, out, io }: CommandCo
   const command = 'clients rotate-secret'
   const id = clientIdArgument(positionals, command)
   const graceMs = graceOption(values.grace as string | undefined, command)
-  const secret = await chooseSecret(values['secret-stdin'] === true, io, command)
+  const chosen = await chooseSecret(values['secret-stdin'] === true, io, command)
   await withDatabase(config, async (connection) => {
-    const rotation = { secret, cost: config.bcryptCost, graceMs, actor: cliActor() }
+    const rotation = { secret: chosen.secret, cost: config.bcryptCost, graceMs, actor: cliActor() }
     const rotated = await refusing(command, async () => await clientsRepository(connection.db).rotateSecret(id, rotation))
     if (rotated === undefined) throw noClient(id)
     await announceChange(config, connection, id, out)
-    const result = { client_id: id, client_secret: secret, previous_secret_expires_at: rotated.previousSecretExpiresAt?.toISOString() ?? null }
+    const previousUntil = rotated.previousSecretExpiresAt?.toISOString() ?? null
     if (out.json) {
-      out.data(result)
+      out.data({ client_id: id, ...secretJson(chosen), previous_secret_expires_at: previousUntil })
       return
     }
-    printFields(out, result)
-    out.print(SECRET_SHOWN_ONCE)
-    out.print(result.previous_secret_expires_at === null
-      ? 'The previous secret no longer works.'
-      : `The previous secret works until ${result.previous_secret_expires_at}.`)
+    printFields(out, { client_id: id, client_secret: secretText(chosen), previous_secret_expires_at: previousUntil })
+    if (chosen.generated) out.print(SECRET_SHOWN_ONCE)
+    out.print(previousUntil === null ? 'The previous secret no longer works.' : `The previous secret works until ${previousUntil}.`)
   })
 }
 
@@ -303,12 +317,13 @@ const UPDATE_SETTINGS = {
 
 export const clientsCommands: CommandTable = {
   'clients create': {
-    summary: 'register a client and print its secret (shown once)',
+    summary: 'register a client and print its generated secret (shown once)',
     usage: 'clients create --name <name> [--id <client_id>] [--scope <scope>]... [--default-scope <scope>]... [--audience <aud>]... [--rate-limit <n>] [--claims <json>] [--jwks-uri <url>] [--grant-types <list>] [--secret-stdin] [--json]',
     help: `Registers a client that authenticates with a secret. Without --id, the id is a
 random UUID. The secret is generated (32 random bytes, base64url) and printed
 once; only its bcrypt hash is stored. --secret-stdin reads the secret from
-standard input instead (${MIN_SECRET_BYTES} to ${MAX_SECRET_BYTES} bytes).
+standard input instead (${MIN_SECRET_BYTES} to ${MAX_SECRET_BYTES} bytes) and never prints it back (--json
+leaves client_secret out).
 Scopes and audiences may be repeated or given as one space- or comma-separated
 list. --default-scope: granted when a token request names no scope (must be
 among --scope).
@@ -354,11 +369,12 @@ ${SETTINGS_HELP}`,
     run: updateClient
   },
   'clients rotate-secret': {
-    summary: 'give a client a new secret (shown once), the old one kept for --grace',
+    summary: 'give a client a new secret (a generated one shown once), the old one kept for --grace',
     usage: 'clients rotate-secret <client_id> [--grace <duration>] [--secret-stdin] [--json]',
-    help: `Gives the client a new secret, printed once (or read from standard input with
---secret-stdin, ${MIN_SECRET_BYTES} to ${MAX_SECRET_BYTES} bytes). With --grace (24h, 90m, 3600s, 7d; default
-none) the current secret keeps working for that long, so that the client's
+    help: `Gives the client a new secret, printed once; --secret-stdin reads it from
+standard input instead (${MIN_SECRET_BYTES} to ${MAX_SECRET_BYTES} bytes) and never prints it back (--json
+leaves client_secret out). With --grace (24h, 90m, 3600s, 7d; default none)
+the current secret keeps working for that long, so that the client's
 deployments can move to the new one; previous_secret_expires_at says until
 when. Without it, the old secret is refused from then on: at once where this
 command can tell the running instances, else within CLIENT_CACHE_TTL. A
