@@ -75,7 +75,11 @@ const NOT_COPIED = new Set(['.git', 'node_modules', 'dist', 'data', 'keys', 'cov
 async function copyCheckout (dir: string): Promise<void> {
   await cp(PROJECT_DIR, dir, {
     recursive: true,
-    filter: (source) => source === PROJECT_DIR || !NOT_COPIED.has(relative(PROJECT_DIR, source).split('/')[0] ?? '')
+    filter: (source) => {
+      const path = relative(PROJECT_DIR, source)
+      // .ci/runtime: the Node.js binary CI installs, a hundred megabytes
+      return source === PROJECT_DIR || (!NOT_COPIED.has(path.split('/')[0] ?? '') && path !== join('.ci', 'runtime'))
+    }
   })
   await symlink(join(PROJECT_DIR, 'node_modules'), join(dir, 'node_modules'))
 }
