@@ -42,4 +42,10 @@ export default fp(async (fastify) => {
   await fastify.register(fastifyCors, {
     delegator: (request, callback) => { callback(null, corsFor(fastify, request)) }
   })
+  // @fastify/cors answers preflights in its own onRequest hook, before this
+  // one. Any other OPTIONS request matched its catch-all route: it is not
+  // found, at once, before its body is parsed, as it was without CORS.
+  fastify.addHook('onRequest', async (request, reply) => {
+    if (request.method === 'OPTIONS' && request.routeOptions.url === '*') return reply.callNotFound()
+  })
 }, { name: 'cors', dependencies: ['admin-listener'] })

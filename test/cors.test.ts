@@ -69,10 +69,11 @@ test('OPTIONS that is not a preflight for a public route stays a 404 with the er
     { url: '/oauth/token', headers: { origin: ORIGIN }, why: 'no Access-Control-Request-Method' },
     { url: '/oauth/nothing', headers: preflight('POST'), why: 'no such route' },
     { url: '/oauth/token', headers: preflight('DELETE'), why: 'no such method' },
-    { url: '/metrics', headers: preflight('GET'), why: 'an admin route' }
+    { url: '/metrics', headers: preflight('GET'), why: 'an admin route' },
+    { url: '/', headers: {}, payload: 'client_id=a', why: 'a body without a media type' }
   ]
-  for (const { url, headers, why } of cases) {
-    const res = await app.inject({ method: 'OPTIONS', url, headers })
+  for (const { url, headers, payload, why } of cases as Array<{ url: string, headers: Record<string, string>, payload?: string, why: string }>) {
+    const res = await app.inject({ method: 'OPTIONS', url, headers, payload })
     t.equal(res.statusCode, 404, `${why}: 404`)
     t.match(res.json(), { error: 'not_found' }, `${why}: the service's error body`)
     t.equal(res.headers['access-control-allow-methods'], undefined, `${why}: no preflight answer`)
