@@ -20,19 +20,26 @@ declare module 'fastify' {
   }
 }
 
+/** What the API documentation says of an operation (Fastify validates nothing of it). */
+export interface OperationDocs {
+  operationId: string
+  summary: string
+  description: string
+}
+
 /**
  * The route options of an OAuth form endpoint that authenticates a client
  * (token, revoke, introspect): the body limit, the form media type, no
  * caching, RFC 6749 §3.2 parameters, and the schemas with every error status.
  */
-export function formEndpointOptions<Body extends TSchema, Ok extends TSchema> (fastify: FastifyInstance, body: Body, ok: Ok) {
+export function formEndpointOptions<Body extends TSchema, Ok extends TSchema> (fastify: FastifyInstance, body: Body, ok: Ok, docs: OperationDocs) {
   return {
     bodyLimit: fastify.config.bodyLimit,
     preParsing: fastify.requireMediaType('application/x-www-form-urlencoded'),
     // RFC 6749 §5.1: no caching, errors included (they may concern credentials).
     onRequest: fastify.noStore,
     preValidation: fastify.normalizeFormParameters,
-    schema: { body, response: { 200: ok, ...clientErrorResponses } }
+    schema: { ...docs, body, response: { 200: ok, ...clientErrorResponses } }
   }
 }
 

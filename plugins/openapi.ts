@@ -4,7 +4,8 @@ import fp from 'fastify-plugin'
 import fastifySwagger, { type SwaggerTransform } from '@fastify/swagger'
 import fastifySwaggerUi from '@fastify/swagger-ui'
 import type { FastifySchema } from 'fastify'
-import { registerAdminRoutes } from './admin-listener.js'
+import { documentedFormBody, errorStatus, FORM_EXAMPLES } from '../schemas/documentation.js'
+import { ADMIN_ONLY, registerAdminRoutes } from './admin-listener.js'
 
 /** The version in package.json, from plugins/ (tsx, tests) or dist/plugins/ (built). */
 export function serviceVersion (): string {
@@ -24,6 +25,13 @@ export function serviceVersion (): string {
 // `consumes`), so the document is told here.
 const CLIENT_AUTHENTICATED_FORMS = new Set(['/oauth/token', '/oauth/revoke', '/oauth/introspect'])
 
+// The document is served by the admin listener, so a relative URL reaches it;
+// the public endpoints are reached at PUBLIC_URL (the document's `servers`).
+const ADMIN_SERVERS = [{ url: '/', description: 'The admin listener, which serves this page' }]
+
+type OperationKind = 'oauth' | 'admin' | 'other'
+type ResponseSchemas = Record<string, Record<string, unknown>>
+
 function tagOf (url: string): string {
   if (url.startsWith('/oauth/')) return 'oauth'
   if (url.startsWith('/.well-known/')) return 'discovery'
@@ -31,19 +39,44 @@ function tagOf (url: string): string {
   return 'operations'
 }
 
+/** Every status with what it means, and an example body for the errors. */
+function describedResponses (responses: ResponseSchemas | undefined, kind: OperationKind): ResponseSchemas | undefined {
+  if (responses === undefined) return undefined
+  const described: ResponseSchemas = {}
+  for (const [status, schema] of Object.entries(responses)) {
+    const error = Number(status) >= 400 ? errorStatus(status, kind) : undefined
+    // A route's own description wins; a bare $ref would lose the example, so
+    // the shared error body goes into an allOf.
+    if (error === undefined || typeof schema.description === 'string') described[status] = schema
+    else if (typeof schema.$ref === 'string') described[status] = { allOf: [schema], description: error.description, examples: [error.example] }
+    else described[status] = { ...schema, description: error.description }
+  }
+  return described
+}
+
+function kindOf (url: string): OperationKind {
+  if (CLIENT_AUTHENTICATED_FORMS.has(url)) return 'oauth'
+  if (url.startsWith('/admin/')) return 'admin'
+  return 'other'
+}
+
 // Returns a copy: the route's own schema is what Fastify validates with.
-const describeRoute: SwaggerTransform = ({ schema, url }) => {
-  const described: FastifySchema = { ...schema, tags: schema?.tags ?? [tagOf(url)] }
-  if (CLIENT_AUTHENTICATED_FORMS.has(url)) {
+const describeRoute: SwaggerTransform = ({ schema, url, route }) => {
+  const described: FastifySchema & { servers?: typeof ADMIN_SERVERS } = { ...schema, tags: schema?.tags ?? [tagOf(url)] }
+  if (CLIENT_AUTHENTICATED_FORMS.has(url) && schema?.body !== undefined) {
     described.consumes = ['application/x-www-form-urlencoded']
+    described.body = documentedFormBody(schema.body as Record<string, unknown>, FORM_EXAMPLES[url] ?? {})
     // HTTP Basic, or client_secret_post / private_key_jwt in the form itself.
     described.security = [{ clientSecretBasic: [] }, {}]
   }
   if (url.startsWith('/admin/')) described.security = [{ adminBearer: [] }]
+  if (route.constraints?.listener === ADMIN_ONLY.listener) described.servers = ADMIN_SERVERS
+  described.response = describedResponses(schema?.response as ResponseSchemas | undefined, kindOf(url))
   return { schema: described, url }
 }
 
 export default fp(async (fastify) => {
+  const { config } = fastify
   // @fastify/swagger collects routes in an onRoute hook: registered here,
   // through fastify-plugin, the hook sees every route autoloaded after plugins/.
   await fastify.register(fastifySwagger, {
@@ -56,6 +89,9 @@ export default fp(async (fastify) => {
           'signed JWT access tokens, published keys (JWKS), verification, introspection and revocation. ' +
           'Every error answer is an RFC 6749 §5.2 body: {"error", "error_description"}.'
       },
+      // "Try it out" sends public requests to the public listener, from the
+      // admin listener's page: a cross-origin request (plugins/cors.ts).
+      servers: [{ url: config.publicUrl, description: 'The public listener (PUBLIC_URL)' }],
       tags: [
         { name: 'oauth', description: 'Token endpoints (RFC 6749, 7009, 7662)' },
         { name: 'discovery', description: 'Metadata and public keys for gateways and client libraries' },
@@ -88,6 +124,9 @@ export default fp(async (fastify) => {
   // On the admin listener: the document describes the admin API too.
   await registerAdminRoutes(fastify, fastifySwaggerUi, {
     routePrefix: '/docs',
-    uiConfig: { docExpansion: 'list', deepLinking: false }
+    // BaseLayout has no top bar: neither its logo (Fastify's) nor its box
+    // that loads the document of any URL.
+    uiConfig: { layout: 'BaseLayout', docExpansion: 'list', deepLinking: false, persistAuthorization: false, tryItOutEnabled: false },
+    theme: { title: 'session-service API' }
   })
-}, { name: 'openapi', dependencies: ['admin-listener'] })
+}, { name: 'openapi', dependencies: ['admin-listener', 'config'] })

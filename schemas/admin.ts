@@ -2,7 +2,7 @@
 // schemas/client.ts, which the CLI shares; this file adds paging, rotation
 // and the error answers.
 import { Type } from 'typebox'
-import { ClientCreate, ClientEventView, ClientPatch, ClientView } from './client.js'
+import { ClientCreate, ClientEventView, ClientPatch, ClientView, EXAMPLE_CLIENT } from './client.js'
 import { oauthErrorRef } from './oauth.js'
 
 /** The longest grace period a rotation may give the previous secret. */
@@ -17,7 +17,10 @@ export const patchClientBody = ClientPatch
 export const viewOfClient = ClientView
 
 /** The client and, this once, its secret. */
-export const createdClient = Type.Intersect([ClientView, Type.Object({ client_secret: Type.String() })])
+export const createdClient = Type.Intersect([ClientView, Type.Object({ client_secret: Type.String() })], {
+  description: 'Created: the client and its secret, shown this once',
+  examples: [{ ...EXAMPLE_CLIENT, client_secret: 'kS9vQ2-x7LmR4tWz1bY8nE3cF6hJ0pUa' }]
+})
 
 /** The most items a page holds, and how many when the query does not say. */
 export const MAX_PAGE_SIZE = 200
@@ -37,7 +40,7 @@ export const clientList = Type.Object({
   clients: Type.Array(ClientView),
   /** pass as `after` for the following page; null on the last one */
   next: Type.Union([Type.String(), Type.Null()])
-})
+}, { description: 'A page of clients', examples: [{ clients: [EXAMPLE_CLIENT], next: null }] })
 
 export const eventListQuery = Type.Object({
   limit,
@@ -48,6 +51,20 @@ export const eventListQuery = Type.Object({
 export const eventList = Type.Object({
   events: Type.Array(ClientEventView),
   next: Type.Union([Type.Integer(), Type.Null()])
+}, {
+  description: 'A page of the client\'s changes, newest first',
+  examples: [{
+    events: [{
+      id: 42,
+      client_id: 'billing-service',
+      action: 'updated',
+      actor: 'client:ops-automation',
+      at: '2026-01-06T14:00:00.000Z',
+      before: { rate_limit: 600 },
+      after: { rate_limit: 1200 }
+    }],
+    next: 41
+  }]
 })
 
 /** The body is optional: without one, the previous secret stops at once. */
@@ -60,10 +77,13 @@ export const rotatedSecret = Type.Object({
   client_id: Type.String(),
   client_secret: Type.String(),
   previous_secret_expires_at: Type.Union([Type.String({ format: 'date-time' }), Type.Null()])
+}, {
+  description: 'Rotated: the new secret, shown this once, and until when the previous one works',
+  examples: [{ client_id: 'billing-service', client_secret: 'Vb7nQ1-p4XsK9wLz2cR6tY0mH3jF8dUe', previous_secret_expires_at: '2026-01-07T14:00:00.000Z' }]
 })
 
 /** 204: done, nothing to say. */
-export const noContent = Type.Null({ description: 'No content' })
+export const noContent = Type.Null({ description: 'Deleted; no content (RFC 9110 §15.3.5)' })
 
 /** Every error answer of the admin API: the OAuth error body. */
 export const adminErrorResponses = {

@@ -69,6 +69,24 @@ export type ClientPatchBody = Static<typeof ClientPatch>
 
 const dateTime = Type.String({ format: 'date-time' })
 
+/** A client as the admin API shows it, for the API documentation. */
+export const EXAMPLE_CLIENT = {
+  client_id: 'billing-service',
+  name: 'Billing service',
+  status: 'enabled',
+  scopes: ['orders:read', 'orders:write'],
+  default_scopes: ['orders:read'],
+  audiences: ['https://api.example.com'],
+  rate_limit: 600,
+  claims: {},
+  jwks_uri: null,
+  grant_types: ['client_credentials', 'refresh_token'],
+  authentication: ['client_secret'],
+  previous_secret_expires_at: null,
+  created_at: '2026-01-05T09:30:00.000Z',
+  updated_at: '2026-01-05T09:30:00.000Z'
+}
+
 /** A client as shown: every setting, never a secret or a hash. */
 export const ClientView = Type.Object({
   client_id: Type.String(),
@@ -87,7 +105,7 @@ export const ClientView = Type.Object({
   previous_secret_expires_at: Type.Union([dateTime, Type.Null()]),
   created_at: dateTime,
   updated_at: dateTime
-}, { $id: 'ClientView' })
+}, { $id: 'ClientView', description: 'The client, every field but its secrets', examples: [EXAMPLE_CLIENT] })
 /** The JSON of ClientView, as TypeScript. */
 export type ClientViewBody = Static<typeof ClientView>
 

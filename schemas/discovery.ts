@@ -25,4 +25,24 @@ export const discoveryDocument = Type.Object({
   response_types_supported: strings,
   subject_types_supported: strings,
   id_token_signing_alg_values_supported: strings
+}, {
+  description: 'The metadata; cacheable (Cache-Control: public, max-age=JWKS_MAX_AGE)',
+  examples: [{
+    issuer: 'https://auth.example.com',
+    token_endpoint: 'https://auth.example.com/oauth/token',
+    jwks_uri: 'https://auth.example.com/.well-known/jwks.json',
+    revocation_endpoint: 'https://auth.example.com/oauth/revoke',
+    introspection_endpoint: 'https://auth.example.com/oauth/introspect',
+    grant_types_supported: ['client_credentials', 'refresh_token'],
+    token_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post', 'private_key_jwt'],
+    token_endpoint_auth_signing_alg_values_supported: ['RS256', 'ES256'],
+    revocation_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post', 'private_key_jwt'],
+    revocation_endpoint_auth_signing_alg_values_supported: ['RS256', 'ES256'],
+    introspection_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post', 'private_key_jwt'],
+    introspection_endpoint_auth_signing_alg_values_supported: ['RS256', 'ES256'],
+    access_token_signing_alg_values_supported: ['RS256'],
+    response_types_supported: [],
+    subject_types_supported: ['public'],
+    id_token_signing_alg_values_supported: ['RS256']
+  }]
 })

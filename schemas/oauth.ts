@@ -13,6 +13,25 @@ export const oauthError = Type.Object({
 /** The shared error body, by reference to its $id (registered once, in plugins/errors.ts). */
 export const oauthErrorRef = Type.Unsafe<Static<typeof oauthError>>({ $ref: 'oauthError#' })
 
+/** Tokens as they look, for the examples of the API documentation. */
+export const EXAMPLE_TOKENS = {
+  accessToken: 'eyJhbGciOiJSUzI1NiIsInR5cCI6ImF0K2p3dCIsImtpZCI6Ik5qVmZ...',
+  refreshToken: 'Xq3v8bV0m4kQpZt2Yc6hL1sD9wE5rT7uI0oP3aS6dF8'
+}
+
+/** The claims of an access token (RFC 9068 §2.2), for the examples. */
+const EXAMPLE_CLAIMS = {
+  iss: 'https://auth.example.com',
+  aud: 'https://api.example.com',
+  sub: 'billing-service',
+  client_id: 'billing-service',
+  scope: 'orders:read',
+  exp: 1767226500,
+  iat: 1767225600,
+  jti: '9f1c2d3e-4b5a-4c6d-8e7f-0a1b2c3d4e5f',
+  sid: 's_4b5a4c6d'
+}
+
 const parameter = (maxLength: number) => Type.Optional(Type.String({ maxLength }))
 
 /** Client authentication parameters (RFC 6749 §2.3.1, RFC 7523 §2.2). */
@@ -48,6 +67,9 @@ export const tokenResponse = Type.Object({
   expires_in: Type.Integer(),
   refresh_token: Type.String(),
   scope: Type.Optional(Type.String())
+}, {
+  description: 'Issued (RFC 6749 §5.1): a JWT access token (RFC 9068) and a single-use refresh token; not to be cached',
+  examples: [{ access_token: EXAMPLE_TOKENS.accessToken, token_type: 'Bearer', expires_in: 900, refresh_token: EXAMPLE_TOKENS.refreshToken, scope: 'orders:read' }]
 })
 
 /** POST /oauth/revoke (RFC 7009 §2.1) and /oauth/introspect (RFC 7662 §2.1) form body. */
@@ -67,21 +89,30 @@ export const verifyRequest = Type.Object({
   token: Type.String(),
   // The audience the caller expects (its own identifier); default JWT_AUDIENCE.
   audience: Type.Optional(Type.String({ minLength: 1, maxLength: 2048 }))
-})
+}, { examples: [{ token: EXAMPLE_TOKENS.accessToken, audience: 'https://api.example.com' }] })
 
 export const verifyResponse = Type.Object({
   valid: Type.Boolean(),
   error: Type.Optional(Type.String()),
   claims: Type.Optional(Type.Object({}, { additionalProperties: true }))
+}, {
+  description: 'The verdict: `valid` with the token\'s claims, or not valid with the reason',
+  examples: [{
+    valid: true,
+    claims: EXAMPLE_CLAIMS
+  }, { valid: false, error: 'token expired' }]
 })
 
 /** GET /.well-known/jwks.json (RFC 7517 §5): every member of each key is a string. */
 export const jwks = Type.Object({
   keys: Type.Array(Type.Object({}, { additionalProperties: Type.String() }))
+}, {
+  description: 'The JWK Set; cacheable (Cache-Control: public, max-age=JWKS_MAX_AGE)',
+  examples: [{ keys: [{ kty: 'RSA', kid: 'NjVmZTI0Y2QtYzE3Ny00YjQ1LWE5YjEtZTFkNGNhZDU', use: 'sig', alg: 'RS256', n: '0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAt...', e: 'AQAB' }] }]
 })
 
 /** An answer without a body (RFC 7009 §2.2: revocation answers 200 and nothing else). */
-export const emptyResponse = Type.Unsafe<undefined>({ type: 'null' })
+export const emptyResponse = Type.Unsafe<undefined>({ type: 'null', description: 'Revoked, or nothing to revoke: the answer is the same (RFC 7009 §2.2)' })
 
 /** Error responses every endpoint may give, by status. */
 export const errorResponses = {
@@ -111,4 +142,7 @@ export const introspectionResponse = Type.Object({
   jti: Type.Optional(Type.String()),
   sid: Type.Optional(Type.String()),
   scope: Type.Optional(Type.String())
+}, {
+  description: 'RFC 7662 §2.2: the token\'s claims when it is active and the caller\'s, else only `active: false`',
+  examples: [{ active: true, token_type: 'Bearer', ...EXAMPLE_CLAIMS }, { active: false }]
 })

@@ -1,19 +1,28 @@
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
+import SwaggerParser from '@apidevtools/swagger-parser'
 import { test } from 'tap'
+import { GRANT_TYPES } from '../grants/index.js'
 import { build, injectAdmin } from './helper.js'
 
 interface Operation {
+  operationId?: string
+  summary?: string
+  description?: string
+  servers?: Array<{ url: string }>
   tags?: string[]
   security?: Array<Record<string, string[]>>
   requestBody?: { content: Record<string, { schema: { required?: string[], properties?: Record<string, unknown> } }> }
-  responses: Record<string, unknown>
+  responses: Record<string, { description: string, content?: Record<string, { schema: { $ref?: string }, example?: unknown, examples?: unknown }> }>
 }
+
+type FormSchema = { required?: string[], properties?: Record<string, { enum?: string[], example?: unknown }> }
 
 interface OpenApiDocument {
   openapi: string
   info: { title: string, version: string }
-  components: { securitySchemes: Record<string, unknown>, schemas: Record<string, unknown> }
+  servers?: Array<{ url: string }>
+  components: { securitySchemes: Record<string, unknown>, schemas: Record<string, { example?: unknown }> }
   paths: Record<string, Record<string, Operation>>
 }
 
@@ -73,4 +82,75 @@ test('GET /docs: the Swagger UI page', async (t) => {
   const yaml = await injectAdmin(app, '/docs/yaml')
   t.equal(yaml.statusCode, 200)
   t.match(yaml.body, /^openapi: 3\./m)
+})
+
+/** Every operation of the document, with its path and method. */
+function operationsOf (doc: OpenApiDocument): Array<{ name: string, operation: Operation }> {
+  return Object.entries(doc.paths).flatMap(([path, methods]) =>
+    Object.entries(methods).map(([method, operation]) => ({ name: `${method.toUpperCase()} ${path}`, operation })))
+}
+
+test('GET /docs/json: a valid OpenAPI 3.0 document, each operation described for a reader', async (t) => {
+  const { app } = await build(t)
+  const doc = (await injectAdmin(app, '/docs/json')).json<OpenApiDocument>()
+  // An independent validator: the OpenAPI 3.0 JSON Schema and every $ref.
+  await t.resolves(SwaggerParser.validate(structuredClone(doc) as unknown as Parameters<typeof SwaggerParser.validate>[0]), 'valid by @apidevtools/swagger-parser')
+  const componentOf = (ref: string | undefined): { example?: unknown } | undefined =>
+    ref === undefined ? undefined : doc.components.schemas[ref.replace('#/components/schemas/', '')]
+
+  const operationIds = new Set<string>()
+  for (const { name, operation } of operationsOf(doc)) {
+    t.ok((operation.summary ?? '').length > 10, `${name}: a summary`)
+    t.match(operation.description, /RFC \d+ §\d/, `${name}: a description naming the RFC and section it follows`)
+    t.match(operation.operationId, /^[a-z][a-zA-Z]+$/, `${name}: a camelCase operationId`)
+    t.notOk(operationIds.has(operation.operationId ?? ''), `${name}: its operationId is unique`)
+    operationIds.add(operation.operationId ?? '')
+    for (const [status, response] of Object.entries(operation.responses)) {
+      t.not(response.description, 'Default Response', `${name} ${status}: described`)
+      const media = response.content?.['application/json']
+      if (media === undefined) continue
+      const example = media.example ?? media.examples ?? componentOf(media.schema.$ref)?.example
+      t.ok(example !== undefined, `${name} ${status}: an example`)
+    }
+  }
+  t.equal(operationIds.size, operationsOf(doc).length)
+})
+
+test('GET /docs/json: enumerations, examples and servers that make "Try it out" work', async (t) => {
+  const { app, config } = await build(t, { env: { PUBLIC_URL: 'https://auth.example.com' } })
+  t.equal(config.publicUrl, 'https://auth.example.com')
+  const doc = (await injectAdmin(app, '/docs/json')).json<OpenApiDocument>()
+  t.strictSame(doc.servers?.map((server) => server.url), ['https://auth.example.com'], 'public operations go to PUBLIC_URL')
+  for (const { name, operation } of operationsOf(doc)) {
+    const admin = name.includes(' /admin/') || name.endsWith(' /ready') || name.endsWith(' /live')
+    t.strictSame(operation.servers?.map((server) => server.url), admin ? ['/'] : undefined,
+      admin ? `${name}: on the admin listener, which serves the page` : `${name}: on the public listener`)
+  }
+
+  const content = (path: string): { schema: FormSchema, examples?: Record<string, { value: Record<string, string> }> } | undefined =>
+    doc.paths[path]?.post?.requestBody?.content['application/x-www-form-urlencoded'] as never
+  const token = content('/oauth/token')
+  t.strictSame(token?.schema.properties?.grant_type?.enum, [...GRANT_TYPES], 'grant_type lists the grants of the registry')
+  t.strictSame(GRANT_TYPES, ['client_credentials', 'refresh_token'])
+  t.strictSame(content('/oauth/revoke')?.schema.properties?.token_type_hint?.enum, ['access_token', 'refresh_token'])
+  // Swagger UI sends every form field with its example ("string" when there is none).
+  for (const [name, property] of Object.entries(token?.schema.properties ?? {})) {
+    if (name !== 'grant_type') t.equal(property.example, '', `${name}: empty in the form, so not sent`)
+  }
+  t.match(token?.examples?.clientCredentials?.value, { grant_type: 'client_credentials' }, 'named examples of whole requests')
+  t.ok(token?.examples?.refreshToken?.value.refresh_token, 'a refresh_token request')
+
+  // The route schema still validates as before: an unknown grant type is RFC 6749's error, not a schema error.
+  const res = await app.inject({ method: 'POST', url: '/oauth/token', headers: { 'content-type': 'application/x-www-form-urlencoded' }, payload: 'grant_type=password' })
+  t.equal(res.statusCode, 400)
+  t.equal(res.json<{ error: string }>().error, 'unsupported_grant_type')
+})
+
+test('GET /docs: the page has no top bar (no Fastify logo, no box to load another document)', async (t) => {
+  const { app } = await build(t)
+  const initializer = await injectAdmin(app, '/docs/static/swagger-initializer.js')
+  t.equal(initializer.statusCode, 200)
+  t.match(initializer.body, /"?layout"?:\s*"BaseLayout"/, 'the layout without the top bar')
+  const page = await injectAdmin(app, '/docs/')
+  t.match(page.body, /<title>session-service API<\/title>/)
 })

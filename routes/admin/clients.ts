@@ -20,6 +20,9 @@ function pageSize (limit: string | undefined): number {
   return size
 }
 
+// Said of every admin operation.
+const ADMIN_AUTH = 'Needs an access token of this service carrying ADMIN_SCOPE, sent as a bearer token (RFC 6750 §2.1).'
+
 const noSuchClient = (): OAuthError => new OAuthError(404, 'not_found', 'no client with this id')
 
 /** The author of a change as the audit records it. */
@@ -70,14 +73,26 @@ interface ChangeContext {
 /** List, show and events: nothing changes. */
 function readRoutes (fastify: AdminInstance, repository: ClientsRepository): void {
   fastify.get('/admin/clients', {
-    schema: { summary: 'List clients, by client id, a page at a time', querystring: clientListQuery, response: { 200: clientList, ...adminErrorResponses } }
+    schema: {
+      operationId: 'listClients',
+      summary: 'List clients, by client id, a page at a time',
+      description: `Clients in client id order, without secrets. Pass \`next\` as \`after\` for the following page. ${ADMIN_AUTH}`,
+      querystring: clientListQuery,
+      response: { 200: clientList, ...adminErrorResponses }
+    }
   }, async (request) => {
     const page = await repository.list({ limit: pageSize(request.query.limit), after: request.query.after })
     return { clients: page.clients.map((record) => clientView(record)), next: page.next }
   })
 
   fastify.get('/admin/clients/:client_id', {
-    schema: { summary: 'One client, every field but its secrets', params: clientIdParams, response: { 200: viewOfClient, ...adminErrorResponses } }
+    schema: {
+      operationId: 'getClient',
+      summary: 'One client, every field but its secrets',
+      description: `404 when there is no client with this id. ${ADMIN_AUTH}`,
+      params: clientIdParams,
+      response: { 200: viewOfClient, ...adminErrorResponses }
+    }
   }, async (request) => {
     const record = await repository.findRecord(request.params.client_id)
     if (record === undefined) throw noSuchClient()
@@ -85,7 +100,14 @@ function readRoutes (fastify: AdminInstance, repository: ClientsRepository): voi
   })
 
   fastify.get('/admin/clients/:client_id/events', {
-    schema: { summary: 'The recorded changes of a client, newest first', params: clientIdParams, querystring: eventListQuery, response: { 200: eventList, ...adminErrorResponses } }
+    schema: {
+      operationId: 'listClientEvents',
+      summary: 'The recorded changes of a client, newest first',
+      description: `Each change with its author and the fields before and after (never a secret or its hash); the events outlive the client. ${ADMIN_AUTH}`,
+      params: clientIdParams,
+      querystring: eventListQuery,
+      response: { 200: eventList, ...adminErrorResponses }
+    }
   }, async (request) => {
     const { before } = request.query
     const page = await repository.events(request.params.client_id, { limit: pageSize(request.query.limit), before: before === undefined ? undefined : Number(before) })
@@ -97,7 +119,14 @@ function readRoutes (fastify: AdminInstance, repository: ClientsRepository): voi
 function changeRoutes (fastify: AdminInstance, { repository, bcryptCost, json, changed }: ChangeContext): void {
   fastify.post('/admin/clients', {
     preParsing: json,
-    schema: { summary: 'Register a client; its secret is in this answer only', body: createClientBody, response: { 201: createdClient, ...adminErrorResponses } }
+    schema: {
+      operationId: 'createClient',
+      summary: 'Register a client; its secret is in this answer only',
+      description: '201 Created (RFC 9110 §15.3.2) with the client and its generated secret, which is stored only as a bcrypt hash and ' +
+        `cannot be read again. 409 when the client id is taken. ${ADMIN_AUTH}`,
+      body: createClientBody,
+      response: { 201: createdClient, ...adminErrorResponses }
+    }
   }, async (request, reply) => {
     const actor = actorOf(request.adminActor)
     const { client, secret } = checked(() => newClientFrom(request.body))
@@ -108,7 +137,14 @@ function changeRoutes (fastify: AdminInstance, { repository, bcryptCost, json, c
 
   fastify.patch('/admin/clients/:client_id', {
     preParsing: json,
-    schema: { summary: 'Change some of a client\'s fields', params: clientIdParams, body: patchClientBody, response: { 200: viewOfClient, ...adminErrorResponses } }
+    schema: {
+      operationId: 'updateClient',
+      summary: 'Change some of a client\'s fields',
+      description: `A partial update (RFC 5789): the fields sent change, the others stay. Every instance applies it at once. ${ADMIN_AUTH}`,
+      params: clientIdParams,
+      body: patchClientBody,
+      response: { 200: viewOfClient, ...adminErrorResponses }
+    }
   }, async (request) => {
     const actor = actorOf(request.adminActor)
     const changes = checked(() => clientChangesFrom(request.body))
@@ -119,7 +155,13 @@ function changeRoutes (fastify: AdminInstance, { repository, bcryptCost, json, c
   })
 
   fastify.delete('/admin/clients/:client_id', {
-    schema: { summary: 'Delete a client (its events stay)', params: clientIdParams, response: { 204: noContent, ...adminErrorResponses } }
+    schema: {
+      operationId: 'deleteClient',
+      summary: 'Delete a client (its events stay)',
+      description: `204 No Content (RFC 9110 §15.3.5). It can no longer obtain tokens; its recorded events stay. ${ADMIN_AUTH}`,
+      params: clientIdParams,
+      response: { 204: noContent, ...adminErrorResponses }
+    }
   }, async (request, reply) => {
     const actor = actorOf(request.adminActor)
     if (!await repository.delete(request.params.client_id, actor)) throw noSuchClient()
@@ -130,7 +172,13 @@ function changeRoutes (fastify: AdminInstance, { repository, bcryptCost, json, c
   for (const status of ['enabled', 'disabled'] as const) {
     const verb = status === 'enabled' ? 'enable' : 'disable'
     fastify.post(`/admin/clients/:client_id/${verb}`, {
-      schema: { summary: `${verb[0]?.toUpperCase() ?? ''}${verb.slice(1)} a client`, params: clientIdParams, response: { 200: viewOfClient, ...adminErrorResponses } }
+      schema: {
+        operationId: `${verb}Client`,
+        summary: `${verb[0]?.toUpperCase() ?? ''}${verb.slice(1)} a client`,
+        description: `A ${status} client ${status === 'enabled' ? 'may' : 'may not'} obtain tokens (a disabled one gets unauthorized_client, RFC 6749 §5.2). ${ADMIN_AUTH}`,
+        params: clientIdParams,
+        response: { 200: viewOfClient, ...adminErrorResponses }
+      }
     }, async (request) => {
       const actor = actorOf(request.adminActor)
       const record = await repository.setStatus(request.params.client_id, status, actor)
@@ -152,7 +200,9 @@ function rotationRoute (fastify: AdminInstance, { repository, bcryptCost, json, 
       request.body ??= {}
     },
     schema: {
+      operationId: 'rotateClientSecret',
       summary: 'Rotate the secret; with a grace period the previous one keeps working until it ends',
+      description: `A new generated secret, in this answer only. Without \`grace\` the previous secret stops at once. ${ADMIN_AUTH}`,
       params: clientIdParams,
       body: rotateSecretBody,
       response: { 200: rotatedSecret, ...adminErrorResponses }

@@ -16,8 +16,11 @@ const liveRoute: FastifyPluginAsync = async (fastify) => {
     // Probed every few seconds: not worth a log line.
     logLevel: 'warn',
     schema: {
+      operationId: 'getLiveness',
       summary: 'Liveness: whether this process should be restarted (never depends on PostgreSQL or Redis)',
-      response: { 200: liveResponse }
+      description: 'For an orchestrator\'s liveness probe: 200 as long as the process answers HTTP (RFC 9110 §15.3.1). ' +
+        'An outage of PostgreSQL or Redis does not fail it, since restarting every instance would not help; /ready covers that.',
+      response: { 200: { ...liveResponse, description: 'The process answers', examples: [{ status: 'live' }] } }
     }
   }, async (request, reply) => {
     reply.header('cache-control', 'no-store')

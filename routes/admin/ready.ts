@@ -39,8 +39,19 @@ const readyRoute: FastifyPluginAsync = async (fastify) => {
     // Probed every few seconds: only failures are worth a log line.
     logLevel: 'warn',
     schema: {
+      operationId: 'getReadiness',
       summary: 'Readiness: whether this instance can serve token requests now',
-      response: { 200: readyResponse, 503: { anyOf: [unavailableResponse, drainingResponse] } }
+      description: 'For a load balancer\'s or an orchestrator\'s readiness probe. 200 when PostgreSQL, Redis (when configured) and the ' +
+        'signing key are usable; else 503 Service Unavailable (RFC 9110 §15.6.4) with what failed and Retry-After. ' +
+        'A draining instance (shutting down) answers 503 `draining` at once, without Retry-After.',
+      response: {
+        200: { ...readyResponse, description: 'Ready for traffic', examples: [{ status: 'ready' }] },
+        503: {
+          anyOf: [unavailableResponse, drainingResponse],
+          description: 'Not ready: a dependency or the signing key is missing, or the instance is draining',
+          examples: [{ status: 'unavailable', postgresql: 'up', redis: 'timeout', signing_key: 'loaded' }]
+        }
+      }
     }
   }, async (request, reply) => {
     reply.header('cache-control', 'no-store')

@@ -17,6 +17,9 @@ const healthResponse = {
   properties: { status: { type: 'string', enum: ['ok', 'unavailable'] }, postgresql: state, redis: state }
 } as const
 
+const HEALTHY = { status: 'ok', postgresql: { status: 'up' }, redis: { status: 'up' } }
+const UNHEALTHY = { status: 'unavailable', postgresql: { status: 'up' }, redis: { status: 'down', error: 'timeout' } }
+
 type HealthState = { status: 'up' | 'unused' } | { status: 'down', error: 'timeout' | 'unreachable' }
 
 // The body says only what kind of failure it is, since it may be served
@@ -28,7 +31,17 @@ function healthState (state: DependencyState): HealthState {
 const healthRoute: FastifyPluginAsync = async (fastify) => {
   fastify.get('/health', {
     logLevel: 'warn',
-    schema: { response: { 200: healthResponse, 503: healthResponse } }
+    schema: {
+      operationId: 'getHealth',
+      summary: 'Whether this instance and its PostgreSQL and Redis answer',
+      description: 'A health check for load balancers that can reach only the public port: 200 when PostgreSQL answers and Redis ' +
+        '(when configured) too, else 503 Service Unavailable with Retry-After (RFC 9110 §15.6.4, §10.2.3). ' +
+        'The body names only the kind of failure; the cause is in the log. Operators\' probes are /ready and /live on the admin listener.',
+      response: {
+        200: { ...healthResponse, description: 'Healthy: PostgreSQL is up, Redis up or not used', examples: [HEALTHY] },
+        503: { ...healthResponse, description: 'Unhealthy: a dependency is down; Retry-After says when to ask again', examples: [UNHEALTHY] }
+      }
+    }
   }, async (request, reply) => {
     const states = await fastify.probeDependencies(CHECK_TIMEOUT_MS, 'health check')
     const postgresql = healthState(states.postgresql)

@@ -5,7 +5,17 @@ import { tokenRequest, tokenResponse } from '../../../schemas/oauth.js'
 
 // RFC 6749 §3.2: the grant named by grant_type (grants/index.ts) answers.
 const tokenRoute: FastifyPluginAsyncTypebox = async (fastify) => {
-  fastify.post('/oauth/token', formEndpointOptions(fastify, tokenRequest, tokenResponse), async (request, reply) => {
+  fastify.post('/oauth/token', formEndpointOptions(fastify, tokenRequest, tokenResponse, {
+    operationId: 'issueToken',
+    summary: 'Issue an access token and a refresh token',
+    description: 'The token endpoint of RFC 6749 §3.2. `grant_type=client_credentials` (RFC 6749 §4.4) starts a session; ' +
+      '`grant_type=refresh_token` (RFC 6749 §6) continues it: the refresh token is single use, and the answer carries its successor. ' +
+      'The answer is that of RFC 6749 §5.1; the access token is a JWT of RFC 9068, signed with the key published at /.well-known/jwks.json.\n\n' +
+      'The client authenticates with exactly one method: HTTP Basic (client_secret_basic, RFC 6749 §2.3.1), ' +
+      '`client_id` and `client_secret` in the form (client_secret_post), or a signed `client_assertion` (private_key_jwt, RFC 7523 §2.2). ' +
+      'A parameter sent without a value counts as omitted (RFC 6749 §3.1).\n\n' +
+      'To try it here: Authorize with the client id and secret (clientSecretBasic), then Execute with the form as it is.'
+  }), async (request, reply) => {
     return await grantTokens({ request, body: request.body, reply, fastify })
   })
 }

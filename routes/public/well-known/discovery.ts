@@ -7,6 +7,21 @@ import { errorResponses } from '../../../schemas/oauth.js'
 
 // One document answers both RFC 8414 and OpenID Connect Discovery 1.0: a
 // gateway reads the OpenID path, OAuth client libraries either one.
+const DISCOVERY_OPERATIONS = [{
+  url: '/.well-known/openid-configuration',
+  operationId: 'getOpenIdConfiguration',
+  summary: 'Server metadata, at the OpenID Connect path that gateways read',
+  description: 'The provider metadata of OpenID Connect Discovery 1.0 §4 (members of §3), the same document as ' +
+    '/.well-known/oauth-authorization-server (RFC 8414 §2). A gateway (API Gateway\'s JWT authorizer) finds `jwks_uri` here. ' +
+    'Published URLs come from PUBLIC_URL and JWT_ISSUER, never from request headers; cacheable for JWKS_MAX_AGE.'
+}, {
+  url: '/.well-known/oauth-authorization-server',
+  operationId: 'getAuthorizationServerMetadata',
+  summary: 'Server metadata, at the OAuth path',
+  description: 'Authorization server metadata of RFC 8414 §3 (members of §2): the endpoints, grant types, client authentication ' +
+    'methods and algorithms. The same document as /.well-known/openid-configuration; cacheable for JWKS_MAX_AGE.'
+}]
+
 const discoveryRoute: FastifyPluginAsync = async (fastify) => {
   const { config, keys } = fastify
 
@@ -41,10 +56,10 @@ const discoveryRoute: FastifyPluginAsync = async (fastify) => {
     id_token_signing_alg_values_supported: [keys.algorithm]
   })
 
-  for (const url of ['/.well-known/openid-configuration', '/.well-known/oauth-authorization-server']) {
+  for (const { url, ...docs } of DISCOVERY_OPERATIONS) {
     // The schema documents the answer; a string with a JSON content type is
     // sent as it is, not serialized again.
-    fastify.get(url, { schema: { response: { 200: discoveryDocument, ...errorResponses } } }, async (_request, reply) => {
+    fastify.get(url, { schema: { ...docs, response: { 200: discoveryDocument, ...errorResponses } } }, async (_request, reply) => {
       return reply
         .header('cache-control', `public, max-age=${config.jwksMaxAge}`)
         .type('application/json; charset=utf-8')
