@@ -166,7 +166,7 @@ export const EnvSchema = Type.Object({
   LOG_LEVEL: Type.Enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], { default: 'info' }),
   TRUST_PROXY: Type.String({ default: 'false', maxLength: 4096 }),
   JWKS_URI_ALLOW_PRIVATE: Type.Boolean({ default: false }),
-  // Default: embeddedShutdownDelay or SHUTDOWN_DELAY_DEFAULT.
+  // Default: 0 on the embedded database, else SHUTDOWN_DELAY_DEFAULT (see shutdownDelayMs).
   SHUTDOWN_DELAY: Type.Optional(Type.String({ pattern: DURATION_MS })),
   REDIS_TLS_CA_FILE: Type.Optional(Type.String()),
   METRICS_PER_CLIENT: Type.Boolean({ default: false }),
@@ -247,7 +247,7 @@ function resolveIssuer (raw: Env, publicUrl: string): Pick<Settings, 'issuer' | 
 }
 
 /** SHUTDOWN_DELAY when not set, with a PostgreSQL server: what a load balancer needs to stop sending here. */
-export const SHUTDOWN_DELAY_DEFAULT = '5s'
+const SHUTDOWN_DELAY_DEFAULT = '5s'
 
 // The embedded database admits one process per data directory, so no other
 // instance can take over while this one drains: a delay would only hold up
