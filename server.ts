@@ -1,7 +1,8 @@
 // First: tracing must be set up before pg and ioredis are loaded.
 import { tracing } from './tracing.js'
 import type { Server as HttpServer } from 'node:http'
-import { Server as NetServer } from 'node:net'
+import { isIPv6, Server as NetServer, type AddressInfo } from 'node:net'
+import { extname, isAbsolute, join, relative } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify from 'fastify'
 import closeWithGrace from 'close-with-grace'
@@ -108,12 +109,45 @@ closeWithGrace({ delay: config.shutdownDelayMs + EXIT_LIMIT_MS }, async ({ signa
   await tracing?.shutdown()
 })
 
+/** A URL for reaching a listener from this machine: a wildcard address means every interface, loopback included. */
+function reachableUrl (host: string, port: number, path: string): string {
+  const name = host === '0.0.0.0' || host === '::' ? 'localhost' : host
+  return `http://${isIPv6(name) ? `[${name}]` : name}:${port}${path}`
+}
+
+/**
+ * The command that creates a first client, as this process was started: an
+ * npm script means a checkout, where `npm run cli` is the CLI; otherwise
+ * (the container image) the CLI file beside this one.
+ */
+function createClientCommand (): string {
+  const args = 'clients create --name demo --scope read'
+  if (process.env.npm_lifecycle_event !== undefined) return `npm run -s cli -- ${args}`
+  const cli = join(import.meta.dirname, 'cli', `index${extname(import.meta.filename)}`)
+  const fromHere = relative(process.cwd(), cli)
+  return `node ${fromHere.startsWith('..') || isAbsolute(fromHere) ? cli : fromHere} ${args}`
+}
+
+/**
+ * One line, at every start (a person reads the latest start's log, and a
+ * restart may have moved the admin port), with what a newcomer needs next.
+ * URLs and a command only: nothing secret.
+ */
+function logStartGuide (admin: AddressInfo): void {
+  const tokenEndpoint = `${config.publicUrl}/oauth/token`
+  const discovery = `${config.publicUrl}/.well-known/openid-configuration`
+  const apiDocs = reachableUrl(config.adminHost, admin.port, '/docs')
+  const createClient = createClientCommand()
+  server.log.info({ tokenEndpoint, discovery, apiDocs, createClient },
+    `ready: token endpoint ${tokenEndpoint} | discovery ${discovery} | API docs ${apiDocs} | create a client: ${createClient}`)
+}
+
 try {
   await server.listen({ host: config.host, port: config.port })
   // Metrics, readiness, liveness, docs and the admin API; it keeps answering
   // while the public listener drains (/ready then says so), and closes with
   // the instance.
-  await server.listenAdmin({ host: config.adminHost, port: config.adminPort })
+  logStartGuide(await server.listenAdmin({ host: config.adminHost, port: config.adminPort }))
 } catch (err) {
   // A dependency unreachable at boot, a port in use: one line, exit 1.
   server.log.fatal({ cause: (err as Error).message }, 'could not start')

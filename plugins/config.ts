@@ -2,6 +2,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import type { KeyObject } from 'node:crypto'
 import { join, resolve } from 'node:path'
 import fp from 'fastify-plugin'
+import type { FastifyBaseLogger } from 'fastify'
 import { envSchema } from 'env-schema'
 import { parse as parseDotenv } from 'dotenv'
 import { Type, type Static } from 'typebox'
@@ -38,7 +39,10 @@ export interface Settings {
   dataDir: string
   redisKeyPrefix: string
   algorithm: SigningAlgorithm
+  /** JWT_ISSUER, else the public URL: discovery needs an issuer that is a URL */
   issuer: string
+  /** which setting the issuer comes from: an unconfigured one is only right on the local machine */
+  issuerSource: 'JWT_ISSUER' | 'PUBLIC_URL' | 'default'
   /**
    * Base URL of every published endpoint and of the audiences accepted in
    * client assertions: PUBLIC_URL, else the issuer when it is a URL, else
@@ -133,7 +137,7 @@ export const EnvSchema = Type.Object({
   JWT_ADDITIONAL_PUBLIC_KEYS: Type.Optional(Type.String()),
   JWT_ADDITIONAL_PUBLIC_KEYS_FILE: Type.Optional(Type.String()),
   JWT_ALGORITHM: Type.Enum(SIGNING_ALGORITHMS, { default: DEFAULT_SIGNING_ALGORITHM }),
-  JWT_ISSUER: Type.String({ minLength: 1, default: 'session-service' }),
+  JWT_ISSUER: Type.Optional(Type.String({ minLength: 1 })),
   JWT_AUDIENCE: Type.String({ minLength: 1, default: 'api' }),
   PUBLIC_URL: Type.Optional(Type.String()),
   SCOPES_SUPPORTED: Type.String({ default: '', maxLength: 8192 }),
@@ -162,7 +166,8 @@ export const EnvSchema = Type.Object({
   LOG_LEVEL: Type.Enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], { default: 'info' }),
   TRUST_PROXY: Type.String({ default: 'false', maxLength: 4096 }),
   JWKS_URI_ALLOW_PRIVATE: Type.Boolean({ default: false }),
-  SHUTDOWN_DELAY: durationMs('5s'),
+  // Default: 0 on the embedded database, else SHUTDOWN_DELAY_DEFAULT (see shutdownDelayMs).
+  SHUTDOWN_DELAY: Type.Optional(Type.String({ pattern: DURATION_MS })),
   REDIS_TLS_CA_FILE: Type.Optional(Type.String()),
   METRICS_PER_CLIENT: Type.Boolean({ default: false }),
   METRICS_CLIENT_LIMIT: Type.Integer({ minimum: 1, maximum: 10000, default: 100 }),
@@ -225,12 +230,31 @@ function isHttpUrl (value: string): boolean {
 // request's Host never enters: a header would otherwise decide which URLs a
 // cacheable discovery document publishes, and which audience an assertion
 // may name.
-function resolvePublicUrl (publicUrl: string | undefined, issuer: string, port: number): string {
+function resolvePublicUrl (publicUrl: string | undefined, issuer: string | undefined, port: number): string {
   if (publicUrl !== undefined && publicUrl !== '') {
     if (!isHttpUrl(publicUrl)) throw new ConfigError('PUBLIC_URL', 'must be an absolute http(s) URL without query or fragment')
     return publicUrl.replace(/\/+$/, '')
   }
-  return isHttpUrl(issuer) ? issuer.replace(/\/+$/, '') : `http://localhost:${port}`
+  return issuer !== undefined && isHttpUrl(issuer) ? issuer.replace(/\/+$/, '') : `http://localhost:${port}`
+}
+
+// Without JWT_ISSUER the issuer is the public URL, so that discovery works
+// out of the box: OpenID Connect and RFC 8414 clients refuse an issuer that
+// is not a URL (the original service's default was "session-service").
+function resolveIssuer (raw: Env, publicUrl: string): Pick<Settings, 'issuer' | 'issuerSource'> {
+  if (raw.JWT_ISSUER !== undefined) return { issuer: raw.JWT_ISSUER, issuerSource: 'JWT_ISSUER' }
+  return { issuer: publicUrl, issuerSource: nonEmpty(raw.PUBLIC_URL) === undefined ? 'default' : 'PUBLIC_URL' }
+}
+
+/** SHUTDOWN_DELAY when not set, with a PostgreSQL server: what a load balancer needs to stop sending here. */
+const SHUTDOWN_DELAY_DEFAULT = '5s'
+
+// The embedded database admits one process per data directory, so no other
+// instance can take over while this one drains: a delay would only hold up
+// the next start (a restart in development, a redeploy).
+function shutdownDelayMs (raw: Env): number {
+  const fallback = nonEmpty(raw.DATABASE_URL) === undefined ? '0' : SHUTDOWN_DELAY_DEFAULT
+  return parseDurationMs('SHUTDOWN_DELAY', raw.SHUTDOWN_DELAY ?? fallback, { allowZero: true })
 }
 
 const IPV4_OR_CIDR = /^(\d{1,3}\.){3}\d{1,3}(\/\d{1,2})?$/
@@ -326,14 +350,15 @@ function readEnv (env: EnvSource, options: LoadOptions): Env {
 }
 
 function settingsFromEnv (raw: Env, cwd: string): Settings {
+  const publicUrl = resolvePublicUrl(raw.PUBLIC_URL, raw.JWT_ISSUER, raw.SERVER_PORT)
   return {
     databaseUrl: nonEmpty(raw.DATABASE_URL),
     redisUrl: nonEmpty(raw.REDIS_URL),
     dataDir: resolve(cwd, raw.DATA_DIR),
     redisKeyPrefix: raw.REDIS_KEY_PREFIX,
     algorithm: raw.JWT_ALGORITHM,
-    issuer: raw.JWT_ISSUER,
-    publicUrl: resolvePublicUrl(raw.PUBLIC_URL, raw.JWT_ISSUER, raw.SERVER_PORT),
+    ...resolveIssuer(raw, publicUrl),
+    publicUrl,
     audience: raw.JWT_AUDIENCE,
     scopesSupported: parseScopes('SCOPES_SUPPORTED', raw.SCOPES_SUPPORTED),
     accessTokenTtl: parseDuration('JWT_EXPIRY', raw.JWT_EXPIRY),
@@ -361,7 +386,7 @@ function settingsFromEnv (raw: Env, cwd: string): Settings {
     logLevel: raw.LOG_LEVEL,
     trustProxy: parseTrustProxy(raw.TRUST_PROXY),
     jwksUriAllowPrivate: raw.JWKS_URI_ALLOW_PRIVATE,
-    shutdownDelayMs: parseDurationMs('SHUTDOWN_DELAY', raw.SHUTDOWN_DELAY, { allowZero: true }),
+    shutdownDelayMs: shutdownDelayMs(raw),
     redisTlsCaFile: nonEmpty(raw.REDIS_TLS_CA_FILE),
     metricsPerClient: raw.METRICS_PER_CLIENT,
     metricsClientLimit: raw.METRICS_CLIENT_LIMIT,
@@ -429,8 +454,17 @@ export default fp<ConfigPluginOptions>(async (fastify, opts) => {
     fastify.log.info({ path: source.path, algorithm: fastify.config.algorithm },
       source.generated ? 'no signing key configured: generated one and saved it in the data directory' : 'signing with the key saved in the data directory')
   }
-  if (!isGatewayIssuer(fastify.config.issuer)) {
-    fastify.log.warn({ issuer: fastify.config.issuer },
-      'JWT_ISSUER is not an https URL: AWS API Gateway JWT authorizers will refuse this issuer')
-  }
+  logIssuer(fastify.log, fastify.config)
 }, { name: 'config' })
+
+// A warning at every start is for a choice the operator made; the default
+// (http://localhost:<port>) is right for a service tried on one machine, and
+// only needs saying once it would reach others.
+function logIssuer (log: FastifyBaseLogger, { issuer, issuerSource }: Settings): void {
+  if (issuerSource === 'default') {
+    log.info({ issuer }, 'the issuer is http://localhost:<SERVER_PORT> since neither JWT_ISSUER nor PUBLIC_URL is set: set PUBLIC_URL to the https URL clients reach')
+  } else if (!isGatewayIssuer(issuer)) {
+    log.warn({ issuer, from: issuerSource },
+      `${issuerSource} is not an https URL: AWS API Gateway JWT authorizers will refuse this issuer`)
+  }
+}

@@ -36,7 +36,10 @@ function pkcs8 (key: Config['privateKey']): string {
 
 test('defaults', async (t) => {
   const config = loadConfig(minimalEnv())
-  t.equal(config.issuer, 'session-service')
+  t.equal(config.issuer, 'http://localhost:8080', 'the issuer is the public URL, itself made of SERVER_PORT')
+  t.equal(config.issuerSource, 'default')
+  t.equal(config.publicUrl, 'http://localhost:8080')
+  t.equal(config.shutdownDelayMs, 5000, 'with a PostgreSQL server, a delay for load balancers')
   t.equal(config.audience, 'api')
   t.equal(config.algorithm, 'RS256')
   t.equal(config.accessTokenTtl, 3600)
@@ -47,6 +50,22 @@ test('defaults', async (t) => {
   t.equal(config.databaseUrl, 'postgres://postgres@127.0.0.1:5432/postgres')
   t.equal(config.redisUrl, 'redis://127.0.0.1:6379')
   t.equal(spki(config.publicKey), spki(createPublicKey(testKeys.publicKey)), 'public key derived from the private key')
+})
+
+test('without JWT_ISSUER the issuer is the public URL: PUBLIC_URL, else http://localhost:SERVER_PORT', async (t) => {
+  t.match(loadConfig(minimalEnv({ SERVER_PORT: '3000' })), { issuer: 'http://localhost:3000', publicUrl: 'http://localhost:3000', issuerSource: 'default' })
+  t.match(loadConfig(minimalEnv({ PUBLIC_URL: 'https://auth.example.com/' })), { issuer: 'https://auth.example.com', publicUrl: 'https://auth.example.com', issuerSource: 'PUBLIC_URL' },
+    'no trailing slash: the issuer is compared byte for byte')
+  t.match(loadConfig(minimalEnv({ JWT_ISSUER: 'session-service', PUBLIC_URL: 'https://auth.example.com' })), { issuer: 'session-service', publicUrl: 'https://auth.example.com', issuerSource: 'JWT_ISSUER' },
+    'JWT_ISSUER wins, as the original service\'s deployments set it')
+})
+
+test('SHUTDOWN_DELAY: 5 s with a PostgreSQL server, none on the embedded database (no other instance can take over)', async (t) => {
+  t.equal(loadConfig(minimalEnv()).shutdownDelayMs, 5000)
+  const { DATABASE_URL: _unused, ...embedded } = minimalEnv()
+  t.equal(loadSettings(embedded).shutdownDelayMs, 0)
+  t.equal(loadSettings({ ...embedded, SHUTDOWN_DELAY: '2s' }).shutdownDelayMs, 2000, 'a value set is kept')
+  t.throws(() => loadSettings({ SHUTDOWN_DELAY: 'soon' }), { name: 'ConfigError', message: /^SHUTDOWN_DELAY: / })
 })
 
 test('an explicit environment is the only source: process.env is not read', async (t) => {
@@ -62,7 +81,7 @@ test('an explicit environment is the only source: process.env is not read', asyn
     }
   })
   const config = loadConfig(minimalEnv())
-  t.equal(config.issuer, 'session-service')
+  t.equal(config.issuer, 'http://localhost:8080')
   t.equal(config.accessTokenTtl, 3600)
 })
 

@@ -69,8 +69,8 @@ async function checkContents (t: Test, image: Image): Promise<void> {
   })
 }
 
-/** A client inserted by SQL gets an RS256 token that the published key verifies. */
-async function checkTokens (t: Test, base: string, databaseUrl: string): Promise<void> {
+/** A client inserted by SQL gets an RS256 token, naming `issuer`, that the published key verifies. */
+async function checkTokens (t: Test, base: string, databaseUrl: string, issuer: string): Promise<void> {
   const clientId = 'svc-container'
   const secret = 'container secret'
   await insertClient(databaseUrl, { id: clientId, secret })
@@ -84,7 +84,7 @@ async function checkTokens (t: Test, base: string, databaseUrl: string): Promise
   const { header, payload } = decodeJwt(accessToken)
   t.equal(header.alg, 'RS256', 'the access token is RS256')
   t.type(header.kid, 'string', 'with a kid')
-  t.match(payload, { sub: clientId, iss: 'session-service', aud: 'api' })
+  t.match(payload, { sub: clientId, iss: issuer, aud: 'api' })
 
   const jwksRes = await fetch(`${base}/.well-known/jwks.json`)
   t.equal(jwksRes.status, 200, 'the JWKS answers 200')
@@ -149,7 +149,13 @@ t.test('the image, replayed: migrate, serve tokens as the CMD, answer the HEALTH
   const healthy = new ContainerProcess(t, image, image.healthcheck, serviceEnv)
   t.strictSame(await healthy.exitWithin(10_000), { code: 0, signal: null }, 'the HEALTHCHECK command exits 0')
 
-  await checkTokens(t, base, databaseUrl)
+  // No JWT_ISSUER nor PUBLIC_URL: the default issuer.
+  await checkTokens(t, base, databaseUrl, `http://localhost:${port}`)
+  t.match(service.logLines().find((line) => typeof line.createClient === 'string'), {
+    createClient: 'node dist/cli/index.js clients create --name demo --scope read',
+    // The image's ADMIN_HOST is 0.0.0.0: loopback is one of its addresses.
+    apiDocs: `http://localhost:${adminPort}/docs`
+  }, 'the start guide names the image\'s CLI')
 
   const stoppedAt = Date.now()
   service.child.kill('SIGTERM')

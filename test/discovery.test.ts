@@ -157,13 +157,13 @@ test('a PUBLIC_URL that is not an absolute http(s) URL stops the configuration',
   t.equal(accepted.issuer, 'session-service', 'a valid PUBLIC_URL leaves the issuer alone')
 })
 
-test('with the default issuer and no PUBLIC_URL, endpoints are on http://localhost:SERVER_PORT, whatever Host says', async (t) => {
-  const { app: instance, config } = await build(t)
-  t.equal(config.issuer, 'session-service')
+test('with neither JWT_ISSUER nor PUBLIC_URL, issuer and endpoints are on http://localhost:SERVER_PORT, whatever Host says', async (t) => {
+  const { app: instance, config } = await build(t, { unset: ['JWT_ISSUER'] })
+  t.equal(config.issuer, 'http://localhost:8080')
   const res = await getDocument(instance, OPENID_PATH, { host: 'svc.internal:8080' })
   t.equal(res.statusCode, 200)
   const doc: Document = res.json()
-  t.equal(doc.issuer, 'session-service')
+  t.equal(doc.issuer, 'http://localhost:8080', 'an issuer that is a URL, as discovery clients require')
   t.equal(doc.token_endpoint, 'http://localhost:8080/oauth/token')
   t.equal(doc.jwks_uri, 'http://localhost:8080/.well-known/jwks.json')
   t.equal(doc.revocation_endpoint, 'http://localhost:8080/oauth/revoke')
@@ -171,8 +171,10 @@ test('with the default issuer and no PUBLIC_URL, endpoints are on http://localho
   const oauth = await getDocument(instance, OAUTH_PATH, { host: 'other.internal' })
   t.equal(oauth.body, res.body, 'both paths serve the same bytes, for any Host')
 
-  const { app: elsewhere } = await build(t, { env: { SERVER_PORT: '9090' } })
-  t.equal((await getDocument(elsewhere)).json().token_endpoint, 'http://localhost:9090/oauth/token', 'the port is SERVER_PORT')
+  const { app: elsewhere } = await build(t, { env: { SERVER_PORT: '9090' }, unset: ['JWT_ISSUER'] })
+  const elsewhereDoc: Document = (await getDocument(elsewhere)).json()
+  t.equal(elsewhereDoc.token_endpoint, 'http://localhost:9090/oauth/token', 'the port is SERVER_PORT')
+  t.equal(elsewhereDoc.issuer, 'http://localhost:9090')
 })
 
 test('a Host header never enters the publicly cacheable document', async (t) => {
@@ -220,6 +222,15 @@ test('an https issuer is not warned about', async (t) => {
   // The documents are served too, so that any warning they might log is caught.
   t.equal((await getDocument(instance)).statusCode, 200)
   t.same(issuerWarnings(lines), [], 'no line about the issuer')
+})
+
+test('the default issuer (http://localhost:SERVER_PORT) is not warned about; an http PUBLIC_URL that becomes the issuer is', async (t) => {
+  const { lines } = await buildLogged(t, {}, ['JWT_ISSUER'])
+  t.same(issuerWarnings(lines), [], 'nothing at warn level about the default issuer')
+  const { lines: fromPublicUrl } = await buildLogged(t, { PUBLIC_URL: 'http://auth.example.com' }, ['JWT_ISSUER'])
+  const warnings = issuerWarnings(fromPublicUrl)
+  t.equal(warnings.length, 1, 'one warning')
+  t.match(warnings[0], { level: 40, issuer: 'http://auth.example.com', msg: /^PUBLIC_URL is not an https URL: .*API Gateway/ })
 })
 
 test('the JWKS stays far below the gateway limit with several additional keys', async (t) => {

@@ -5,7 +5,8 @@
 // scope).
 import { test } from 'tap'
 import * as oauth from 'openid-client'
-import { createRemoteJWKSet, exportJWK, generateKeyPair, jwtVerify, errors as joseErrors } from 'jose'
+import * as oauth4 from 'oauth4webapi'
+import { createRemoteJWKSet, decodeJwt, exportJWK, generateKeyPair, jwtVerify, errors as joseErrors } from 'jose'
 import { build, freePort, insertClient, sql, type TestContext } from './helper.js'
 
 /** The service listening on loopback, its issuer being its own URL. */
@@ -19,6 +20,46 @@ async function serve (t: TestContext, env: Record<string, string> = {}): Promise
 
 // The test server speaks plain HTTP on loopback; everything else is as in production.
 const insecure = { execute: [oauth.allowInsecureRequests] }
+
+/**
+ * The service with no issuer configuration at all, listening where its
+ * default public URL (http://localhost:SERVER_PORT) says it is.
+ */
+async function serveUnconfigured (t: TestContext): Promise<{ issuer: URL, databaseUrl: string }> {
+  const port = await freePort()
+  const { app, config, databaseUrl } = await build(t, { env: { SERVER_PORT: String(port) }, unset: ['JWT_ISSUER'] })
+  // localhost: every loopback address the name resolves to.
+  await app.listen({ host: 'localhost', port })
+  return { issuer: new URL(config.issuer), databaseUrl }
+}
+
+test('with no issuer configured, openid-client and oauth4webapi discover the service and get a client_credentials token', async (t) => {
+  const { issuer, databaseUrl } = await serveUnconfigured(t)
+  t.equal(issuer.href, `http://localhost:${issuer.port}/`, 'the default issuer is http://localhost:SERVER_PORT')
+  await insertClient(databaseUrl, { id: 'default-issuer-client', secret: 'default issuer secret' })
+
+  await t.test('openid-client', async (t) => {
+    const config = await oauth.discovery(issuer, 'default-issuer-client', 'default issuer secret', oauth.ClientSecretBasic(), insecure)
+    t.equal(config.serverMetadata().issuer, issuer.origin, 'the issuer it validated')
+    const granted = await oauth.clientCredentialsGrant(config)
+    t.type(granted.access_token, 'string')
+    t.equal(decodeJwt(granted.access_token).iss, issuer.origin, 'the token names the same issuer')
+  })
+
+  await t.test('oauth4webapi, the token validated as an RFC 9068 resource server does', async (t) => {
+    const options = { [oauth4.allowInsecureRequests]: true }
+    const as = await oauth4.processDiscoveryResponse(issuer, await oauth4.discoveryRequest(issuer, { ...options, algorithm: 'oidc' }))
+    const client: oauth4.Client = { client_id: 'default-issuer-client' }
+    const response = await oauth4.clientCredentialsGrantRequest(as, client, oauth4.ClientSecretBasic('default issuer secret'), {}, options)
+    const granted = await oauth4.processClientCredentialsResponse(as, client, response)
+    t.equal(granted.token_type, 'bearer')
+    // Signature from jwks_uri, typ at+jwt, iss, aud, exp, iat, jti, sub, client_id.
+    const request = new Request('http://localhost/orders', { headers: { authorization: `Bearer ${granted.access_token}` } })
+    const claims = await oauth4.validateJwtAccessToken(as, request, 'api', options)
+    t.equal(claims.iss, issuer.origin)
+    t.equal(claims.client_id, 'default-issuer-client')
+  })
+})
 
 test('openid-client: client_credentials, refresh, introspection and revocation from discovery alone', async (t) => {
   const { issuer, databaseUrl } = await serve(t)

@@ -149,6 +149,28 @@ async function sigtermWithRequestsInFlight (t: Test, server: ServerProcess, { po
   return issued
 }
 
+/** The one line a person reads after the start: where to get tokens, discovery, docs, and how to make a client. */
+async function startGuide (t: Test, server: ServerProcess, port: number): Promise<void> {
+  const guides = server.logLines().filter((line) => typeof line.tokenEndpoint === 'string')
+  t.equal(guides.length, 1, 'one start guide line')
+  const adminPort = server.logLines().find((line) => line.msg === 'admin listener open')?.port
+  t.match(guides[0], {
+    level: 30,
+    tokenEndpoint: `http://localhost:${port}/oauth/token`,
+    discovery: `http://localhost:${port}/.well-known/openid-configuration`,
+    apiDocs: `http://127.0.0.1:${String(adminPort)}/docs`,
+    // server.ts started by node from the project folder: the CLI beside it
+    createClient: 'node cli/index.ts clients create --name demo --scope read'
+  }, 'the token endpoint and discovery on the public URL, the docs on the admin listener, the CLI beside server.ts')
+  const guide = guides[0] ?? {}
+  for (const field of ['tokenEndpoint', 'discovery', 'apiDocs', 'createClient']) {
+    t.ok(String(guide.msg).includes(String(guide[field])), `the message itself shows ${field}, for a person reading the log`)
+  }
+  const docs = await fetch(String(guide.apiDocs))
+  t.equal(docs.status, 200, 'the API docs URL answers')
+  await docs.body?.cancel()
+}
+
 test('the server process: serves over HTTP, drains in-flight requests on SIGTERM, keeps secrets out of its log', { skip: needs.postgres }, async (t) => {
   const databaseUrl = await createDatabase(t)
   const port = await freePort()
@@ -162,9 +184,10 @@ test('the server process: serves over HTTP, drains in-flight requests on SIGTERM
     LOG_LEVEL: 'debug',
     SHUTDOWN_DELAY: `${shutdownDelayMs / 1000}s`
   }))
-  const healthStatus = await waitForHealth(base, () => server.running, 20_000)
+  const healthStatus = await waitForHealth(base, () => server.running, 60_000)
   t.equal(healthStatus, 200, `GET /health answers 200 (stderr: ${server.stderr})`)
   if (healthStatus !== 200) return
+  await startGuide(t, server, port)
 
   const client = await processClient(t, base, databaseUrl)
   const issued = [...await exerciseEndpoints(t, client), ...await sigtermWithRequestsInFlight(t, server, client, shutdownDelayMs)]

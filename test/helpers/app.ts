@@ -17,6 +17,8 @@ export interface BuildOptions {
   databaseUrl?: string
   /** Share a Redis prefix with another instance (created otherwise). */
   redisPrefix?: string
+  /** Test defaults to leave out, so that the service's own default applies. */
+  unset?: string[]
 }
 
 export interface TestApp {
@@ -35,6 +37,10 @@ export function testEnv (databaseUrl: string, redisPrefix: string, env: Record<s
     JWT_PRIVATE_KEY: testKeys.privateKey,
     JWT_PUBLIC_KEY: testKeys.publicKey,
     LOG_LEVEL: 'silent',
+    // The original service's issuer, which deployments migrating from it
+    // keep, and which the tests' expected and forged claims name. The default
+    // (the public URL) has tests of its own.
+    JWT_ISSUER: 'session-service',
     // The cheapest cost the service accepts, and the one the test clients are
     // hashed at: no background rehash after each client's first token. The
     // tests of what the cost is for (timing, bursts, the upgrade) set their own.
@@ -49,7 +55,9 @@ export function testEnv (databaseUrl: string, redisPrefix: string, env: Record<s
 async function buildWith (t: TestContext, buildOptions: BuildOptions, logger: FastifyServerOptions['logger']): Promise<TestApp> {
   const databaseUrl = buildOptions.databaseUrl ?? await createDatabase(t)
   const redisPrefix = buildOptions.redisPrefix ?? createRedisPrefix(t)
-  const config = loadConfig(testEnv(databaseUrl, redisPrefix, buildOptions.env))
+  const env = testEnv(databaseUrl, redisPrefix, buildOptions.env)
+  for (const name of buildOptions.unset ?? []) Reflect.deleteProperty(env, name)
+  const config = loadConfig(env)
   const instance = Fastify({ ...options, logger })
   await instance.register(app, { config })
   t.teardown(async () => await instance.close())
@@ -64,7 +72,7 @@ export async function build (t: TestContext, buildOptions: BuildOptions = {}): P
 }
 
 /** The app with a warn-level logger whose lines are collected in `lines`. */
-export async function buildLogged (t: TestContext, env: Record<string, string>): Promise<{ instance: FastifyInstance, lines: Array<Record<string, unknown>> }> {
+export async function buildLogged (t: TestContext, env: Record<string, string>, unset: string[] = []): Promise<{ instance: FastifyInstance, lines: Array<Record<string, unknown>> }> {
   const lines: Array<Record<string, unknown>> = []
   const stream = new Writable({
     write (chunk: Buffer, _encoding, callback) {
@@ -74,6 +82,6 @@ export async function buildLogged (t: TestContext, env: Record<string, string>):
       callback()
     }
   })
-  const { app: instance } = await buildWith(t, { env }, { level: 'warn', stream })
+  const { app: instance } = await buildWith(t, { env, unset }, { level: 'warn', stream })
   return { instance, lines }
 }
