@@ -12,8 +12,8 @@ export interface AppOptions {
 }
 
 /**
- * Server options the app relies on. server.ts, the tests and fastify-cli
- * (which reads this export) create the instance with them.
+ * Server options the app relies on. server.ts, lambda.ts and the tests create
+ * the instance with them.
  */
 export const options: FastifyServerOptions = {
   ajv: {

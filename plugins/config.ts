@@ -447,7 +447,7 @@ declare module 'fastify' {
 }
 
 export default fp<ConfigPluginOptions>(async (fastify, opts) => {
-  // Started without a loaded configuration (fastify-cli): the start's two steps here.
+  // Registered without a loaded configuration: the start's two steps here.
   fastify.decorate('config', opts.config ?? loadConfig(process.env, { dotenv: true, dataDirKey: ensureDataDirSigningKey(process.env, { dotenv: true }) }))
   const source = fastify.config.signingKeySource
   if (source.kind === 'data-dir') {
