@@ -115,7 +115,7 @@ function readRoutes (fastify: AdminInstance, repository: ClientsRepository): voi
   })
 }
 
-/** Create, update, delete, enable and disable. */
+/** Create, update and delete. */
 function changeRoutes (fastify: AdminInstance, { repository, bcryptCost, json, changed }: ChangeContext): void {
   fastify.post('/admin/clients', {
     preParsing: json,
@@ -168,7 +168,10 @@ function changeRoutes (fastify: AdminInstance, { repository, bcryptCost, json, c
     await changed(request.params.client_id, 'deleted', actor)
     return reply.code(204).send(null)
   })
+}
 
+/** Enable and disable. */
+function statusRoutes (fastify: AdminInstance, { repository, changed }: ChangeContext): void {
   for (const status of ['enabled', 'disabled'] as const) {
     const verb = status === 'enabled' ? 'enable' : 'disable'
     fastify.post(`/admin/clients/:client_id/${verb}`, {
@@ -241,6 +244,7 @@ const adminClientsRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.addHook('onRequest', fastify.authenticateAdmin)
   readRoutes(fastify, repository)
   changeRoutes(fastify, context)
+  statusRoutes(fastify, context)
   rotationRoute(fastify, context)
 }
 
