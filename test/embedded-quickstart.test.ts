@@ -22,11 +22,14 @@ test('the README quick start: server.ts with only DATA_DIR, a client from the CL
   const port = await freePort()
   const base = `http://127.0.0.1:${port}`
 
-  const server = new ServerProcess(t, { DATA_DIR: dir, SERVER_PORT: String(port), SERVER_HOST: '127.0.0.1' })
-  // Registered after the process's own teardown: the process goes before its folder does.
+  // Registered before the process's own teardown: tap runs teardowns last
+  // first, so the process goes before its folder does.
   t.teardown(async () => await rm(dir, { recursive: true, force: true }))
+  const server = new ServerProcess(t, { DATA_DIR: dir, SERVER_PORT: String(port), SERVER_HOST: '127.0.0.1' })
 
-  const healthStatus = await waitForHealth(base, () => server.running, 30_000)
+  // A first start creates the database (initdb in WebAssembly): seconds when
+  // the machine is quiet, a minute and more when three test files share two cores.
+  const healthStatus = await waitForHealth(base, () => server.running, 120_000)
   t.equal(healthStatus, 200, 'the server answers GET /health with 200', { stderr: server.stderr, stdout: server.stdout })
   if (healthStatus !== 200) return
   t.ok(existsSync(join(dir, CONTROL_SOCKET)), 'the running server listens on its control socket in DATA_DIR')

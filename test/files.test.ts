@@ -264,7 +264,7 @@ test('the control socket answers every malformed line with an error, changes not
   t.equal(modeOf(path), 0o600, 'control.sock is still 0600')
 })
 
-test('docker-compose.yml, the CLI and the README use one key file name, and the README never opens a key to everyone', async (t) => {
+test('docker-compose.yml, the CLI and the documentation use one key file name, and the documentation never opens a key to everyone', async (t) => {
   const compose = readFileSync(join(PROJECT_DIR, 'docker-compose.yml'), 'utf8')
   const mounted = /^\s+file: \.\/keys\/(\S+)$/m.exec(compose)?.[1]
   t.equal(mounted, 'private.pem', 'compose mounts keys/private.pem')
@@ -275,8 +275,10 @@ test('docker-compose.yml, the CLI and the README use one key file name, and the 
   t.ok(existsSync(join(root, 'keys', mounted ?? '')), `keys generate writes ${String(mounted)}, the file compose mounts`)
   t.strictSame(openToOthers(join(root, 'keys')), [], 'the key folder and both keys are owner-only')
 
-  const readme = readFileSync(join(PROJECT_DIR, 'README.md'), 'utf8')
-  t.notMatch(readme, /chmod [0-7]?[0-7][0-7][4-7]\b|chmod (a|o)\+r/, 'the README never makes a file readable by others')
-  t.notMatch(readme + compose, /jwt-private\.pem/, 'no other private key file name')
-  t.match(readme, /keys generate --out keys +# keys\/private\.pem/, 'the README makes the key with keys generate, as keys/private.pem')
+  // The README and the pages it leads to (docs/*.md)
+  const pages = ['README.md', ...readdirSync(join(PROJECT_DIR, 'docs')).filter((name) => name.endsWith('.md')).map((name) => join('docs', name))]
+  const docs = pages.map((page) => readFileSync(join(PROJECT_DIR, page), 'utf8')).join('\n')
+  t.notMatch(docs, /chmod [0-7]?[0-7][0-7][4-7]\b|chmod (a|o)\+r/, 'the documentation never makes a file readable by others')
+  t.notMatch(docs + compose, /jwt-private\.pem/, 'no other private key file name')
+  t.match(docs, /keys generate --out keys +# keys\/private\.pem/, 'the documentation makes the key with keys generate, as keys/private.pem')
 })

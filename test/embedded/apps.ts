@@ -38,8 +38,9 @@ export const openApps = new WeakMap<Test, Set<FastifyInstance>>()
 
 /**
  * A data directory of the test's own (t.testdir). The teardown that closes
- * the test's apps is registered first: teardowns run in order, so the apps
- * let go of the folder (and its lock) before it is removed.
+ * the test's apps is registered before the folder is made: tap removes a
+ * test's folders after all of its teardowns, so the apps let go of the folder
+ * (and its lock) before it is removed.
  */
 export function testDataDir (t: Test, content: Record<string, string> = {}): string {
   const apps = new Set<FastifyInstance>()
