@@ -2,9 +2,9 @@ import { join } from 'node:path'
 import autoLoad from '@fastify/autoload'
 import fp from 'fastify-plugin'
 import type { FastifyPluginAsync, FastifyReply, FastifyServerOptions } from 'fastify'
-import type { Config } from './plugins/config.js'
-import { registerAdminRoutes } from './plugins/admin-listener.js'
-import { LOG_SERIALIZERS, REDACTED_PATHS, RequestLogController, requestIdGenerator } from './logging.js'
+import type { Config } from './plugins/config.ts'
+import { registerAdminRoutes } from './plugins/admin-listener.ts'
+import { LOG_SERIALIZERS, REDACTED_PATHS, RequestLogController, requestIdGenerator } from './logging.ts'
 
 export interface AppOptions {
   /** A configuration already loaded; without it the config plugin reads the environment. */

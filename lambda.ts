@@ -1,9 +1,9 @@
 // First: tracing must be set up before pg and ioredis are loaded.
-import { tracing } from './tracing.js'
+import { tracing } from './tracing.ts'
 import Fastify from 'fastify'
 import awsLambdaFastify from '@fastify/aws-lambda'
-import serviceApp, { instanceOptions } from './app.js'
-import { ensureDataDirSigningKey, loadConfig } from './plugins/config.js'
+import serviceApp, { instanceOptions } from './app.ts'
+import { ensureDataDirSigningKey, loadConfig } from './plugins/config.ts'
 
 // Read once per execution environment, from the function's environment only
 // (no .env file in a Lambda package). A bad setting throws its ConfigError

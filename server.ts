@@ -1,13 +1,13 @@
 // First: tracing must be set up before pg and ioredis are loaded.
-import { tracing } from './tracing.js'
+import { tracing } from './tracing.ts'
 import type { Server as HttpServer } from 'node:http'
 import { isIPv6, Server as NetServer, type AddressInfo } from 'node:net'
 import { extname, isAbsolute, join, relative } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify from 'fastify'
 import closeWithGrace from 'close-with-grace'
-import app, { instanceOptions } from './app.js'
-import { ConfigError, ensureDataDirSigningKey, loadConfig, type Config } from './plugins/config.js'
+import app, { instanceOptions } from './app.ts'
+import { ConfigError, ensureDataDirSigningKey, loadConfig, type Config } from './plugins/config.ts'
 
 // Everything this process creates (the embedded database, the control
 // socket, keys) is for its own user only.

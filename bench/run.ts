@@ -21,9 +21,9 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import pg from 'pg'
 import { Redis } from 'ioredis'
-import { insertClientRow } from '../plugins/clients.js'
-import type { LoadResult, Scenario } from './load.js'
-import { deleteKeys, freePort, waitFor } from './common.js'
+import { insertClientRow } from '../plugins/clients.ts'
+import type { LoadResult, Scenario } from './load.ts'
+import { deleteKeys, freePort, waitFor } from './common.ts'
 
 const here = fileURLToPath(new URL('.', import.meta.url))
 const root = join(here, '..', '..')

@@ -6,8 +6,8 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import {
   type GeneratorMessage, type GeneratorSettings, Histogram, type ErrorSample, type IntervalReport,
   type Kind, KINDS, type KindTotals, MIX, MIX_TOTAL, REQUEST_TIMEOUT_MS, round
-} from './soak-messages.js'
-import { type Outgoing, RequestPlanner, TokenPools } from './soak-requests.js'
+} from './soak-messages.ts'
+import { type Outgoing, RequestPlanner, TokenPools } from './soak-requests.ts'
 
 /** connections per endpoint at most */
 const MAX_SOCKETS = 256

@@ -1,6 +1,6 @@
 // The requests of the soak's load generator: the tokens it keeps to use, and
 // each kind of request of the mix made from them, with the check of its answer.
-import { ACCESS_POOL_SIZE, FORM, type Kind } from './soak-messages.js'
+import { ACCESS_POOL_SIZE, FORM, type Kind } from './soak-messages.ts'
 
 /** Unused refresh tokens kept; beyond it, the oldest half is forgotten. */
 const REFRESH_QUEUE_MAX = 4000

@@ -6,7 +6,7 @@ import { generateKeyPairSync } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
-import { round } from './soak-messages.js'
+import { round } from './soak-messages.ts'
 
 const CLK_TCK = 100
 

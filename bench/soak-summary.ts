@@ -1,9 +1,9 @@
 // What the soak prints and keeps: a line per interval as it goes, then a
 // summary of the whole soak (latency, errors, the resident size's trend, the
 // service's exit).
-import type { GeneratorTotals, IntervalReport } from './soak-messages.js'
-import { KINDS, round } from './soak-messages.js'
-import type { ServiceExit } from './soak-service.js'
+import type { GeneratorTotals, IntervalReport } from './soak-messages.ts'
+import { KINDS, round } from './soak-messages.ts'
+import type { ServiceExit } from './soak-service.ts'
 
 export interface IntervalRow extends IntervalReport {
   rssMiB: number | null

@@ -52,12 +52,12 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import type { LoadResult, Scenario } from './load.js'
-import { deleteKeys, freePort, waitFor } from './common.js'
-import { generate } from './soak-generator.js'
-import { ACCESS_POOL_SIZE, FORM, type GeneratorMessage, type GeneratorSettings, type GeneratorTotals, MIX, MIX_TOTAL, REQUEST_TIMEOUT_MS, round } from './soak-messages.js'
-import { cpuSeconds, rssMiB, type SoakService, startService } from './soak-service.js'
-import { fmt, intervalHeader, intervalLine, type IntervalRow, type Summary, summarize, summaryLines } from './soak-summary.js'
+import type { LoadResult, Scenario } from './load.ts'
+import { deleteKeys, freePort, waitFor } from './common.ts'
+import { generate } from './soak-generator.ts'
+import { ACCESS_POOL_SIZE, FORM, type GeneratorMessage, type GeneratorSettings, type GeneratorTotals, MIX, MIX_TOTAL, REQUEST_TIMEOUT_MS, round } from './soak-messages.ts'
+import { cpuSeconds, rssMiB, type SoakService, startService } from './soak-service.ts'
+import { fmt, intervalHeader, intervalLine, type IntervalRow, type Summary, summarize, summaryLines } from './soak-summary.ts'
 
 const here = fileURLToPath(new URL('.', import.meta.url))
 const root = join(here, '..', '..')
@@ -94,7 +94,7 @@ async function load (scenario: Scenario): Promise<LoadResult> {
 
 /** The client as the CLI makes one, and its first token; the Basic header that authenticates it. */
 async function registerClient (pg: typeof import('pg').default, databaseUrl: string, url: string, clientId: string, clientSecret: string): Promise<string> {
-  const { insertClientRow } = await import('../plugins/clients.js')
+  const { insertClientRow } = await import('../plugins/clients.ts')
   // Its secret hashed at the service's bcrypt cost (12; bench/run.ts uses the
   // floor, 10, for speed), which is what each expiry of the service's secret
   // cache costs.

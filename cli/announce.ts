@@ -2,11 +2,11 @@
 // tell them: the embedded service directly, instances sharing Redis by the
 // cache entry and a notice; otherwise within CLIENT_CACHE_TTL.
 import { Redis } from 'ioredis'
-import { invalidateClient } from '../storage/client-cache.js'
-import type { Settings } from '../plugins/config.js'
-import { redisConnectionOptions, withoutRedisPassword } from '../plugins/redis.js'
-import type { Connection } from './connection.js'
-import { describeFailure, type Output } from './io.js'
+import { invalidateClient } from '../storage/client-cache.ts'
+import type { Settings } from '../plugins/config.ts'
+import { redisConnectionOptions, withoutRedisPassword } from '../plugins/redis.ts'
+import type { Connection } from './connection.ts'
+import { describeFailure, type Output } from './io.ts'
 
 export async function announceChange (config: Settings, connection: Connection, clientId: string, out: Output): Promise<void> {
   if (connection.service !== undefined) {

@@ -4,7 +4,7 @@
 // number as an option's value (`--rate-limit -5` is "ambiguous"), so the
 // operator never learns what is wrong with the number.
 import { parseArgs, type ParseArgsConfig } from 'node:util'
-import { usage } from './io.js'
+import { usage } from './io.ts'
 
 type OptionSpecs = NonNullable<ParseArgsConfig['options']>
 

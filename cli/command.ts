@@ -1,7 +1,7 @@
 // The shape of a CLI command, and the argument checks that commands share.
 import type { ParseArgsConfig } from 'node:util'
-import { type CliIo, type Output, usage } from './io.js'
-import type { Settings } from '../plugins/config.js'
+import { type CliIo, type Output, usage } from './io.ts'
+import type { Settings } from '../plugins/config.ts'
 
 export interface CommandContext {
   values: Record<string, unknown>

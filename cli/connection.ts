@@ -3,12 +3,12 @@
 // service's control socket (the embedded database admits a single process).
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { applyMigrations } from '../plugins/migrations.js'
-import { embeddedDatabase, serverDatabase, type Database } from '../storage/database.js'
-import { CONTROL_SOCKET, DataDirInUseError, heldByThisProcess, lockDataDir, lockHolder, PGDATA } from '../storage/data-dir.js'
-import { connectControl, type ControlClient } from '../storage/control.js'
-import { CliError, describeFailure, PROGRAM } from './io.js'
-import type { Settings } from '../plugins/config.js'
+import { applyMigrations } from '../plugins/migrations.ts'
+import { embeddedDatabase, serverDatabase, type Database } from '../storage/database.ts'
+import { CONTROL_SOCKET, DataDirInUseError, heldByThisProcess, lockDataDir, lockHolder, PGDATA } from '../storage/data-dir.ts'
+import { connectControl, type ControlClient } from '../storage/control.ts'
+import { CliError, describeFailure, PROGRAM } from './io.ts'
+import type { Settings } from '../plugins/config.ts'
 
 /** How long to wait for another command that holds the embedded database. */
 const LOCK_WAIT_MS = 10_000

@@ -4,13 +4,13 @@
 // the embedded one in DATA_DIR (through the running service when there is
 // one, since the embedded database admits a single process).
 import { resolve } from 'node:path'
-import { loadSettings } from '../plugins/config.js'
-import { commandArguments } from './arguments.js'
-import type { Command, CommandTable } from './command.js'
-import { clientsCommands } from './commands/clients.js'
-import { keysCommands } from './commands/keys.js'
-import { migrateCommands } from './commands/migrate.js'
-import { CliError, output, PROGRAM, processIo, type CliIo } from './io.js'
+import { loadSettings } from '../plugins/config.ts'
+import { commandArguments } from './arguments.ts'
+import type { Command, CommandTable } from './command.ts'
+import { clientsCommands } from './commands/clients.ts'
+import { keysCommands } from './commands/keys.ts'
+import { migrateCommands } from './commands/migrate.ts'
+import { CliError, output, PROGRAM, processIo, type CliIo } from './io.ts'
 
 const COMMANDS: CommandTable = { ...clientsCommands, ...keysCommands, ...migrateCommands }
 

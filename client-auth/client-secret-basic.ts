@@ -1,6 +1,6 @@
-import { invalidRequest } from '../plugins/errors.js'
-import { verifySecret } from './client-secret.js'
-import type { ClientAuthMethod } from './method.js'
+import { invalidRequest } from '../plugins/errors.ts'
+import { verifySecret } from './client-secret.ts'
+import type { ClientAuthMethod } from './method.ts'
 
 // RFC 6749 appendix B: application/x-www-form-urlencoded, '+' is a space.
 function formDecode (value: string): string {

@@ -1,6 +1,6 @@
-import { invalidRequest } from '../plugins/errors.js'
-import { verifySecret } from './client-secret.js'
-import type { ClientAuthMethod } from './method.js'
+import { invalidRequest } from '../plugins/errors.ts'
+import { verifySecret } from './client-secret.ts'
+import type { ClientAuthMethod } from './method.ts'
 
 /** client_id and client_secret in the form body (RFC 6749 §2.3.1). */
 export const clientSecretPost: ClientAuthMethod = {

@@ -1,8 +1,8 @@
 import type { FastifyRequest } from 'fastify'
-import { MAX_SECRET_BYTES, type Client } from '../storage/clients.js'
-import type { SecretCheck, SecretCheckOptions } from '../plugins/secrets.js'
-import type { VerificationContext } from './method.js'
-import { addressKey } from './throttle.js'
+import { MAX_SECRET_BYTES, type Client } from '../storage/clients.ts'
+import type { SecretCheck, SecretCheckOptions } from '../plugins/secrets.ts'
+import type { VerificationContext } from './method.ts'
+import { addressKey } from './throttle.ts'
 
 // A request whose connection has closed no longer needs its compare.
 const gone = (request: FastifyRequest) => () => request.raw.socket?.destroyed === true

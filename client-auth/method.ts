@@ -1,8 +1,8 @@
 import type { FastifyRequest } from 'fastify'
-import type { Client } from '../storage/clients.js'
-import type { CredentialParameters } from '../schemas/oauth.js'
-import type { ClientAssertions } from '../plugins/client-assertions.js'
-import type { Secrets } from '../plugins/secrets.js'
+import type { Client } from '../storage/clients.ts'
+import type { CredentialParameters } from '../schemas/oauth.ts'
+import type { ClientAssertions } from '../plugins/client-assertions.ts'
+import type { Secrets } from '../plugins/secrets.ts'
 
 export type AuthMethod = 'client_secret_basic' | 'client_secret_post' | 'private_key_jwt' | 'none' | 'unsupported_scheme'
 
@@ -15,7 +15,7 @@ export interface PresentedCredentials {
   assertion?: string
 }
 
-export type { CredentialParameters } from '../schemas/oauth.js'
+export type { CredentialParameters } from '../schemas/oauth.ts'
 
 /**
  * What a method's verification may use. The entry point owns the throttle,

@@ -1,4 +1,4 @@
-import type { ClientAuthMethod } from './method.js'
+import type { ClientAuthMethod } from './method.ts'
 
 /**
  * No credentials (at most a client_id). Never authenticates a client; the

@@ -1,5 +1,5 @@
-import { invalidRequest } from '../plugins/errors.js'
-import type { ClientAuthMethod } from './method.js'
+import { invalidRequest } from '../plugins/errors.ts'
+import type { ClientAuthMethod } from './method.ts'
 
 /** RFC 7523 §2.2: the client_assertion_type of a JWT client assertion. */
 export const JWT_BEARER_ASSERTION = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer'

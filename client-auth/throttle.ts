@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto'
 import { isIPv4, isIPv6 } from 'node:net'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
-import { OAuthError } from '../plugins/errors.js'
+import { OAuthError } from '../plugins/errors.ts'
 
 /**
  * The address a request is counted under: an IPv4 address as it is, an IPv6

@@ -1,5 +1,5 @@
-import type { Grant } from './grant.js'
-import { requestedTokens } from './requested.js'
+import type { Grant } from './grant.ts'
+import { requestedTokens } from './requested.ts'
 
 /** RFC 6749 §4.4: the client asks for tokens on its own behalf; a new session. */
 export const clientCredentials: Grant = {

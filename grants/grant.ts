@@ -1,8 +1,8 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import type { PresentedCredentials } from '../client-auth/index.js'
-import type { Client } from '../storage/clients.js'
-import type { TokenResponse } from '../plugins/tokens.js'
-import type { TokenRequestBody } from '../schemas/oauth.js'
+import type { PresentedCredentials } from '../client-auth/index.ts'
+import type { Client } from '../storage/clients.ts'
+import type { TokenResponse } from '../plugins/tokens.ts'
+import type { TokenRequestBody } from '../schemas/oauth.ts'
 
 /** What a grant works with: the request, its parsed credentials and the service's decorators. */
 export interface GrantContext {

@@ -1,12 +1,12 @@
-import { readCredentials, requireEnabled } from '../client-auth/index.js'
-import type { Client } from '../storage/clients.js'
-import { OAuthError } from '../plugins/errors.js'
-import type { TokenResponse } from '../plugins/tokens.js'
-import { clientCredentials } from './client-credentials.js'
-import type { Grant, GrantContext } from './grant.js'
-import { refreshToken } from './refresh-token.js'
+import { readCredentials, requireEnabled } from '../client-auth/index.ts'
+import type { Client } from '../storage/clients.ts'
+import { OAuthError } from '../plugins/errors.ts'
+import type { TokenResponse } from '../plugins/tokens.ts'
+import { clientCredentials } from './client-credentials.ts'
+import type { Grant, GrantContext } from './grant.ts'
+import { refreshToken } from './refresh-token.ts'
 
-export type { Grant, GrantContext } from './grant.js'
+export type { Grant, GrantContext } from './grant.ts'
 
 /** Every grant the service supports, by grant_type. A new grant is one module and one line here. */
 export const GRANTS: ReadonlyMap<string, Grant> = new Map([clientCredentials, refreshToken].map((grant) => [grant.type, grant]))

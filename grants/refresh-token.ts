@@ -1,7 +1,7 @@
-import { invalidGrant, invalidRequest } from '../plugins/errors.js'
-import { INVALID_REFRESH_TOKEN } from '../plugins/tokens.js'
-import type { Grant } from './grant.js'
-import { requestedTokens } from './requested.js'
+import { invalidGrant, invalidRequest } from '../plugins/errors.ts'
+import { INVALID_REFRESH_TOKEN } from '../plugins/tokens.ts'
+import type { Grant } from './grant.ts'
+import { requestedTokens } from './requested.ts'
 
 function refreshTokenOf (body: { refresh_token?: string }): string {
   if (body.refresh_token === undefined) throw invalidRequest('refresh_token is required')

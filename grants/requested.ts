@@ -1,7 +1,7 @@
-import { invalidRequest, OAuthError } from '../plugins/errors.js'
-import type { TokenRequest } from '../plugins/tokens.js'
-import { parseScope } from '../schemas/scope.js'
-import type { TokenRequestBody } from '../schemas/oauth.js'
+import { invalidRequest, OAuthError } from '../plugins/errors.ts'
+import type { TokenRequest } from '../plugins/tokens.ts'
+import { parseScope } from '../schemas/scope.ts'
+import type { TokenRequestBody } from '../schemas/oauth.ts'
 
 // `audience` (as many client libraries send it) or `resource` (RFC 8707, an
 // absolute URI without fragment); both at once must agree.

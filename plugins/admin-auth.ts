@@ -5,7 +5,7 @@
 // or disabling it, ends its administration at once, not at token expiry.
 import fp from 'fastify-plugin'
 import type { FastifyRequest } from 'fastify'
-import { OAuthError } from './errors.js'
+import { OAuthError } from './errors.ts'
 
 /** Whoever made an admin request: recorded with every change. */
 export interface AdminActor {

@@ -2,8 +2,8 @@ import fp from 'fastify-plugin'
 import formBody from '@fastify/formbody'
 import type { FastifyInstance, onRequestAsyncHookHandler, preParsingAsyncHookHandler, preValidationAsyncHookHandler } from 'fastify'
 import type { TSchema } from 'typebox'
-import { clientErrorResponses } from '../schemas/oauth.js'
-import { invalidRequest } from './errors.js'
+import { clientErrorResponses } from '../schemas/oauth.ts'
+import { invalidRequest } from './errors.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {

@@ -10,7 +10,7 @@ import { BlockList, isIP } from 'node:net'
 import fp from 'fastify-plugin'
 import { createVerifier, TokenError } from 'fast-jwt'
 import type { FastifyRequest } from 'fastify'
-import type { Client } from './clients.js'
+import type { Client } from './clients.ts'
 
 /** Asymmetric algorithms a client may sign its assertions with; never none or HMAC. */
 export const ASSERTION_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'EdDSA'] as const

@@ -1,10 +1,10 @@
 import fp from 'fastify-plugin'
-import { clientsRepository, type Client } from '../storage/clients.js'
-import { clientCacheKey } from '../storage/client-cache.js'
+import { clientsRepository, type Client } from '../storage/clients.ts'
+import { clientCacheKey } from '../storage/client-cache.ts'
 
 // The clients table's types and SQL live in the repository; named here too
 // for the code that imports them from the plugin.
-export { BCRYPT_COST, CLIENT_CHANGES_CHANNEL, clientCacheKey, clientFromRow, insertClientRow, MAX_SECRET_BYTES, type Client, type NewClient } from '../storage/clients.js'
+export { BCRYPT_COST, CLIENT_CHANGES_CHANNEL, clientCacheKey, clientFromRow, insertClientRow, MAX_SECRET_BYTES, type Client, type NewClient } from '../storage/clients.ts'
 
 const MAX_CLIENT_ID_LENGTH = 255
 /** Client records each process keeps in memory (besides the Redis cache). */

@@ -6,16 +6,16 @@ import type { FastifyBaseLogger } from 'fastify'
 import { envSchema } from 'env-schema'
 import { parse as parseDotenv } from 'dotenv'
 import { Type, type Static } from 'typebox'
-import { DEFAULT_SIGNING_ALGORITHM, SIGNING_ALGORITHMS, type SigningAlgorithm } from '../signing-keys/algorithms.js'
-import { configuredKeys, keyProblem } from '../signing-keys/configured.js'
-import type { AdditionalKey } from '../signing-keys/pem.js'
-import { BCRYPT_COST } from '../storage/clients.js'
-import { SCOPE_TOKEN } from '../schemas/scope.js'
-import { createDataDirSigningKey, dataDirPermissionProblem } from '../storage/data-dir.js'
+import { DEFAULT_SIGNING_ALGORITHM, SIGNING_ALGORITHMS, type SigningAlgorithm } from '../signing-keys/algorithms.ts'
+import { configuredKeys, keyProblem } from '../signing-keys/configured.ts'
+import type { AdditionalKey } from '../signing-keys/pem.ts'
+import { BCRYPT_COST } from '../storage/clients.ts'
+import { SCOPE_TOKEN } from '../schemas/scope.ts'
+import { createDataDirSigningKey, dataDirPermissionProblem } from '../storage/data-dir.ts'
 
 // Named here too for the code that imports them from the config plugin.
-export { SIGNING_ALGORITHMS, type SigningAlgorithm } from '../signing-keys/algorithms.js'
-export { algorithmForKey, type AdditionalKey } from '../signing-keys/pem.js'
+export { SIGNING_ALGORITHMS, type SigningAlgorithm } from '../signing-keys/algorithms.ts'
+export { algorithmForKey, type AdditionalKey } from '../signing-keys/pem.ts'
 
 // A setting that cannot be used. The message always starts with the variable's
 // name, so that the process can stop with one line an operator can act on.

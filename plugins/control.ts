@@ -1,8 +1,8 @@
 import { join } from 'node:path'
 import fp from 'fastify-plugin'
-import { CONTROL_SOCKET, PGDATA, restrictToOwner } from '../storage/data-dir.js'
-import { MAX_SOCKET_PATH, startControlServer } from '../storage/control.js'
-import { applyMigrations } from './migrations.js'
+import { CONTROL_SOCKET, PGDATA, restrictToOwner } from '../storage/data-dir.ts'
+import { MAX_SOCKET_PATH, startControlServer } from '../storage/control.ts'
+import { applyMigrations } from './migrations.ts'
 
 // Embedded mode only: the CLI reaches the embedded database through this
 // process (see storage/control.ts). With a PostgreSQL server the CLI connects

@@ -7,7 +7,7 @@
 import fp from 'fastify-plugin'
 import fastifyCors, { type FastifyCorsOptions } from '@fastify/cors'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
-import { AdminRequest } from './admin-listener.js'
+import { AdminRequest } from './admin-listener.ts'
 
 const PUBLIC_CORS: FastifyCorsOptions = {
   origin: '*',

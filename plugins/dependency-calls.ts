@@ -1,5 +1,5 @@
 import fp from 'fastify-plugin'
-import { recordingGuard, type DependencyCall, type Guard } from './errors.js'
+import { recordingGuard, type DependencyCall, type Guard } from './errors.ts'
 
 /** The guard of this instance's calls to PostgreSQL and Redis, and who hears of each call. */
 export interface DependencyCalls {

@@ -1,5 +1,5 @@
 import fp from 'fastify-plugin'
-import { DependencyError, type DependencyName } from './errors.js'
+import { DependencyError, type DependencyName } from './errors.ts'
 
 /** What a probe found: the dependency answered, ran out of time, failed otherwise, or is not configured. */
 export type DependencyState = 'up' | 'timeout' | 'unreachable' | 'unused'

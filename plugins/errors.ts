@@ -1,7 +1,7 @@
 import fp from 'fastify-plugin'
 import createError from '@fastify/error'
 import type { FastifyError, FastifyReply } from 'fastify'
-import { oauthError } from '../schemas/oauth.js'
+import { oauthError } from '../schemas/oauth.ts'
 
 /** An error with an RFC 6749 §5.2 body: `{ error, error_description }`. */
 export class OAuthError extends Error {

@@ -1,8 +1,8 @@
 import { createHash, type JsonWebKey, type KeyObject } from 'node:crypto'
 import fp from 'fastify-plugin'
 import { createSigner, createVerifier, TokenError } from 'fast-jwt'
-import { SIGNING_ALGORITHMS, type SigningAlgorithm } from '../signing-keys/algorithms.js'
-import type { AdditionalKey } from '../signing-keys/pem.js'
+import { SIGNING_ALGORITHMS, type SigningAlgorithm } from '../signing-keys/algorithms.ts'
+import type { AdditionalKey } from '../signing-keys/pem.ts'
 
 export interface PublicJwk {
   kty: string

@@ -2,10 +2,10 @@ import fp from 'fastify-plugin'
 import fastifyMetricsModule from 'fastify-metrics'
 import { Counter, Gauge, Histogram, Registry } from 'prom-client'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
-import { GRANT_TYPES } from '../grants/index.js'
-import { answeredErrorCode } from './errors.js'
-import { ADMIN_ONLY } from './admin-listener.js'
-import { serviceVersion } from './openapi.js'
+import { GRANT_TYPES } from '../grants/index.ts'
+import { answeredErrorCode } from './errors.ts'
+import { ADMIN_ONLY } from './admin-listener.ts'
+import { serviceVersion } from './openapi.ts'
 
 /** Each ping of a scrape gives up after this long, so a scrape never hangs on a dead dependency. */
 const SCRAPE_PING_TIMEOUT_MS = 500

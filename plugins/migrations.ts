@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto'
 import { readdir, readFile } from 'node:fs/promises'
 import { existsSync } from 'node:fs'
 import { dirname, join } from 'node:path'
-import type { Database } from '../storage/database.js'
+import type { Database } from '../storage/database.ts'
 import fp from 'fastify-plugin'
 
 // The folder holding package.json, found from this file both when it runs as

@@ -4,8 +4,8 @@ import fp from 'fastify-plugin'
 import fastifySwagger, { type SwaggerTransform } from '@fastify/swagger'
 import fastifySwaggerUi from '@fastify/swagger-ui'
 import type { FastifySchema } from 'fastify'
-import { documentedFormBody, errorStatus, FORM_EXAMPLES } from '../schemas/documentation.js'
-import { ADMIN_ONLY, registerAdminRoutes } from './admin-listener.js'
+import { documentedFormBody, errorStatus, FORM_EXAMPLES } from '../schemas/documentation.ts'
+import { ADMIN_ONLY, registerAdminRoutes } from './admin-listener.ts'
 
 /** The version in package.json, from plugins/ (tsx, tests) or dist/plugins/ (built). */
 export function serviceVersion (): string {

@@ -1,9 +1,9 @@
 import { join } from 'node:path'
 import fp from 'fastify-plugin'
 import fastifyPostgres from '@fastify/postgres'
-import { guard, withTimeout } from './errors.js'
-import { embeddedDatabase, poolSettings, serverDatabase, type Database } from '../storage/database.js'
-import { lockDataDir, PGDATA } from '../storage/data-dir.js'
+import { guard, withTimeout } from './errors.ts'
+import { embeddedDatabase, poolSettings, serverDatabase, type Database } from '../storage/database.ts'
+import { lockDataDir, PGDATA } from '../storage/data-dir.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {

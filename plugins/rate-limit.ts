@@ -1,7 +1,7 @@
 import fp from 'fastify-plugin'
 import rateLimit from '@fastify/rate-limit'
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import { guard, OAuthError } from './errors.js'
+import { guard, OAuthError } from './errors.ts'
 
 const WINDOW_MS = 60_000
 

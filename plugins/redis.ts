@@ -2,8 +2,8 @@ import { readFileSync } from 'node:fs'
 import fp from 'fastify-plugin'
 import fastifyRedis from '@fastify/redis'
 import { Redis, type RedisOptions } from 'ioredis'
-import { ConfigError, type Config } from './config.js'
-import { guard, withTimeout } from './errors.js'
+import { ConfigError, type Config } from './config.ts'
+import { guard, withTimeout } from './errors.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {

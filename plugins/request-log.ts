@@ -8,10 +8,10 @@
 import fp from 'fastify-plugin'
 import type { Span } from '@opentelemetry/api'
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import { readCredentials, type CredentialParameters } from '../client-auth/index.js'
-import { GRANT_TYPES } from '../grants/index.js'
-import { answeredErrorCode } from './errors.js'
-import { MAX_LOGGED_CLIENT_ID } from '../logging.js'
+import { readCredentials, type CredentialParameters } from '../client-auth/index.ts'
+import { GRANT_TYPES } from '../grants/index.ts'
+import { answeredErrorCode } from './errors.ts'
+import { MAX_LOGGED_CLIENT_ID } from '../logging.ts'
 
 /** What a log line and a span say of an answered request. */
 export interface RequestOutcome {

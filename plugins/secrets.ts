@@ -22,7 +22,7 @@ import { createHmac, randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import fp from 'fastify-plugin'
 import { SpanStatusCode, trace } from '@opentelemetry/api'
-import { BACKGROUND_LANE, BcryptQueue, mainThreadExecutor, workerExecutor, type CompareTiming } from '../workers/bcrypt-queue.js'
+import { BACKGROUND_LANE, BcryptQueue, mainThreadExecutor, workerExecutor, type CompareTiming } from '../workers/bcrypt-queue.ts'
 
 export const MAX_CACHED_SECRETS = 10_000
 

@@ -1,6 +1,6 @@
 import fp from 'fastify-plugin'
-import { redisStore, sqlStore, type Store } from '../storage/index.js'
-import { readRecordSecret, recordSeal } from '../storage/record-seal.js'
+import { redisStore, sqlStore, type Store } from '../storage/index.ts'
+import { readRecordSecret, recordSeal } from '../storage/record-seal.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {

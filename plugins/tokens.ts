@@ -1,11 +1,11 @@
 import fp from 'fastify-plugin'
-import { tokenInspection, type TokenInspection } from '../tokens/inspection.js'
-import { tokenIssuance, type TokenIssuance } from '../tokens/issuance.js'
-import { newTokenStats, type TokenStats } from '../tokens/session.js'
+import { tokenInspection, type TokenInspection } from '../tokens/inspection.ts'
+import { tokenIssuance, type TokenIssuance } from '../tokens/issuance.ts'
+import { newTokenStats, type TokenStats } from '../tokens/session.ts'
 
-export type { Introspection } from '../tokens/inspection.js'
-export { customClaims, INVALID_REFRESH_TOKEN, type TokenRequest, type TokenResponse } from '../tokens/issuance.js'
-export type { RefreshTokenRecord } from '../storage/refresh-tokens.js'
+export type { Introspection } from '../tokens/inspection.ts'
+export { customClaims, INVALID_REFRESH_TOKEN, type TokenRequest, type TokenResponse } from '../tokens/issuance.ts'
+export type { RefreshTokenRecord } from '../storage/refresh-tokens.ts'
 
 /** Issuing (tokens/issuance.ts) and inspecting (tokens/inspection.ts) tokens. */
 export type Tokens = TokenIssuance & TokenInspection & {

@@ -2,8 +2,8 @@
 // schemas/client.ts, which the CLI shares; this file adds paging, rotation
 // and the error answers.
 import { Type } from 'typebox'
-import { ClientCreate, ClientEventView, ClientPatch, ClientView, EXAMPLE_CLIENT } from './client.js'
-import { oauthErrorRef } from './oauth.js'
+import { ClientCreate, ClientEventView, ClientPatch, ClientView, EXAMPLE_CLIENT } from './client.ts'
+import { oauthErrorRef } from './oauth.ts'
 
 /** The longest grace period a rotation may give the previous secret. */
 export const MAX_GRACE_SECONDS = 30 * 86400

@@ -5,10 +5,10 @@
 import { randomBytes, randomUUID } from 'node:crypto'
 import { Type, type Static, type TArray, type TSchema, type TString } from 'typebox'
 import Value from 'typebox/value'
-import { GRANT_TYPES } from '../grants/index.js'
-import { REGISTERED_CLAIMS } from '../tokens/issuance.js'
-import { MAX_SECRET_BYTES, type ClientChanges, type ClientEvent, type ClientRecord, type NewClient } from '../storage/clients.js'
-import { SCOPE_TOKEN } from './scope.js'
+import { GRANT_TYPES } from '../grants/index.ts'
+import { REGISTERED_CLAIMS } from '../tokens/issuance.ts'
+import { MAX_SECRET_BYTES, type ClientChanges, type ClientEvent, type ClientRecord, type NewClient } from '../storage/clients.ts'
+import { SCOPE_TOKEN } from './scope.ts'
 
 /** The shortest secret accepted from an operator (a generated one has 32 bytes). */
 export const MIN_SECRET_BYTES = 16

@@ -3,9 +3,9 @@
 // Only the documented copy (plugins/openapi.ts) carries it: an enum in the
 // validating schema would turn an unknown grant_type into a schema error
 // instead of RFC 6749's unsupported_grant_type.
-import { JWT_BEARER_ASSERTION } from '../client-auth/private-key-jwt.js'
-import { GRANT_TYPES } from '../grants/index.js'
-import { EXAMPLE_TOKENS } from './oauth.js'
+import { JWT_BEARER_ASSERTION } from '../client-auth/private-key-jwt.ts'
+import { GRANT_TYPES } from '../grants/index.ts'
+import { EXAMPLE_TOKENS } from './oauth.ts'
 
 type JsonSchema = Record<string, unknown>
 

@@ -1,4 +1,4 @@
-import { OAuthError } from '../plugins/errors.js'
+import { OAuthError } from '../plugins/errors.ts'
 
 /** RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ). */
 export const SCOPE_TOKEN = /^[\x21\x23-\x5B\x5D-\x7E]+$/

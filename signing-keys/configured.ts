@@ -2,9 +2,9 @@
 // the one saved in the data directory of the embedded mode) and the public
 // keys published besides it. Reads only; nothing here writes a key.
 import { join } from 'node:path'
-import { ConfigError, type Config, type DataDirKey, type Settings } from '../plugins/config.js'
-import { dataDirPermissionProblem, keyFilePermissionProblem, readDataDirSigningKey, SIGNING_KEY_FILE } from '../storage/data-dir.js'
-import { loadAdditionalKeys, loadKeys, readPem, type KeySettings } from './pem.js'
+import { ConfigError, type Config, type DataDirKey, type Settings } from '../plugins/config.ts'
+import { dataDirPermissionProblem, keyFilePermissionProblem, readDataDirSigningKey, SIGNING_KEY_FILE } from '../storage/data-dir.ts'
+import { loadAdditionalKeys, loadKeys, readPem, type KeySettings } from './pem.ts'
 
 export const keyProblem = (dataDir: string, err: unknown): ConfigError =>
   new ConfigError('DATA_DIR', `cannot keep a signing key in ${dataDir} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`)

@@ -1,7 +1,7 @@
 // New signing keys, for the data directory of the embedded mode and for
 // `session-service keys generate`.
 import { generateKeyPairSync } from 'node:crypto'
-import type { SigningAlgorithm } from './algorithms.js'
+import type { SigningAlgorithm } from './algorithms.ts'
 
 /** A new key pair of the algorithm: the private key as PKCS#8 PEM, the public one as SPKI PEM. */
 export function generatePrivateKeyPem (algorithm: SigningAlgorithm): { privateKey: string, publicKey: string } {

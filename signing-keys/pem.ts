@@ -3,8 +3,8 @@
 // algorithm. Every problem is a ConfigError naming the variable to fix.
 import { readFileSync } from 'node:fs'
 import { createPrivateKey, createPublicKey, type KeyObject } from 'node:crypto'
-import { ConfigError } from '../plugins/config.js'
-import { SIGNING_ALGORITHMS, type SigningAlgorithm } from './algorithms.js'
+import { ConfigError } from '../plugins/config.ts'
+import { SIGNING_ALGORITHMS, type SigningAlgorithm } from './algorithms.ts'
 
 /** The settings that hold keys: PEM text in VAR, or the path of a PEM file in VAR_FILE. */
 export type KeyVariable = 'JWT_PRIVATE_KEY' | 'JWT_PUBLIC_KEY' | 'JWT_ADDITIONAL_PUBLIC_KEYS'

@@ -4,8 +4,8 @@
 // its records in memory for CLIENT_CACHE_TTL, so the SQL flavour is a cache
 // that never holds anything (reads miss, writes and notices do nothing).
 import type { Redis } from 'ioredis'
-import { guard as unrecorded, type Guard } from '../plugins/errors.js'
-import type { RecordSeal } from './record-seal.js'
+import { guard as unrecorded, type Guard } from '../plugins/errors.ts'
+import type { RecordSeal } from './record-seal.ts'
 
 /** Redis channel (after the key prefix) on which a changed client's id is announced. */
 export const CLIENT_CHANGES_CHANNEL = 'clients:changed'

@@ -6,7 +6,7 @@
 // the embedded service's control socket, where no transaction can be held open.
 import type { JsonWebKey } from 'node:crypto'
 import bcrypt from 'bcryptjs'
-import type { Queryable } from './database.js'
+import type { Queryable } from './database.ts'
 
 export interface Client {
   id: string
@@ -117,7 +117,7 @@ export const BCRYPT_COST = 12
 /** The most rows one page of `list` or `events` returns. */
 export const MAX_PAGE = 1000
 
-export { CLIENT_CHANGES_CHANNEL, clientCacheKey } from './client-cache.js'
+export { CLIENT_CHANGES_CHANNEL, clientCacheKey } from './client-cache.ts'
 
 const dateOrNull = (value: Date | string | null): Date | null => value === null ? null : new Date(value)
 

@@ -5,7 +5,7 @@
 // per line each way.
 import { createConnection, createServer, type Server, type Socket } from 'node:net'
 import { rmSync } from 'node:fs'
-import type { Database, Queryable } from './database.js'
+import type { Database, Queryable } from './database.ts'
 
 export type ControlRequest =
   | { id: number, op: 'query', text: string, values?: unknown[] }

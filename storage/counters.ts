@@ -1,8 +1,8 @@
 // Counters of attempts over a window (failed client authentications): each
 // call adds one, atomically, so a concurrent burst cannot pass whole.
 import type { Redis } from 'ioredis'
-import type { Guard } from '../plugins/errors.js'
-import { luaScript } from './redis-commands.js'
+import type { Guard } from '../plugins/errors.ts'
+import { luaScript } from './redis-commands.ts'
 
 export interface Counters {
   /**

@@ -3,8 +3,8 @@
 // and the control socket through which the CLI reaches that process.
 import { chmodSync, closeSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeSync, type Stats } from 'node:fs'
 import { join, resolve } from 'node:path'
-import type { SigningAlgorithm } from '../signing-keys/algorithms.js'
-import { generatePrivateKeyPem } from '../signing-keys/generate.js'
+import type { SigningAlgorithm } from '../signing-keys/algorithms.ts'
+import { generatePrivateKeyPem } from '../signing-keys/generate.ts'
 
 export const PGDATA = 'pgdata'
 export const SIGNING_KEY_FILE = 'signing-key.pem'

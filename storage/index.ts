@@ -5,21 +5,21 @@
 // tables of the SQL database, counters in the process and no shared cache.
 // Each call fails as a DependencyError naming what it really touched.
 import type { Redis } from 'ioredis'
-import { guard as unrecorded, type Guard } from '../plugins/errors.js'
-import type { Database } from './database.js'
-import type { RecordSeal } from './record-seal.js'
-import { noClientCache, redisClientCache, type ClientCache } from './client-cache.js'
-import { processCounters, redisCounters, type Counters } from './counters.js'
-import { redisRefreshTokens, sqlRefreshTokens, type RefreshTokens } from './refresh-tokens.js'
-import { redisReplayGuard, sqlReplayGuard, type ReplayGuard } from './replay-guard.js'
-import { redisRevocations, sqlRevocations, type Revocations } from './revocations.js'
-import { sweepExpired, type ExpiringTable } from './sweeper.js'
+import { guard as unrecorded, type Guard } from '../plugins/errors.ts'
+import type { Database } from './database.ts'
+import type { RecordSeal } from './record-seal.ts'
+import { noClientCache, redisClientCache, type ClientCache } from './client-cache.ts'
+import { processCounters, redisCounters, type Counters } from './counters.ts'
+import { redisRefreshTokens, sqlRefreshTokens, type RefreshTokens } from './refresh-tokens.ts'
+import { redisReplayGuard, sqlReplayGuard, type ReplayGuard } from './replay-guard.ts'
+import { redisRevocations, sqlRevocations, type Revocations } from './revocations.ts'
+import { sweepExpired, type ExpiringTable } from './sweeper.ts'
 
-export type { ClientCache } from './client-cache.js'
-export type { Counters } from './counters.js'
-export type { ExchangeOutcome, ExchangeRequest, RefreshTokenRecord, RefreshTokens } from './refresh-tokens.js'
-export type { ReplayGuard } from './replay-guard.js'
-export type { Revocations } from './revocations.js'
+export type { ClientCache } from './client-cache.ts'
+export type { Counters } from './counters.ts'
+export type { ExchangeOutcome, ExchangeRequest, RefreshTokenRecord, RefreshTokens } from './refresh-tokens.ts'
+export type { ReplayGuard } from './replay-guard.ts'
+export type { Revocations } from './revocations.ts'
 
 export interface Store {
   /** 'redis', or 'database' (the SQL database; one instance only, as rate limits stay in process) */

@@ -5,7 +5,7 @@
 // another key, fails the check and counts as absent. Redis stays a cache and
 // a coordinator, never a root of trust.
 import { createHmac, timingSafeEqual } from 'node:crypto'
-import type { Queryable } from './database.js'
+import type { Queryable } from './database.ts'
 
 export const RECORD_SECRET_NAME = 'redis-records'
 

@@ -3,11 +3,11 @@
 // the record read back; each backend only provides the step that must be
 // atomic: marking a token used, so that of two concurrent exchanges one wins.
 import type { Redis } from 'ioredis'
-import { guard as unrecorded, type Guard } from '../plugins/errors.js'
-import type { Queryable } from './database.js'
-import type { RecordSeal } from './record-seal.js'
-import { execAll, luaScript } from './redis-commands.js'
-import type { Revocations } from './revocations.js'
+import { guard as unrecorded, type Guard } from '../plugins/errors.ts'
+import type { Queryable } from './database.ts'
+import type { RecordSeal } from './record-seal.ts'
+import { execAll, luaScript } from './redis-commands.ts'
+import type { Revocations } from './revocations.ts'
 
 /** What is kept for a refresh token, under the SHA-256 of the token. */
 export interface RefreshTokenRecord {

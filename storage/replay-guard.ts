@@ -1,8 +1,8 @@
 // Single-use markers: what may be presented once only (a client assertion's
 // jti, RFC 7523 §3) is recorded until it expires.
 import type { Redis } from 'ioredis'
-import type { Guard } from '../plugins/errors.js'
-import type { Queryable } from './database.js'
+import type { Guard } from '../plugins/errors.ts'
+import type { Queryable } from './database.ts'
 
 export interface ReplayGuard {
   /** Records `key` until `exp` (seconds since epoch); false when it was already recorded (single use). */

@@ -3,9 +3,9 @@
 // of them (migrations/003), whichever store enforces them, so that they
 // outlive that store; with Redis, Redis answers the checks.
 import type { Redis } from 'ioredis'
-import { DependencyError, type Guard } from '../plugins/errors.js'
-import type { Queryable } from './database.js'
-import { execAll, luaScript } from './redis-commands.js'
+import { DependencyError, type Guard } from '../plugins/errors.ts'
+import type { Queryable } from './database.ts'
+import { execAll, luaScript } from './redis-commands.ts'
 
 export interface Revocations {
   /** Denies an access token until it expires (`exp`, seconds since epoch). */

@@ -1,4 +1,4 @@
-import type { Queryable } from './database.js'
+import type { Queryable } from './database.ts'
 
 /** How often expired rows are deleted from the database. */
 export const SWEEP_INTERVAL_MS = 10 * 60_000

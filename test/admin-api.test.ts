@@ -2,7 +2,7 @@
 // service with the admin scope, JSON in and out, every error answered.
 import { test, type Test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { basicAuth, build, form, FORM, injectAdmin, insertClient, sql, tokenRequest, type TestApp } from './helper.js'
+import { basicAuth, build, form, FORM, injectAdmin, insertClient, sql, tokenRequest, type TestApp } from './helper.ts'
 
 const ADMIN_SCOPE = 'session-service:admin'
 const ADMIN_ID = 'automation'

@@ -1,7 +1,7 @@
 // Two listeners, one router: the operators' endpoints answer on the admin
 // listener only, the public ones on the public listener only.
 import { test } from 'tap'
-import { build, createDatabase, createRedisPrefix, freePort, injectAdmin, ServerProcess, testEnv, waitForHealth } from './helper.js'
+import { build, createDatabase, createRedisPrefix, freePort, injectAdmin, ServerProcess, testEnv, waitForHealth } from './helper.ts'
 
 const ADMIN_PATHS = ['/metrics', '/ready', '/live', '/docs', '/docs/json', '/docs/static/index.html']
 const PUBLIC_PATHS = ['/health', '/.well-known/jwks.json', '/.well-known/openid-configuration']

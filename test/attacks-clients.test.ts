@@ -5,9 +5,9 @@
 import { createPublicKey } from 'node:crypto'
 import { Readable } from 'node:stream'
 import { test } from 'tap'
-import { MAX_SECRET_BYTES } from '../plugins/clients.js'
-import { assertInvalidClient, assertOAuthError, build, insertClient, issueTokens, parseBody, sql } from './helper.js'
-import { type Fields, type Headers, CLIENT, SECRET, attackerKeys, postForm, verifyToken, basicOf, rawBasic, observable, assertVerifyRefuses, assertRevokeIgnored, assertUntouched } from './attacks/common.js'
+import { MAX_SECRET_BYTES } from '../plugins/clients.ts'
+import { assertInvalidClient, assertOAuthError, build, insertClient, issueTokens, parseBody, sql } from './helper.ts'
+import { type Fields, type Headers, CLIENT, SECRET, attackerKeys, postForm, verifyToken, basicOf, rawBasic, observable, assertVerifyRefuses, assertRevokeIgnored, assertUntouched } from './attacks/common.ts'
 
 // ---------------------------------------------------------------- 2. client authentication
 

@@ -4,9 +4,9 @@
 // outside the test's prefix.
 import { test } from 'tap'
 import type { LightMyRequestResponse } from 'fastify'
-import { assertInvalidClient, assertOAuthError, build, insertClient, issueTokens } from './helper.js'
-import { CLIENT, SECRET, postForm, basicOf, observable, countRows } from './attacks/common.js'
-import { assertNothingChanged, HOSTILE, injectionScene } from './attacks/injection.js'
+import { assertInvalidClient, assertOAuthError, build, insertClient, issueTokens } from './helper.ts'
+import { CLIENT, SECRET, postForm, basicOf, observable, countRows } from './attacks/common.ts'
+import { assertNothingChanged, HOSTILE, injectionScene } from './attacks/injection.ts'
 
 test('SQL and Redis metacharacters in client ids and secrets: invalid_client, and nothing changes', async (t) => {
   const scene = await injectionScene(t)

@@ -2,9 +2,9 @@
 // in every parameter but the client credentials). SQL and Redis
 // metacharacters are mere data: OAuth errors, and nothing changes.
 import { test } from 'tap'
-import { assertOAuthError } from './helper.js'
-import { assertInactive, assertRevokeIgnored, assertVerifyRefuses, basicOf, CLIENT, postForm, SECRET, verifyToken } from './attacks/common.js'
-import { assertNothingChanged, injectionScene } from './attacks/injection.js'
+import { assertOAuthError } from './helper.ts'
+import { assertInactive, assertRevokeIgnored, assertVerifyRefuses, basicOf, CLIENT, postForm, SECRET, verifyToken } from './attacks/common.ts'
+import { assertNothingChanged, injectionScene } from './attacks/injection.ts'
 
 test('SQL and Redis metacharacters in every other parameter: OAuth errors, and nothing changes', async (t) => {
   const scene = await injectionScene(t)

@@ -5,9 +5,9 @@ import { createHmac, randomUUID } from 'node:crypto'
 import { Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
-import { MAX_TOKEN_LENGTH } from '../plugins/keys.js'
-import { assertErrorBody, build, jwtSegment, parseBody, signRs256, testKeys } from './helper.js'
-import { type Claims, CLIENT, SECRET, JSON_TYPE, attackerKeys, postForm, postVerify, verifyToken, basicOf, assertVerifyRefuses, assertInactive, assertRevokeIgnored, flipChar, assertUntouched, attackerServer, attackedApp } from './attacks/common.js'
+import { MAX_TOKEN_LENGTH } from '../plugins/keys.ts'
+import { assertErrorBody, build, jwtSegment, parseBody, signRs256, testKeys } from './helper.ts'
+import { type Claims, CLIENT, SECRET, JSON_TYPE, attackerKeys, postForm, postVerify, verifyToken, basicOf, assertVerifyRefuses, assertInactive, assertRevokeIgnored, flipChar, assertUntouched, attackerServer, attackedApp } from './attacks/common.ts'
 
 // ---------------------------------------------------------------- 1. tokens
 

@@ -9,8 +9,8 @@ import { connect } from 'node:net'
 import { test } from 'tap'
 import bcrypt from 'bcryptjs'
 import type { FastifyInstance } from 'fastify'
-import { addressKey } from '../client-auth/throttle.js'
-import { basicAuth, build, form, FORM, sql, injectAdmin } from './helper.js'
+import { addressKey } from '../client-auth/throttle.ts'
+import { basicAuth, build, form, FORM, sql, injectAdmin } from './helper.ts'
 
 interface Answer { status: number | 'error', ms: number, headers: Record<string, string | string[] | undefined>, cause?: string }
 

@@ -5,7 +5,7 @@
 // run with no settings at all, in a working folder that must stay empty.
 import { readdirSync } from 'node:fs'
 import { test, type Test } from 'tap'
-import { cli, failed, succeeded } from './helpers/cli.js'
+import { cli, failed, succeeded } from './helpers/cli.ts'
 
 const CLIENTS_COMMANDS = 'create, list, show, update, rotate-secret, events, disable, enable, delete'
 

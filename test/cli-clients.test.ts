@@ -6,8 +6,8 @@ import { readdirSync } from 'node:fs'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { backends, build, decodeJwt, sql, TEST_REDIS_URL, tokenRequest } from './helper.js'
-import { assertTokenError, basic, cli, CLIENT_CREDENTIALS, failed, GENERATED_SECRET, parsed, succeeded } from './helpers/cli.js'
+import { backends, build, decodeJwt, sql, TEST_REDIS_URL, tokenRequest } from './helper.ts'
+import { assertTokenError, basic, cli, CLIENT_CREDENTIALS, failed, GENERATED_SECRET, parsed, succeeded } from './helpers/cli.ts'
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 const ISO_TIME = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/

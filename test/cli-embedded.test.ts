@@ -7,10 +7,10 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test, type Test } from 'tap'
 import Fastify, { type FastifyInstance } from 'fastify'
-import app, { options } from '../app.js'
-import { ensureDataDirSigningKey, loadConfig } from '../plugins/config.js'
-import { decodeJwt, tokenRequest } from './helper.js'
-import { assertTokenError, basic, cli, CLIENT_CREDENTIALS, failed, GENERATED_SECRET, parsed, succeeded } from './helpers/cli.js'
+import app, { options } from '../app.ts'
+import { ensureDataDirSigningKey, loadConfig } from '../plugins/config.ts'
+import { decodeJwt, tokenRequest } from './helper.ts'
+import { assertTokenError, basic, cli, CLIENT_CREDENTIALS, failed, GENERATED_SECRET, parsed, succeeded } from './helpers/cli.ts'
 
 /** The app with the embedded database in `dataDir` (its signing key generated there), as the server starts it. */
 async function embeddedApp (dataDir: string): Promise<FastifyInstance> {

@@ -3,8 +3,8 @@
 import { readdirSync, symlinkSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'tap'
-import { runEntry } from './helper.js'
-import { cli, failed, STACK_TRACE } from './helpers/cli.js'
+import { runEntry } from './helper.ts'
+import { cli, failed, STACK_TRACE } from './helpers/cli.ts'
 
 const LINUX = process.platform === 'linux' ? false : 'needs /proc and /sys (Linux)'
 const generate = (out: string): string[] => ['keys', 'generate', '--algorithm', 'ES256', '--out', out]

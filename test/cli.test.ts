@@ -7,10 +7,10 @@ import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { test, type Test } from 'tap'
 import { calculateJwkThumbprint } from 'jose'
-import { loadConfig } from '../plugins/config.js'
-import { publicJwk } from '../plugins/keys.js'
-import { freePort, runEntry, type RunResult } from './helper.js'
-import { cli, COMMANDS, failed, parsed, STACK_TRACE, succeeded } from './helpers/cli.js'
+import { loadConfig } from '../plugins/config.ts'
+import { publicJwk } from '../plugins/keys.ts'
+import { freePort, runEntry, type RunResult } from './helper.ts'
+import { cli, COMMANDS, failed, parsed, STACK_TRACE, succeeded } from './helpers/cli.ts'
 
 // ---------------------------------------------------------------------------
 // Help and errors

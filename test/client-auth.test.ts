@@ -1,9 +1,9 @@
 // client-auth/: each method reads its own credentials, and one entry point
 // authenticates for every endpoint that takes client credentials.
 import { test } from 'tap'
-import { AUTH_METHODS_SUPPORTED, JWT_BEARER_ASSERTION, readCredentials } from '../client-auth/index.js'
-import { OAuthError } from '../plugins/errors.js'
-import { basicAuth, build, FORM, form, insertClient } from './helper.js'
+import { AUTH_METHODS_SUPPORTED, JWT_BEARER_ASSERTION, readCredentials } from '../client-auth/index.ts'
+import { OAuthError } from '../plugins/errors.ts'
+import { basicAuth, build, FORM, form, insertClient } from './helper.ts'
 
 test('readCredentials: each method recognises its own credentials', async (t) => {
   t.strictSame(readCredentials(basicAuth('svc a', 'p:w+d'), {}), { method: 'client_secret_basic', clientId: 'svc a', clientSecret: 'p:w+d' })

@@ -5,8 +5,8 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
 import type { FastifyInstance } from 'fastify'
-import { clientsRepository, insertClientRow } from '../storage/clients.js'
-import { basicAuth, build, sql, tokenRequest } from './helper.js'
+import { clientsRepository, insertClientRow } from '../storage/clients.ts'
+import { basicAuth, build, sql, tokenRequest } from './helper.ts'
 
 const CLIENT_CREDENTIALS = { grant_type: 'client_credentials' }
 const OLD = 'the-old-secret-of-svc-rot'

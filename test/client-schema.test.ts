@@ -5,8 +5,8 @@ import Value from 'typebox/value'
 import {
   ClientCreate, ClientEventView, ClientView, type ClientCreateBody, type ClientPatchBody, clientChangesFrom, clientEventView, clientView,
   generateClientId, generateClientSecret, InvalidClientError, isClientId, newClientFrom
-} from '../schemas/client.js'
-import type { ClientRecord } from '../storage/clients.js'
+} from '../schemas/client.ts'
+import type { ClientRecord } from '../storage/clients.ts'
 
 const RECORD: ClientRecord = {
   id: 'svc-view',

@@ -5,8 +5,8 @@
 import { test } from 'tap'
 import {
   ClientExistsError, ClientRuleError, clientsRepository, MAX_SECRET_BYTES, SecretTooLongError, type ClientEvent
-} from '../storage/clients.js'
-import { build, sql } from './helper.js'
+} from '../storage/clients.ts'
+import { build, sql } from './helper.ts'
 
 const BCRYPT = /\$2[aby]\$\d\d\$/
 

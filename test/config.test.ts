@@ -2,8 +2,8 @@ import { createPublicKey, generateKeyPairSync } from 'node:crypto'
 import { existsSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'tap'
-import { ConfigError, ensureDataDirSigningKey, loadConfig, loadSettings, type Config } from '../plugins/config.js'
-import { generateRsaKeyPair, testKeys } from './helper.js'
+import { ConfigError, ensureDataDirSigningKey, loadConfig, loadSettings, type Config } from '../plugins/config.ts'
+import { generateRsaKeyPair, testKeys } from './helper.ts'
 
 // The smallest environment loadConfig accepts.
 function minimalEnv (extra: Record<string, string> = {}): Record<string, string> {

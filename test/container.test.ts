@@ -11,8 +11,8 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
-import { basicAuth, createDatabase, createRedisPrefix, decodeJwt, freePort, insertClient, needs, PROJECT_DIR, TEST_REDIS_URL, testKeys, waitForHealth } from './helper.js'
-import { MIGRATE_COMMAND, readDockerfile, splitOptions, execForm, instructions, buildImage, ContainerProcess, type Image } from './container/image.js'
+import { basicAuth, createDatabase, createRedisPrefix, decodeJwt, freePort, insertClient, needs, PROJECT_DIR, TEST_REDIS_URL, testKeys, waitForHealth } from './helper.ts'
+import { MIGRATE_COMMAND, readDockerfile, splitOptions, execForm, instructions, buildImage, ContainerProcess, type Image } from './container/image.ts'
 
 // The production install can take a minute on a cold npm cache.
 t.setTimeout(300_000)

@@ -2,7 +2,7 @@
 // (the API docs are on the admin listener, another origin), without
 // credentials mode; the admin listener answers none.
 import { test } from 'tap'
-import { basicAuth, build, FORM, injectAdmin, insertClient } from './helper.js'
+import { basicAuth, build, FORM, injectAdmin, insertClient } from './helper.ts'
 
 const ORIGIN = 'http://127.0.0.1:9090'
 

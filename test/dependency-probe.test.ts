@@ -3,7 +3,7 @@
 // until the pause ends, a stopped one refuses the connection.
 import { test } from 'tap'
 import { Redis } from 'ioredis'
-import { build, freePort, needs, PrivateRedis, injectAdmin } from './helper.js'
+import { build, freePort, needs, PrivateRedis, injectAdmin } from './helper.ts'
 
 test('a Redis that does not answer in time is reported as timeout, a stopped one as unreachable', { skip: needs.redis }, async (t) => {
   const redis = new PrivateRedis(t, await freePort())

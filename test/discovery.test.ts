@@ -5,7 +5,7 @@
 import { createPublicKey, generateKeyPairSync, verify as verifySignature } from 'node:crypto'
 import { test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { ConfigError, loadConfig } from '../plugins/config.js'
+import { ConfigError, loadConfig } from '../plugins/config.ts'
 import {
   build,
   buildLogged,
@@ -16,7 +16,7 @@ import {
   sql,
   testEnv,
   verify
-} from './helper.js'
+} from './helper.ts'
 
 const CLIENT_ID = 'svc-discovery'
 const CLIENT_SECRET = 'discovery-secret'

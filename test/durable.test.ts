@@ -20,7 +20,7 @@ import {
   tokenRequest,
   verify,
   type IssuedTokens
-} from './helper.js'
+} from './helper.ts'
 
 const CLIENT = { id: 'svc-durable', secret: 'durable-secret' }
 

@@ -6,9 +6,9 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import tap, { test } from 'tap'
-import { CONTROL_SOCKET, LOCK_FILE } from '../storage/data-dir.js'
-import { basicAuth, decodeJwt, form, freePort, runEntry, ServerProcess, waitForHealth } from './helper.js'
-import type { TokenBody } from './embedded/apps.js'
+import { CONTROL_SOCKET, LOCK_FILE } from '../storage/data-dir.ts'
+import { basicAuth, decodeJwt, form, freePort, runEntry, ServerProcess, waitForHealth } from './helper.ts'
+import type { TokenBody } from './embedded/apps.ts'
 
 // Each test opens the embedded PostgreSQL on a new data directory, and its
 // first start (initdb, then the migrations) takes several seconds on a busy

@@ -6,9 +6,9 @@
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import tap, { test } from 'tap'
-import { LOCK_FILE, SIGNING_KEY_FILE } from '../storage/data-dir.js'
-import { decodeJwt, tokenRequest, verify } from './helper.js'
-import { testDataDir, start, createClient, tokens, revoke, introspect, jwksKids, mode } from './embedded/apps.js'
+import { LOCK_FILE, SIGNING_KEY_FILE } from '../storage/data-dir.ts'
+import { decodeJwt, tokenRequest, verify } from './helper.ts'
+import { testDataDir, start, createClient, tokens, revoke, introspect, jwksKids, mode } from './embedded/apps.ts'
 
 // Each test opens the embedded PostgreSQL on a new data directory, and its
 // first start (initdb, then the migrations) takes several seconds on a busy

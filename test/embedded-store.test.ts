@@ -5,11 +5,11 @@ import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import tap, { test } from 'tap'
 import Fastify, { type LightMyRequestResponse } from 'fastify'
-import serviceApp, { options } from '../app.js'
-import { loadConfig } from '../plugins/config.js'
-import { LOCK_FILE, SIGNING_KEY_FILE } from '../storage/data-dir.js'
-import { freePort, runEntry, tokenRequest, injectAdmin } from './helper.js'
-import { type LogLine, INFO, WARN, logCollector, migratedDataDir, start, createClient, tokens } from './embedded/apps.js'
+import serviceApp, { options } from '../app.ts'
+import { loadConfig } from '../plugins/config.ts'
+import { LOCK_FILE, SIGNING_KEY_FILE } from '../storage/data-dir.ts'
+import { freePort, runEntry, tokenRequest, injectAdmin } from './helper.ts'
+import { type LogLine, INFO, WARN, logCollector, migratedDataDir, start, createClient, tokens } from './embedded/apps.ts'
 
 // Each test opens the embedded PostgreSQL on a data directory of its own,
 // which takes seconds on a busy machine even from a copy of the template.

@@ -10,11 +10,11 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import tap, { test, type Test } from 'tap'
 import Fastify, { type FastifyInstance } from 'fastify'
-import serviceApp, { options } from '../app.js'
-import { ConfigError, ensureDataDirSigningKey, loadConfig } from '../plugins/config.js'
-import { insertClientRow } from '../plugins/clients.js'
-import { CONTROL_SOCKET, PGDATA, SIGNING_KEY_FILE } from '../storage/data-dir.js'
-import { basicAuth, freePort, PROJECT_DIR, runEntry, runnerEnv, testKeys, tokenRequest } from './helper.js'
+import serviceApp, { options } from '../app.ts'
+import { ConfigError, ensureDataDirSigningKey, loadConfig } from '../plugins/config.ts'
+import { insertClientRow } from '../plugins/clients.ts'
+import { CONTROL_SOCKET, PGDATA, SIGNING_KEY_FILE } from '../storage/data-dir.ts'
+import { basicAuth, freePort, PROJECT_DIR, runEntry, runnerEnv, testKeys, tokenRequest } from './helper.ts'
 
 // A first start runs initdb on the embedded PostgreSQL: seconds on a busy machine.
 tap.setTimeout(300_000)
@@ -179,10 +179,10 @@ test('JWT_PRIVATE_KEY_FILE: its user\'s own and closed to others; root\'s may be
 
 /** Runs a TypeScript entry point as another user (root only), to its end. */
 async function runAs (uid: number, entry: string, env: Record<string, string>): Promise<{ code: number | null, stderr: string }> {
-  // Without the test runner's process-info hook (it adds itself through
-  // NODE_OPTIONS and writes into the project folder, which is not that user's).
+  // Without the test runner's process-info hook (it writes into the project
+  // folder, which is not that user's); runnerEnv() leaves it out of NODE_OPTIONS.
   const execArgv = process.execArgv.filter((arg) => !arg.includes('processinfo'))
-  const child = spawn('env', ['-u', 'NODE_OPTIONS', process.execPath, ...execArgv, join(PROJECT_DIR, entry)], {
+  const child = spawn(process.execPath, [...execArgv, join(PROJECT_DIR, entry)], {
     cwd: tmpdir(), uid, gid: uid, env: { ...runnerEnv(), ...env, HOME: tmpdir() }, stdio: ['ignore', 'ignore', 'pipe']
   })
   let stderr = ''

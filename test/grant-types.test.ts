@@ -4,8 +4,8 @@
 // client is authenticated, whichever way the grant authenticates it.
 import { test, type Test } from 'tap'
 import type { LightMyRequestResponse } from 'fastify'
-import { GRANT_TYPES } from '../grants/index.js'
-import { build, insertClient, issueTokens, sql, tokenRequest, injectAdmin } from './helper.js'
+import { GRANT_TYPES } from '../grants/index.ts'
+import { build, insertClient, issueTokens, sql, tokenRequest, injectAdmin } from './helper.ts'
 
 const SECRET = 'grant-types-secret'
 

@@ -1,6 +1,6 @@
 import { test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { backends, build, freePort, insertClient, issueTokens, needs, PrivateRedis, pollUntil, tokenRequest, verify } from './helper.js'
+import { backends, build, freePort, insertClient, issueTokens, needs, PrivateRedis, pollUntil, tokenRequest, verify } from './helper.ts'
 
 async function health (app: FastifyInstance): Promise<{ res: LightMyRequestResponse, ms: number }> {
   const started = Date.now()

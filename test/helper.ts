@@ -1,13 +1,13 @@
 // Everything the tests share, by job (see helpers/): the servers of the run,
 // databases, Redis, the app, HTTP requests, JWTs, processes, waiting and
 // assertions. Test files import from here.
-export * from './helpers/servers.js'
-export * from './helpers/databases.js'
-export * from './helpers/redis.js'
-export * from './helpers/app.js'
-export * from './helpers/http.js'
-export * from './helpers/jwt.js'
-export * from './helpers/processes.js'
-export * from './helpers/waiting.js'
-export * from './helpers/assertions.js'
-export * from './helpers/metrics.js'
+export * from './helpers/servers.ts'
+export * from './helpers/databases.ts'
+export * from './helpers/redis.ts'
+export * from './helpers/app.ts'
+export * from './helpers/http.ts'
+export * from './helpers/jwt.ts'
+export * from './helpers/processes.ts'
+export * from './helpers/waiting.ts'
+export * from './helpers/assertions.ts'
+export * from './helpers/metrics.ts'

@@ -3,7 +3,7 @@
 // client changes are shared.
 import { test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { basicAuth, build, form, FORM, insertClient, issueTokens, needs, sql, tokenRequest, verify } from './helper.js'
+import { basicAuth, build, form, FORM, insertClient, issueTokens, needs, sql, tokenRequest, verify } from './helper.ts'
 
 const CLIENT = { id: 'svc-pair', secret: 'pair-secret' }
 const AUTH = { authorization: basicAuth(CLIENT.id, CLIENT.secret) }

@@ -7,7 +7,7 @@ import { test } from 'tap'
 import * as oauth from 'openid-client'
 import * as oauth4 from 'oauth4webapi'
 import { createRemoteJWKSet, decodeJwt, exportJWK, generateKeyPair, jwtVerify, errors as joseErrors } from 'jose'
-import { build, freePort, insertClient, sql, type TestContext } from './helper.js'
+import { build, freePort, insertClient, sql, type TestContext } from './helper.ts'
 
 /** The service listening on loopback, its issuer being its own URL. */
 async function serve (t: TestContext, env: Record<string, string> = {}): Promise<{ issuer: string, databaseUrl: string }> {

@@ -5,7 +5,7 @@ import { randomBytes, randomUUID } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { assertOAuthError, basicAuth, build, decodeJwt, form, FORM, generateRsaKeyPair, insertClient, jwtSegment, signRs256, sql, testKeys, tokenRequest, verify } from './helper.js'
+import { assertOAuthError, basicAuth, build, decodeJwt, form, FORM, generateRsaKeyPair, insertClient, jwtSegment, signRs256, sql, testKeys, tokenRequest, verify } from './helper.ts'
 
 const ORDERS = 'https://orders.example.com'
 

@@ -9,7 +9,7 @@ import { once } from 'node:events'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { build, sql, tokenRequest, type TestContext } from './helper.js'
+import { build, sql, tokenRequest, type TestContext } from './helper.ts'
 
 const ISSUER = 'https://auth.example.com'
 const ASSERTION_TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer'

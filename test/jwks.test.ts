@@ -4,8 +4,8 @@
 import { createHash, createPrivateKey, createPublicKey, verify as verifySignature, type JsonWebKey } from 'node:crypto'
 import { test } from 'tap'
 import Fastify, { type FastifyInstance } from 'fastify'
-import app, { options } from '../app.js'
-import { loadConfig } from '../plugins/config.js'
+import app, { options } from '../app.ts'
+import { loadConfig } from '../plugins/config.ts'
 import {
   build,
   createDatabase,
@@ -17,7 +17,7 @@ import {
   testEnv,
   testKeys,
   type TestContext
-} from './helper.js'
+} from './helper.ts'
 
 const CLIENT_ID = 'svc-jwks'
 const CLIENT_SECRET = 'jwks-secret'

@@ -4,7 +4,7 @@
 // gateway turns into HTTP answers.
 import { randomUUID } from 'node:crypto'
 import t from 'tap'
-import { attachEmbedded, basicAuth, createDatabase, createRedisPrefix, decodeJwt, form, insertClient, testEnv } from './helper.js'
+import { attachEmbedded, basicAuth, createDatabase, createRedisPrefix, decodeJwt, form, insertClient, testEnv } from './helper.ts'
 
 const ISSUER = 'https://auth.example.com'
 const API_ID = 'a1b2c3d4e5'
@@ -128,7 +128,7 @@ function lambdaContext (): Record<string, unknown> {
 const databaseUrl = await createDatabase(t)
 const redisPrefix = createRedisPrefix(t)
 Object.assign(process.env, testEnv(databaseUrl, redisPrefix, { JWT_ISSUER: ISSUER }))
-const lambda = await import('../lambda.js')
+const lambda = await import('../lambda.ts')
 // Registered last, so run first: the app closes before its database is dropped.
 t.teardown(async () => await lambda.app.close())
 

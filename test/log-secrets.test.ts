@@ -6,7 +6,7 @@
 // them, and for a 400-character client id, which may appear cut to 128.
 import { randomBytes } from 'node:crypto'
 import { test, type Test } from 'tap'
-import { basicAuth, createDatabase, createRedisPrefix, embeddedDir, freePort, insertClient, pollUntil, ServerProcess, testEnv, waitForHealth } from './helper.js'
+import { basicAuth, createDatabase, createRedisPrefix, embeddedDir, freePort, insertClient, pollUntil, ServerProcess, testEnv, waitForHealth } from './helper.ts'
 
 const FORM = 'application/x-www-form-urlencoded'
 const MAX_CLIENT_ID = 128

@@ -7,7 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import pg from 'pg'
 import { Redis } from 'ioredis'
 import { test } from 'tap'
-import { basicAuth, build, freePort, insertClient, issueTokens, needs, PrivateRedis, sample, scrapeMetrics, tokenRequest, verify } from './helper.js'
+import { basicAuth, build, freePort, insertClient, issueTokens, needs, PrivateRedis, sample, scrapeMetrics, tokenRequest, verify } from './helper.ts'
 
 const ERRORS = 'session_service_dependency_errors_total'
 const DURATIONS = 'session_service_dependency_duration_seconds'

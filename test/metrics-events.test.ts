@@ -4,7 +4,7 @@
 // read through GET /metrics after its event.
 import { test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { basicAuth, build, form, FORM, insertClient, issueTokens, sample, samplesOf, scrapeMetrics, tokenRequest } from './helper.js'
+import { basicAuth, build, form, FORM, insertClient, issueTokens, sample, samplesOf, scrapeMetrics, tokenRequest } from './helper.ts'
 
 async function revoke (app: FastifyInstance, clientId: string, secret: string, token: string): Promise<LightMyRequestResponse> {
   return await app.inject({

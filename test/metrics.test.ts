@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { backends, basicAuth, build, decodeJwt, freePort, insertClient, issueTokens, sample, samplesOf, tokenRequest, verify, injectAdmin } from './helper.js'
+import { backends, basicAuth, build, decodeJwt, freePort, insertClient, issueTokens, sample, samplesOf, tokenRequest, verify, injectAdmin } from './helper.ts'
 
 const { version } = JSON.parse(readFileSync(join(import.meta.dirname, '..', 'package.json'), 'utf8')) as { version: string }
 

@@ -2,10 +2,10 @@ import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'tap'
 import bcrypt from 'bcryptjs'
-import { serverDatabase, type Database } from '../storage/database.js'
-import { clientsRepository } from '../storage/clients.js'
-import { applyMigrations, MIGRATIONS_DIR, type MigrationLog } from '../plugins/migrations.js'
-import { basicAuth, build, createDatabase, freePort, needs, runEntry, type RunResult, insertClient, issueTokens, sql, tokenRequest, verify } from './helper.js'
+import { serverDatabase, type Database } from '../storage/database.ts'
+import { clientsRepository } from '../storage/clients.ts'
+import { applyMigrations, MIGRATIONS_DIR, type MigrationLog } from '../plugins/migrations.ts'
+import { basicAuth, build, createDatabase, freePort, needs, runEntry, type RunResult, insertClient, issueTokens, sql, tokenRequest, verify } from './helper.ts'
 
 const MIGRATION_FILES = readdirSync(MIGRATIONS_DIR).filter((name) => /^\d+_[\w-]+\.sql$/.test(name)).sort()
 

@@ -2,8 +2,8 @@ import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import SwaggerParser from '@apidevtools/swagger-parser'
 import { test } from 'tap'
-import { GRANT_TYPES } from '../grants/index.js'
-import { build, injectAdmin } from './helper.js'
+import { GRANT_TYPES } from '../grants/index.ts'
+import { build, injectAdmin } from './helper.ts'
 
 interface Operation {
   operationId?: string

@@ -9,7 +9,7 @@ import { decodeJwt } from 'jose'
 import {
   basicAuth, createDatabase, createRedisPrefix, freePort, insertClient, needs, PROJECT_DIR, runnerEnv,
   SPAWNED_SERVICE_DEFAULTS, TEST_REDIS_URL, TestProcess, testKeys, waitForHealth
-} from './helper.js'
+} from './helper.ts'
 
 /** A .env value on one line: PEM newlines as literal \n, which the service reads back. */
 const oneLine = (pem: string): string => pem.trim().replace(/\n/g, '\\n')

@@ -11,7 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
 import { test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { basicAuth, build, form, FORM, freePort, insertClient, needs, type TestContext } from './helper.js'
+import { basicAuth, build, form, FORM, freePort, insertClient, needs, type TestContext } from './helper.ts'
 
 const run = promisify(execFile)
 

@@ -5,7 +5,7 @@ import { createHmac, generateKeyPairSync, randomUUID, sign, type KeyObject } fro
 import { createServer, type Server } from 'node:http'
 import { test, type Test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { basicAuth, build, form, FORM, insertClient, sql, tokenRequest, type TestContext } from './helper.js'
+import { basicAuth, build, form, FORM, insertClient, sql, tokenRequest, type TestContext } from './helper.ts'
 
 const ISSUER = 'https://auth.example.com'
 const TOKEN_ENDPOINT = `${ISSUER}/oauth/token`

@@ -3,12 +3,12 @@
 // OAuthError, never another exception.
 import { test } from 'tap'
 import fc from 'fast-check'
-import { JWT_BEARER_ASSERTION, readCredentials, type PresentedCredentials } from '../client-auth/index.js'
-import { OAuthError } from '../plugins/errors.js'
-import { basicAuth } from './helper.js'
-import { SEED } from './property/spec.js'
-import { headerText } from './property/arbitraries.js'
-import { segmentOf } from './property/requests.js'
+import { JWT_BEARER_ASSERTION, readCredentials, type PresentedCredentials } from '../client-auth/index.ts'
+import { OAuthError } from '../plugins/errors.ts'
+import { basicAuth } from './helper.ts'
+import { SEED } from './property/spec.ts'
+import { headerText } from './property/arbitraries.ts'
+import { segmentOf } from './property/requests.ts'
 
 // ---------------------------------------------------------------------------
 

@@ -20,12 +20,12 @@ import { test } from 'tap'
 import fc from 'fast-check'
 import { Ajv } from 'ajv'
 import type { FastifyInstance, InjectOptions, LightMyRequestResponse } from 'fastify'
-import { oauthError as oauthErrorSchema } from '../schemas/oauth.js'
-import { build, injectAdmin } from './helper.js'
-import { BOUND_MS, NUM_RUNS, TIME_LIMIT_MS, SEED, APP_ENV, ROUTES, type RequestSpec } from './property/spec.js'
-import { request } from './property/arbitraries.js'
-import { fixtures, buildRequest, describe } from './property/requests.js'
-import { checkAnswer, type OpenApiDocument, documentedResponses, discoverySchema, publishedJwksSchema } from './property/checks.js'
+import { oauthError as oauthErrorSchema } from '../schemas/oauth.ts'
+import { build, injectAdmin } from './helper.ts'
+import { BOUND_MS, NUM_RUNS, TIME_LIMIT_MS, SEED, APP_ENV, ROUTES, type RequestSpec } from './property/spec.ts'
+import { request } from './property/arbitraries.ts'
+import { fixtures, buildRequest, describe } from './property/requests.ts'
+import { checkAnswer, type OpenApiDocument, documentedResponses, discoverySchema, publishedJwksSchema } from './property/checks.ts'
 
 // ---------------------------------------------------------------------------
 // Found by this property and fixed since (the examples below keep them

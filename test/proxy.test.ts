@@ -6,9 +6,9 @@
 import { generateKeyPairSync, randomUUID, sign } from 'node:crypto'
 import Fastify, { type FastifyInstance, type LightMyRequestResponse } from 'fastify'
 import { test } from 'tap'
-import app, { options } from '../app.js'
-import { ConfigError, loadConfig } from '../plugins/config.js'
-import { attachEmbedded, basicAuth, createDatabase, createRedisPrefix, form, FORM, insertClient, sql, testEnv, type TestContext } from './helper.js'
+import app, { options } from '../app.ts'
+import { ConfigError, loadConfig } from '../plugins/config.ts'
+import { attachEmbedded, basicAuth, createDatabase, createRedisPrefix, form, FORM, insertClient, sql, testEnv, type TestContext } from './helper.ts'
 
 /** The balancer, inside its VPC. */
 const ALB = '10.0.1.5'

@@ -1,6 +1,6 @@
 import { test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { backends, build, freePort, needs, pollUntil, PrivateRedis, injectAdmin } from './helper.js'
+import { backends, build, freePort, needs, pollUntil, PrivateRedis, injectAdmin } from './helper.ts'
 
 async function ready (app: FastifyInstance): Promise<{ res: LightMyRequestResponse, ms: number }> {
   const started = Date.now()

@@ -5,7 +5,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { basicAuth, build, form, FORM, freePort, insertClient, issueTokens, needs, PrivateRedis } from './helper.js'
+import { basicAuth, build, form, FORM, freePort, insertClient, issueTokens, needs, PrivateRedis } from './helper.ts'
 
 const CLIENT = { id: 'svc-flow', secret: 'flow-secret' }
 const AUTH = { authorization: basicAuth(CLIENT.id, CLIENT.secret) }

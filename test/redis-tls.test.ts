@@ -29,7 +29,7 @@ import {
   PROJECT_DIR,
   tokenRequest,
   verify
-} from './helper.js'
+} from './helper.ts'
 
 const PASSWORD = `pw-${randomBytes(12).toString('hex')}`
 const ADMIN_PASSWORD = `admin-${randomBytes(12).toString('hex')}`

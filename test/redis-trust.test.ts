@@ -9,7 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
 import bcrypt from 'bcryptjs'
 import type { FastifyInstance } from 'fastify'
-import { basicAuth, build, buildLogged, decodeJwt, generateRsaKeyPair, insertClient, issueTokens, needs, sql, testKeys, tokenRequest, injectAdmin } from './helper.js'
+import { basicAuth, build, buildLogged, decodeJwt, generateRsaKeyPair, insertClient, issueTokens, needs, sql, testKeys, tokenRequest, injectAdmin } from './helper.ts'
 
 async function metric (app: FastifyInstance, name: string): Promise<number> {
   const text = (await injectAdmin(app, '/metrics')).body

@@ -5,7 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { Redis } from 'ioredis'
-import { assertOAuthError, basicAuth, build, decodeJwt, FORM, insertClient, issueTokens, needs, sql, TEST_REDIS_URL, tokenRequest, verify } from './helper.js'
+import { assertOAuthError, basicAuth, build, decodeJwt, FORM, insertClient, issueTokens, needs, sql, TEST_REDIS_URL, tokenRequest, verify } from './helper.ts'
 
 interface TokenBody {
   access_token: string

@@ -4,9 +4,9 @@
 import { Writable } from 'node:stream'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { test, type Test } from 'tap'
-import app, { instanceOptions } from '../app.js'
-import { ConfigError, loadConfig } from '../plugins/config.js'
-import { basicAuth, createDatabase, createRedisPrefix, FORM, form, injectAdmin, insertClient, testEnv, trackEmbedded } from './helper.js'
+import app, { instanceOptions } from '../app.ts'
+import { ConfigError, loadConfig } from '../plugins/config.ts'
+import { basicAuth, createDatabase, createRedisPrefix, FORM, form, injectAdmin, insertClient, testEnv, trackEmbedded } from './helper.ts'
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
 

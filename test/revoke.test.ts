@@ -5,7 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { Redis } from 'ioredis'
-import { assertOAuthError, backends, basicAuth, build, decodeJwt, form, FORM, insertClient, issueTokens, sql, TEST_REDIS_URL, tokenRequest, verify } from './helper.js'
+import { assertOAuthError, backends, basicAuth, build, decodeJwt, form, FORM, insertClient, issueTokens, sql, TEST_REDIS_URL, tokenRequest, verify } from './helper.ts'
 
 /** POST /oauth/revoke with a form body and optional extra headers. */
 async function revoke (app: FastifyInstance, fields: Record<string, string>, headers: Record<string, string> = {}): Promise<LightMyRequestResponse> {

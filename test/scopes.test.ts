@@ -5,7 +5,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { assertOAuthError, basicAuth, build, decodeJwt, insertClient, sql, tokenRequest, verify } from './helper.js'
+import { assertOAuthError, basicAuth, build, decodeJwt, insertClient, sql, tokenRequest, verify } from './helper.ts'
 
 const ORDERS = 'https://orders.example.com'
 const OTHER = 'https://other.example.com'

@@ -4,7 +4,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
 import bcrypt from 'bcryptjs'
-import { basicAuth, build, insertClient, sql, tokenRequest, needs, injectAdmin } from './helper.js'
+import { basicAuth, build, insertClient, sql, tokenRequest, needs, injectAdmin } from './helper.ts'
 
 const settings: Array<Record<string, string>> = [{}, { BCRYPT_WORKERS: '0' }, { BCRYPT_WORKERS: '2' }, { SECRET_CACHE_TTL: '0' }]
 for (const env of settings) {
@@ -70,8 +70,8 @@ test('nothing of a secret is written to Redis', { skip: needs.redis }, async (t)
 })
 
 test('BCRYPT_WORKERS and SECRET_CACHE_TTL are validated', async (t) => {
-  const { loadConfig } = await import('../plugins/config.js')
-  const { testEnv } = await import('./helper.js')
+  const { loadConfig } = await import('../plugins/config.ts')
+  const { testEnv } = await import('./helper.ts')
   t.throws(() => loadConfig(testEnv('postgres://x/y', 'p:', { BCRYPT_WORKERS: '-1' })), /^BCRYPT_WORKERS/)
   t.throws(() => loadConfig(testEnv('postgres://x/y', 'p:', { SECRET_CACHE_TTL: 'soon' })), /^SECRET_CACHE_TTL/)
   t.equal(loadConfig(testEnv('postgres://x/y', 'p:', { SECRET_CACHE_TTL: '0' })).secretCacheTtl, 0)

@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
-import { basicAuth, createDatabase, createRedisPrefix, freePort, generateRsaKeyPair, insertClient, needs, ServerProcess, testEnv, waitForHealth } from './helper.js'
+import { basicAuth, createDatabase, createRedisPrefix, freePort, generateRsaKeyPair, insertClient, needs, ServerProcess, testEnv, waitForHealth } from './helper.ts'
 
 const FORM_TYPE = 'application/x-www-form-urlencoded'
 

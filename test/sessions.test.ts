@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { Redis } from 'ioredis'
-import { assertOAuthError, basicAuth, build, decodeJwt, form, FORM, insertClient, needs, TEST_REDIS_URL, tokenRequest, verify } from './helper.js'
+import { assertOAuthError, basicAuth, build, decodeJwt, form, FORM, insertClient, needs, TEST_REDIS_URL, tokenRequest, verify } from './helper.ts'
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 const DEFAULT_REVOCATION_TTL = 604800

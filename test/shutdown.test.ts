@@ -5,7 +5,7 @@
 import { Agent, request, type OutgoingHttpHeaders } from 'node:http'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
-import { basicAuth, build, createDatabase, createRedisPrefix, form, freePort, insertClient, needs, pollUntil, ServerProcess, type TestContext, testEnv, injectAdmin } from './helper.js'
+import { basicAuth, build, createDatabase, createRedisPrefix, form, freePort, insertClient, needs, pollUntil, ServerProcess, type TestContext, testEnv, injectAdmin } from './helper.ts'
 
 /** What the client saw: a status code, or the error code of a failed request. */
 interface Outcome {

@@ -1,5 +1,5 @@
 import { test } from 'tap'
-import { build, insertClient, issueTokens, verify } from './helper.js'
+import { build, insertClient, issueTokens, verify } from './helper.ts'
 
 test('a client inserted by SQL gets a token that verifies', async (t) => {
   const { app, databaseUrl } = await build(t)

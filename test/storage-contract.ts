@@ -6,11 +6,11 @@ import { randomBytes, randomUUID } from 'node:crypto'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Test } from 'tap'
-import { applyMigrations } from '../plugins/migrations.js'
-import { PGDATA } from '../storage/data-dir.js'
-import { embeddedDatabase, serverDatabase, type Database } from '../storage/database.js'
-import type { ExchangeRequest, RefreshTokenRecord, Store } from '../storage/index.js'
-import { createDatabase, embeddedDir } from './helper.js'
+import { applyMigrations } from '../plugins/migrations.ts'
+import { PGDATA } from '../storage/data-dir.ts'
+import { embeddedDatabase, serverDatabase, type Database } from '../storage/database.ts'
+import type { ExchangeRequest, RefreshTokenRecord, Store } from '../storage/index.ts'
+import { createDatabase, embeddedDir } from './helper.ts'
 
 /** A migrated database of its own, closed when the test ends. */
 export async function openTestDatabase (t: Test): Promise<Database> {

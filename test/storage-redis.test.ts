@@ -4,12 +4,12 @@
 import { randomBytes, randomUUID } from 'node:crypto'
 import { test, type Test } from 'tap'
 import { Redis } from 'ioredis'
-import { DependencyError } from '../plugins/errors.js'
-import { serverDatabase, type Database } from '../storage/database.js'
-import { redisStore, type Store } from '../storage/index.js'
-import { readRecordSecret, recordSeal } from '../storage/record-seal.js'
-import { createRedisPrefix, freePort, needs, TEST_DATABASE_URL, TEST_REDIS_URL } from './helper.js'
-import { openTestDatabase, storeContract } from './storage-contract.js'
+import { DependencyError } from '../plugins/errors.ts'
+import { serverDatabase, type Database } from '../storage/database.ts'
+import { redisStore, type Store } from '../storage/index.ts'
+import { readRecordSecret, recordSeal } from '../storage/record-seal.ts'
+import { createRedisPrefix, freePort, needs, TEST_DATABASE_URL, TEST_REDIS_URL } from './helper.ts'
+import { openTestDatabase, storeContract } from './storage-contract.ts'
 
 const quiet = { info: () => {}, warn: () => {}, error: () => {} }
 

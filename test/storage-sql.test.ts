@@ -2,11 +2,11 @@
 // cases as the Redis store, and the SQL flavour's cache that holds nothing.
 import { randomUUID } from 'node:crypto'
 import { test } from 'tap'
-import { DependencyError } from '../plugins/errors.js'
-import { serverDatabase } from '../storage/database.js'
-import { sqlStore } from '../storage/index.js'
-import { needs, TEST_DATABASE_URL } from './helper.js'
-import { openTestDatabase, storeContract } from './storage-contract.js'
+import { DependencyError } from '../plugins/errors.ts'
+import { serverDatabase } from '../storage/database.ts'
+import { sqlStore } from '../storage/index.ts'
+import { needs, TEST_DATABASE_URL } from './helper.ts'
+import { openTestDatabase, storeContract } from './storage-contract.ts'
 
 const quiet = { info: () => {}, warn: () => {}, error: () => {} }
 

@@ -5,7 +5,7 @@
 import { join } from 'node:path'
 import { test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { basicAuth, build, form, FORM, insertClient } from './helper.js'
+import { basicAuth, build, form, FORM, insertClient } from './helper.ts'
 
 const ATTACKER = '203.0.113.7'
 const CLIENT_HOME = '198.51.100.20'
@@ -69,7 +69,7 @@ test('an address that fails for many client ids is throttled for all of them, al
 })
 
 test('AUTH_FAILURE_LIMIT and AUTH_FAILURE_LIMIT_PER_ADDRESS are validated', async (t) => {
-  const { loadConfig, loadSettings } = await import('../plugins/config.js')
+  const { loadConfig, loadSettings } = await import('../plugins/config.ts')
   for (const name of ['AUTH_FAILURE_LIMIT', 'AUTH_FAILURE_LIMIT_PER_ADDRESS']) {
     const named = { name: 'ConfigError', message: new RegExp(`^${name}: `) }
     t.throws(() => loadConfig({ DATA_DIR: t.testdir({}), [name]: '0' }), named, `${name}=0 is refused`)
@@ -82,7 +82,7 @@ test('AUTH_FAILURE_LIMIT and AUTH_FAILURE_LIMIT_PER_ADDRESS are validated', asyn
 })
 
 test('failed client assertions (private_key_jwt) count in the same throttle', async (t) => {
-  const { insertClientRow } = await import('../plugins/clients.js')
+  const { insertClientRow } = await import('../plugins/clients.ts')
   const { generateKeyPairSync } = await import('node:crypto')
   const { app } = await build(t, { env: { AUTH_FAILURE_LIMIT: '3', AUTH_FAILURE_LIMIT_PER_ADDRESS: '100' } })
   const jwk = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ format: 'jwk' })

@@ -3,8 +3,8 @@
 // unknown id still costs a bcrypt compare against a hash of the same cost.
 import { test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { insertClientRow } from '../plugins/clients.js'
-import { basicAuth, build, form, FORM, insertClient } from './helper.js'
+import { insertClientRow } from '../plugins/clients.ts'
+import { basicAuth, build, form, FORM, insertClient } from './helper.ts'
 
 const ROUNDS = 8
 

@@ -2,8 +2,8 @@
 // the endpoint answers.
 import { test } from 'tap'
 import type { LightMyRequestResponse } from 'fastify'
-import { assertInvalidClient, assertOAuthError, basicAuth, build, decodeJwt, form, FORM, insertClient, issueTokens, tokenRequest } from './helper.js'
-import { CLIENT_CREDENTIALS, rawBasic, postToken } from './token/requests.js'
+import { assertInvalidClient, assertOAuthError, basicAuth, build, decodeJwt, form, FORM, insertClient, issueTokens, tokenRequest } from './helper.ts'
+import { CLIENT_CREDENTIALS, rawBasic, postToken } from './token/requests.ts'
 
 test('Basic: id and secret with reserved and non-ASCII characters work when form-encoded', async (t) => {
   const { app, databaseUrl } = await build(t)

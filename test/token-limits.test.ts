@@ -4,8 +4,8 @@ import { randomUUID } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
 import bcrypt from 'bcryptjs'
-import { assertErrorBody, assertInvalidClient, assertOAuthError, basicAuth, build, decodeJwt, FORM, form, insertClient, needs, sql, tokenRequest } from './helper.js'
-import { CLIENT_CREDENTIALS } from './token/requests.js'
+import { assertErrorBody, assertInvalidClient, assertOAuthError, basicAuth, build, decodeJwt, FORM, form, insertClient, needs, sql, tokenRequest } from './helper.ts'
+import { CLIENT_CREDENTIALS } from './token/requests.ts'
 
 test('CLIENT_CACHE_TTL: disabling a client by SQL takes effect after the TTL', async (t) => {
   const { app, databaseUrl } = await build(t, { env: { CLIENT_CACHE_TTL: '1s' } })

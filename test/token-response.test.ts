@@ -3,8 +3,8 @@
 // and the access token it carries.
 import { createPublicKey, verify as verifySignature } from 'node:crypto'
 import { test } from 'tap'
-import { assertInvalidClient, basicAuth, build, decodeJwt, insertClient, issueTokens, tokenRequest, verify } from './helper.js'
-import { CLIENT_CREDENTIALS, UUID, BASE64URL, publishedKey } from './token/requests.js'
+import { assertInvalidClient, basicAuth, build, decodeJwt, insertClient, issueTokens, tokenRequest, verify } from './helper.ts'
+import { CLIENT_CREDENTIALS, UUID, BASE64URL, publishedKey } from './token/requests.ts'
 
 test('client_secret_post: a client inserted by SQL gets a token response', async (t) => {
   const { app, databaseUrl } = await build(t)

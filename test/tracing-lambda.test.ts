@@ -4,8 +4,8 @@
 // never run the batch timer (set to a minute here).
 import { randomBytes, randomUUID } from 'node:crypto'
 import { test } from 'tap'
-import { basicAuth, createDatabase, createRedisPrefix, insertClient, needs, testEnv } from './helper.js'
-import { attribute, otlpReceiver, spansOf } from './helpers/otlp.js'
+import { basicAuth, createDatabase, createRedisPrefix, insertClient, needs, testEnv } from './helper.ts'
+import { attribute, otlpReceiver, spansOf } from './helpers/otlp.ts'
 
 const hex = (bytes: number): string => randomBytes(bytes).toString('hex')
 
@@ -40,8 +40,8 @@ test('each invocation exports its spans before it answers', { skip: needs.postgr
     OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
     OTEL_BSP_SCHEDULE_DELAY: '60000'
   }))
-  const lambda = await import('../lambda.js')
-  const { tracing } = await import('../tracing.js')
+  const lambda = await import('../lambda.ts')
+  const { tracing } = await import('../tracing.ts')
   t.teardown(async () => {
     await lambda.app.close()
     await tracing?.shutdown()

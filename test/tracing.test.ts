@@ -5,9 +5,9 @@
 // flush at shutdown, which the test thereby checks too.
 import { createHash, randomBytes } from 'node:crypto'
 import { test } from 'tap'
-import { ScrubbingExporter } from '../tracing.js'
-import { basicAuth, createDatabase, createRedisPrefix, freePort, insertClient, needs, ServerProcess, testEnv, waitForHealth } from './helper.js'
-import { attribute, otlpReceiver, type OtlpExport, type OtlpSpan } from './helpers/otlp.js'
+import { ScrubbingExporter } from '../tracing.ts'
+import { basicAuth, createDatabase, createRedisPrefix, freePort, insertClient, needs, ServerProcess, testEnv, waitForHealth } from './helper.ts'
+import { attribute, otlpReceiver, type OtlpExport, type OtlpSpan } from './helpers/otlp.ts'
 
 const FORM = 'application/x-www-form-urlencoded'
 

@@ -5,7 +5,7 @@
 import { createHmac, randomUUID, sign } from 'node:crypto'
 import { test, type Test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { basicAuth, build, decodeJwt, FORM, form, generateRsaKeyPair, insertClient, issueTokens, jwtSegment, signRs256, testKeys, verify } from './helper.js'
+import { basicAuth, build, decodeJwt, FORM, form, generateRsaKeyPair, insertClient, issueTokens, jwtSegment, signRs256, testKeys, verify } from './helper.ts'
 
 const CLIENT_ID = 'svc-verify'
 const CLIENT_SECRET = 'verify-secret'

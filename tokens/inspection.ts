@@ -1,8 +1,8 @@
 // Inspecting tokens: verification (signature, claims, revocations), RFC 7662
 // introspection and RFC 7009 revocation.
-import { OAuthError } from '../plugins/errors.js'
-import type { AccessTokenClaims, TokenCheck } from '../plugins/keys.js'
-import { refreshTokenHash, sessionRevocationTtl, type TokenDependencies } from './session.js'
+import { OAuthError } from '../plugins/errors.ts'
+import type { AccessTokenClaims, TokenCheck } from '../plugins/keys.ts'
+import { refreshTokenHash, sessionRevocationTtl, type TokenDependencies } from './session.ts'
 
 export type Introspection = { active: false } | {
   active: true

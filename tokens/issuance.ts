@@ -1,11 +1,11 @@
 // Issuing tokens: a new session for client_credentials, and the exchange of
 // a refresh token for new tokens in its session.
 import { randomBytes, randomUUID } from 'node:crypto'
-import type { RefreshTokenRecord } from '../storage/refresh-tokens.js'
-import type { Client } from '../storage/clients.js'
-import { invalidGrant, OAuthError } from '../plugins/errors.js'
-import type { AccessTokenClaims } from '../plugins/keys.js'
-import { refreshTokenHash, sessionRevocationTtl, type TokenDependencies } from './session.js'
+import type { RefreshTokenRecord } from '../storage/refresh-tokens.ts'
+import type { Client } from '../storage/clients.ts'
+import { invalidGrant, OAuthError } from '../plugins/errors.ts'
+import type { AccessTokenClaims } from '../plugins/keys.ts'
+import { refreshTokenHash, sessionRevocationTtl, type TokenDependencies } from './session.ts'
 
 export interface TokenResponse {
   access_token: string

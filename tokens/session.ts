@@ -2,9 +2,9 @@
 // and how long a revoked session stays revoked.
 import { createHash } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
-import type { Config } from '../plugins/config.js'
-import type { Keys } from '../plugins/keys.js'
-import type { Store } from '../storage/index.js'
+import type { Config } from '../plugins/config.ts'
+import type { Keys } from '../plugins/keys.ts'
+import type { Store } from '../storage/index.ts'
 
 /** What the token operations count since start, read by the metrics. */
 export interface TokenStats {

@@ -2,8 +2,8 @@
 // thread with BCRYPT_WORKERS=0) and the bounded queue in front of them, served
 // round-robin by lane. plugins/secrets.ts decides what is compared and when.
 import { Worker } from 'node:worker_threads'
-import { OAuthError } from '../plugins/errors.js'
-import { runBcryptJob, type BcryptJob, type BcryptResult } from './bcrypt.js'
+import { OAuthError } from '../plugins/errors.ts'
+import { runBcryptJob, type BcryptJob, type BcryptResult } from './bcrypt.ts'
 
 /** One compare: from enqueue to start on a worker, and the compare itself, seconds. */
 export interface CompareTiming {
@@ -111,12 +111,19 @@ export class BcryptQueue {
   /** the lane of the compare started last: it waits behind every other lane */
   private lastServed: string | undefined
 
-  constructor (
-    private readonly executors: Executor[],
-    private readonly limit: number,
-    private readonly stats: QueueStats,
-    private readonly observeCompare: (timing: CompareTiming) => void
-  ) {}
+  private readonly executors: Executor[]
+  private readonly limit: number
+  private readonly stats: QueueStats
+  private readonly observeCompare: (timing: CompareTiming) => void
+
+  // Fields assigned by hand rather than as parameter properties: Node's type
+  // stripping runs only syntax that erases to plain JavaScript.
+  constructor (executors: Executor[], limit: number, stats: QueueStats, observeCompare: (timing: CompareTiming) => void) {
+    this.executors = executors
+    this.limit = limit
+    this.stats = stats
+    this.observeCompare = observeCompare
+  }
 
   get length (): number {
     return this.queued

@@ -6,16 +6,16 @@ import { userInfo } from 'node:os'
 import {
   clientsRepository, ClientExistsError, ClientRuleError, MAX_SECRET_BYTES, SecretTooLongError,
   type ClientEvent, type ClientRecord, type ClientStatus
-} from '../../storage/clients.js'
+} from '../../storage/clients.ts'
 import {
   checkClientSecret, clientChangesFrom, clientEventView, clientView, generateClientSecret, InvalidClientError,
   isClientId, MIN_SECRET_BYTES, newClientFrom, type ClientPatchBody
-} from '../../schemas/client.js'
-import { parseDurationMs } from '../../plugins/config.js'
-import { announceChange } from '../announce.js'
-import { JSON_OPTION, noPositionals, type CommandContext, type CommandTable } from '../command.js'
-import { withDatabase } from '../connection.js'
-import { CliError, readInput, usage, type CliIo, type Output } from '../io.js'
+} from '../../schemas/client.ts'
+import { parseDurationMs } from '../../plugins/config.ts'
+import { announceChange } from '../announce.ts'
+import { JSON_OPTION, noPositionals, type CommandContext, type CommandTable } from '../command.ts'
+import { withDatabase } from '../connection.ts'
+import { CliError, readInput, usage, type CliIo, type Output } from '../io.ts'
 
 const SECRET_SHOWN_ONCE = 'The secret is shown this once; store it now.'
 /** Rows read per query when the CLI lists every client. */

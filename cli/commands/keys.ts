@@ -2,12 +2,12 @@
 import { existsSync, mkdirSync, rmSync, statSync } from 'node:fs'
 import { createPublicKey } from 'node:crypto'
 import { dirname, join, resolve } from 'node:path'
-import { publicJwk } from '../../plugins/keys.js'
-import { isSigningAlgorithm, SIGNING_ALGORITHMS } from '../../signing-keys/algorithms.js'
-import { generatePrivateKeyPem } from '../../signing-keys/generate.js'
-import { writeOwnerOnly } from '../../storage/data-dir.js'
-import { JSON_OPTION, noPositionals, type CommandTable } from '../command.js'
-import { CliError, describeFailure, usage } from '../io.js'
+import { publicJwk } from '../../plugins/keys.ts'
+import { isSigningAlgorithm, SIGNING_ALGORITHMS } from '../../signing-keys/algorithms.ts'
+import { generatePrivateKeyPem } from '../../signing-keys/generate.ts'
+import { writeOwnerOnly } from '../../storage/data-dir.ts'
+import { JSON_OPTION, noPositionals, type CommandTable } from '../command.ts'
+import { CliError, describeFailure, usage } from '../io.ts'
 
 /** Why a file operation failed, without the path that the message names already. */
 const reasonOf = (err: unknown): string => describeFailure(err).replace(/, \w+ '[^']*'$/, '')

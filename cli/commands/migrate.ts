@@ -1,8 +1,8 @@
 // `migrate`: the pending migrations, applied to the configured database.
-import { applyMigrations } from '../../plugins/migrations.js'
-import { JSON_OPTION, noPositionals, type CommandTable } from '../command.js'
-import { withDatabase } from '../connection.js'
-import type { Settings } from '../../plugins/config.js'
+import { applyMigrations } from '../../plugins/migrations.ts'
+import { JSON_OPTION, noPositionals, type CommandTable } from '../command.ts'
+import { withDatabase } from '../connection.ts'
+import type { Settings } from '../../plugins/config.ts'
 
 /** Applies pending migrations to the configured database; returns the names applied. */
 async function migrate (config: Settings, onApplied: (name: string) => void): Promise<string[]> {

@@ -3,15 +3,15 @@
 // (plugins/admin-auth.ts); every change is recorded with its author
 // (storage/clients.ts) and reaches every instance at once.
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { OAuthError } from '../../plugins/errors.js'
-import type { AdminActor } from '../../plugins/admin-auth.js'
-import { parseDuration } from '../../plugins/config.js'
-import { ClientExistsError, ClientRuleError, clientsRepository, SecretTooLongError, type ClientsRepository } from '../../storage/clients.js'
-import { clientChangesFrom, clientEventView, clientView, generateClientSecret, InvalidClientError, newClientFrom } from '../../schemas/client.js'
+import { OAuthError } from '../../plugins/errors.ts'
+import type { AdminActor } from '../../plugins/admin-auth.ts'
+import { parseDuration } from '../../plugins/config.ts'
+import { ClientExistsError, ClientRuleError, clientsRepository, SecretTooLongError, type ClientsRepository } from '../../storage/clients.ts'
+import { clientChangesFrom, clientEventView, clientView, generateClientSecret, InvalidClientError, newClientFrom } from '../../schemas/client.ts'
 import {
   adminErrorResponses, clientIdParams, clientList, clientListQuery, createClientBody, createdClient, eventList, eventListQuery,
   DEFAULT_PAGE_SIZE, MAX_GRACE_SECONDS, MAX_PAGE_SIZE, noContent, patchClientBody, rotateSecretBody, rotatedSecret, viewOfClient
-} from '../../schemas/admin.js'
+} from '../../schemas/admin.ts'
 
 /** A page size from the query: DEFAULT_PAGE_SIZE when absent, at most MAX_PAGE_SIZE. */
 function pageSize (limit: string | undefined): number {

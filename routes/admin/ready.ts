@@ -1,5 +1,5 @@
 import type { FastifyPluginAsync } from 'fastify'
-import { RETRY_AFTER_SECONDS } from '../../plugins/errors.js'
+import { RETRY_AFTER_SECONDS } from '../../plugins/errors.ts'
 
 // Answered within a second even when a dependency hangs.
 const CHECK_TIMEOUT_MS = 800

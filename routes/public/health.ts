@@ -1,6 +1,6 @@
 import type { FastifyPluginAsync } from 'fastify'
-import { RETRY_AFTER_SECONDS } from '../../plugins/errors.js'
-import type { DependencyState } from '../../plugins/dependency-probe.js'
+import { RETRY_AFTER_SECONDS } from '../../plugins/errors.ts'
+import type { DependencyState } from '../../plugins/dependency-probe.ts'
 
 // Answered within a second even when a dependency hangs.
 const CHECK_TIMEOUT_MS = 800

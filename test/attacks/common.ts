@@ -7,7 +7,7 @@ import type { AddressInfo } from 'node:net'
 import { Readable } from 'node:stream'
 import type { Test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { basicAuth, build, decodeJwt, FORM, form, generateRsaKeyPair, insertClient, type IssuedTokens, issueTokens, parseBody, sql } from '../helper.js'
+import { basicAuth, build, decodeJwt, FORM, form, generateRsaKeyPair, insertClient, type IssuedTokens, issueTokens, parseBody, sql } from '../helper.ts'
 
 export type Fields = Record<string, string>
 export type Headers = Record<string, string>

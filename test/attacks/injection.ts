@@ -5,9 +5,9 @@ import { randomBytes } from 'node:crypto'
 import type { Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { Redis } from 'ioredis'
-import { clientCacheKey, insertClientRow } from '../../plugins/clients.js'
-import { backends, build, decodeJwt, insertClient, type IssuedTokens, issueTokens, parseBody, sql, TEST_REDIS_URL } from '../helper.js'
-import { assertUntouched, basicOf, CLIENT, countRows, postForm, SECRET } from './common.js'
+import { clientCacheKey, insertClientRow } from '../../plugins/clients.ts'
+import { backends, build, decodeJwt, insertClient, type IssuedTokens, issueTokens, parseBody, sql, TEST_REDIS_URL } from '../helper.ts'
+import { assertUntouched, basicOf, CLIENT, countRows, postForm, SECRET } from './common.ts'
 
 /** SQL and Redis metacharacters, and Redis commands. */
 export const HOSTILE = ['\' OR 1=1 --', '"; DROP TABLE clients; --', '*', '\r\nFLUSHALL\r\n', 'client:v2:*', '\') OR (\'a\'=\'a', '$1', '\\', '%00%', '*\r\nDEL *\r\n']

@@ -7,7 +7,7 @@ import { existsSync, readFileSync, readdirSync } from 'node:fs'
 import { chmod, cp, mkdir, stat, symlink } from 'node:fs/promises'
 import { basename, join, posix, relative } from 'node:path'
 import { promisify } from 'node:util'
-import { PROJECT_DIR, type TestContext, TestProcess } from '../helper.js'
+import { PROJECT_DIR, type TestContext, TestProcess } from '../helper.ts'
 
 // Every path the Dockerfile names inside the image must lie under its WORKDIR.
 export const IMAGE_WORKDIR = '/app'

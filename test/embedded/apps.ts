@@ -6,12 +6,12 @@ import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import type { Test } from 'tap'
 import Fastify, { type FastifyInstance, type LightMyRequestResponse } from 'fastify'
-import serviceApp, { options } from '../../app.js'
-import { ensureDataDirSigningKey, loadConfig } from '../../plugins/config.js'
-import { insertClientRow } from '../../plugins/clients.js'
-import { PGDATA } from '../../storage/data-dir.js'
-import { embeddedTemplate } from '../backends.js'
-import { basicAuth, form, FORM } from '../helper.js'
+import serviceApp, { options } from '../../app.ts'
+import { ensureDataDirSigningKey, loadConfig } from '../../plugins/config.ts'
+import { insertClientRow } from '../../plugins/clients.ts'
+import { PGDATA } from '../../storage/data-dir.ts'
+import { embeddedTemplate } from '../backends.ts'
+import { basicAuth, form, FORM } from '../helper.ts'
 
 export type LogLine = Record<string, unknown>
 

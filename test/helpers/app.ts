@@ -3,12 +3,12 @@
 // a Redis key prefix of its own, so test files run in parallel safely.
 import { Writable } from 'node:stream'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
-import app, { options } from '../../app.js'
-import { loadConfig, type Config } from '../../plugins/config.js'
-import { createDatabase, embeddedDir, trackEmbedded } from './databases.js'
-import { testKeys } from './jwt.js'
-import { createRedisPrefix } from './redis.js'
-import { backends, TEST_REDIS_URL, type TestContext } from './servers.js'
+import app, { options } from '../../app.ts'
+import { loadConfig, type Config } from '../../plugins/config.ts'
+import { createDatabase, embeddedDir, trackEmbedded } from './databases.ts'
+import { testKeys } from './jwt.ts'
+import { createRedisPrefix } from './redis.ts'
+import { backends, TEST_REDIS_URL, type TestContext } from './servers.ts'
 
 export interface BuildOptions {
   /** Environment variables on top of the test defaults. */

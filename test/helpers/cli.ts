@@ -4,8 +4,8 @@
 // checked is what the operator would see: the exit code and the output.
 import type { Test } from 'tap'
 import type { LightMyRequestResponse } from 'fastify'
-import { basicAuth } from '../helper.js'
-import { main } from '../../cli/index.js'
+import { basicAuth } from '../helper.ts'
+import { main } from '../../cli/index.ts'
 
 export const PROGRAM = 'session-service'
 export const STACK_TRACE = /^\s+at /m

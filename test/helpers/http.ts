@@ -1,6 +1,6 @@
 // Requests to the app as an OAuth client sends them.
 import type { FastifyInstance, InjectOptions, LightMyRequestResponse } from 'fastify'
-import { AdminRequest } from '../../plugins/admin-listener.js'
+import { AdminRequest } from '../../plugins/admin-listener.ts'
 
 // RFC 6749 §2.3.1 / appendix B: form-urlencode, where a space is '+'.
 function formEncode (value: string): string {

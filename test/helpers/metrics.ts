@@ -1,6 +1,6 @@
 // Reading /metrics in tests: the scrape, and the value of one sample line.
 import type { FastifyInstance } from 'fastify'
-import { injectAdmin } from './http.js'
+import { injectAdmin } from './http.ts'
 
 /** The Prometheus text of GET /metrics on the admin listener; fails the caller unless it is a 200. */
 export async function scrapeMetrics (app: FastifyInstance): Promise<string> {

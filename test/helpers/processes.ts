@@ -3,7 +3,7 @@
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import type { TestContext } from './servers.js'
+import type { TestContext } from './servers.ts'
 
 /** The project folder (entry points are spawned from here). */
 export const PROJECT_DIR = join(import.meta.dirname, '..', '..')
@@ -20,7 +20,19 @@ export function runnerEnv (): Record<string, string> {
     if (name === 'PATH' || name === 'HOME' || name === 'FASTIFY_AUTOLOAD_TYPESCRIPT' || name === 'TAP_TYPE_STRIP_ONLY' ||
       name.startsWith('TS_NODE_') || name.startsWith('_TAPJS_PROCESSINFO_')) env[name] = value
   }
+  const typeStripping = typeStrippingOptions(process.env.NODE_OPTIONS)
+  if (typeStripping !== '') env.NODE_OPTIONS = typeStripping
   return env
+}
+
+/**
+ * The flags that the runner puts in NODE_OPTIONS for Node's type stripping
+ * (Node 22 needs them, Node 24 none), without the rest: its process-info
+ * hook is in execArgv already, and a developer's own options stay out.
+ */
+function typeStrippingOptions (nodeOptions: string | undefined): string {
+  const flags = new Set(['--experimental-strip-types', '--no-warnings'])
+  return (nodeOptions ?? '').split(/\s+/).filter((flag) => flags.has(flag)).join(' ')
 }
 
 /**
@@ -72,7 +84,7 @@ export async function runEntry (entry: string, args: string[], options: RunOptio
 }
 
 // The benchmark's: a TCP port that was free a moment ago (nothing listens on it).
-export { freePort } from '../../bench/common.js'
+export { freePort } from '../../bench/common.ts'
 
 export interface Exit {
   code: number | null

@@ -5,8 +5,8 @@ import { randomBytes } from 'node:crypto'
 import { createConnection } from 'node:net'
 import { tmpdir } from 'node:os'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { deleteKeys } from '../../bench/common.js'
-import { backends, TEST_REDIS_URL, type TestContext } from './servers.js'
+import { deleteKeys } from '../../bench/common.ts'
+import { backends, TEST_REDIS_URL, type TestContext } from './servers.ts'
 
 /** A Redis key prefix of its own; its keys are deleted when the test ends. */
 export function createRedisPrefix (t: TestContext): string {

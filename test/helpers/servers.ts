@@ -4,7 +4,7 @@
 // "database" is an embedded one in a folder of its own; where no Redis
 // answers, the app keeps its state in the database. Tests that need a real
 // server skip with `needs.postgres` or `needs.redis` as their reason.
-import { TEST_DATABASE_URL, TEST_REDIS_URL, testBackends } from '../backends.js'
+import { TEST_DATABASE_URL, TEST_REDIS_URL, testBackends } from '../backends.ts'
 
 export { TEST_DATABASE_URL, TEST_REDIS_URL }
 

@@ -1,7 +1,7 @@
 // The fast-check generators of requests (see spec.ts for what they make).
 import fc from 'fast-check'
-import { JWT_BEARER_ASSERTION } from '../../client-auth/index.js'
-import { FORM_TYPE, JSON_TYPE, ISSUER, ROUTES, STATIC_FILES, PARAMETERS, type ClientName, type Ref, type Value, type PathSpec, type BodySpec, type AuthSpec, type CredentialSpec, type RequestSpec } from './spec.js'
+import { JWT_BEARER_ASSERTION } from '../../client-auth/index.ts'
+import { FORM_TYPE, JSON_TYPE, ISSUER, ROUTES, STATIC_FILES, PARAMETERS, type ClientName, type Ref, type Value, type PathSpec, type BodySpec, type AuthSpec, type CredentialSpec, type RequestSpec } from './spec.ts'
 
 // ---------------------------------------------------------------------------
 // Generators

@@ -2,10 +2,10 @@
 // it is checked against.
 import { Ajv, type ValidateFunction } from 'ajv'
 import type { LightMyRequestResponse } from 'fastify'
-import { jwks as jwksSchema } from '../../schemas/oauth.js'
-import { BOUND_MS, JSON_TYPE, BODY_LIMIT, ISSUER, REALM, ROUTES, VERIFY_REASONS, ERROR_CODES } from './spec.js'
+import { jwks as jwksSchema } from '../../schemas/oauth.ts'
+import { BOUND_MS, JSON_TYPE, BODY_LIMIT, ISSUER, REALM, ROUTES, VERIFY_REASONS, ERROR_CODES } from './spec.ts'
 
-import { type Built } from './requests.js'
+import { type Built } from './requests.ts'
 
 // ---------------------------------------------------------------------------
 // The checks of one answer.

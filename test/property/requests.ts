@@ -2,11 +2,11 @@
 // and the inject() options they turn into.
 import { generateKeyPairSync, randomUUID, sign } from 'node:crypto'
 import type { FastifyInstance, InjectOptions } from 'fastify'
-import { JWT_BEARER_ASSERTION } from '../../client-auth/index.js'
-import { AdminRequest } from '../../plugins/admin-listener.js'
-import { basicAuth, insertClient, issueTokens, sql, testKeys } from '../helper.js'
-import { FORM_TYPE, BODY_LIMIT, ISSUER, ROUTES, STATIC_PREFIX, STATIC_FILES, type ClientName, type Value, type PathSpec, type AuthSpec, type RequestSpec } from './spec.js'
-import { toHeader } from './arbitraries.js'
+import { JWT_BEARER_ASSERTION } from '../../client-auth/index.ts'
+import { AdminRequest } from '../../plugins/admin-listener.ts'
+import { basicAuth, insertClient, issueTokens, sql, testKeys } from '../helper.ts'
+import { FORM_TYPE, BODY_LIMIT, ISSUER, ROUTES, STATIC_PREFIX, STATIC_FILES, type ClientName, type Value, type PathSpec, type AuthSpec, type RequestSpec } from './spec.ts'
+import { toHeader } from './arbitraries.ts'
 
 // ---------------------------------------------------------------------------
 // Real credentials and tokens, made once per run.

@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { readCredentials } from '../../../client-auth/index.js'
-import { formEndpointOptions } from '../../../plugins/body.js'
-import { introspectionResponse, tokenParameterRequest } from '../../../schemas/oauth.js'
+import { readCredentials } from '../../../client-auth/index.ts'
+import { formEndpointOptions } from '../../../plugins/body.ts'
+import { introspectionResponse, tokenParameterRequest } from '../../../schemas/oauth.ts'
 
 // RFC 7662. Only the client a token was issued to learns anything about it;
 // for every other caller the token is simply not active.

@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { readCredentials } from '../../../client-auth/index.js'
-import { formEndpointOptions } from '../../../plugins/body.js'
-import { emptyResponse, tokenParameterRequest } from '../../../schemas/oauth.js'
+import { readCredentials } from '../../../client-auth/index.ts'
+import { formEndpointOptions } from '../../../plugins/body.ts'
+import { emptyResponse, tokenParameterRequest } from '../../../schemas/oauth.ts'
 
 const revokeRoute: FastifyPluginAsyncTypebox = async (fastify) => {
   const { tokens } = fastify

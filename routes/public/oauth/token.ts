@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { grantTokens } from '../../../grants/index.js'
-import { formEndpointOptions } from '../../../plugins/body.js'
-import { tokenRequest, tokenResponse } from '../../../schemas/oauth.js'
+import { grantTokens } from '../../../grants/index.ts'
+import { formEndpointOptions } from '../../../plugins/body.ts'
+import { tokenRequest, tokenResponse } from '../../../schemas/oauth.ts'
 
 // RFC 6749 §3.2: the grant named by grant_type (grants/index.ts) answers.
 const tokenRoute: FastifyPluginAsyncTypebox = async (fastify) => {

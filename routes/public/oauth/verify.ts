@@ -1,5 +1,5 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { errorResponses, verifyRequest, verifyResponse } from '../../../schemas/oauth.js'
+import { errorResponses, verifyRequest, verifyResponse } from '../../../schemas/oauth.ts'
 
 const verifyRoute: FastifyPluginAsyncTypebox = async (fastify) => {
   const { tokens, config } = fastify

@@ -1,9 +1,9 @@
 import type { FastifyPluginAsync } from 'fastify'
-import { AUTH_METHODS_SUPPORTED } from '../../../client-auth/index.js'
-import { GRANT_TYPES } from '../../../grants/index.js'
-import { ASSERTION_ALGORITHMS } from '../../../plugins/client-assertions.js'
-import { discoveryDocument } from '../../../schemas/discovery.js'
-import { errorResponses } from '../../../schemas/oauth.js'
+import { AUTH_METHODS_SUPPORTED } from '../../../client-auth/index.ts'
+import { GRANT_TYPES } from '../../../grants/index.ts'
+import { ASSERTION_ALGORITHMS } from '../../../plugins/client-assertions.ts'
+import { discoveryDocument } from '../../../schemas/discovery.ts'
+import { errorResponses } from '../../../schemas/oauth.ts'
 
 // One document answers both RFC 8414 and OpenID Connect Discovery 1.0: a
 // gateway reads the OpenID path, OAuth client libraries either one.

@@ -1,5 +1,5 @@
 import type { FastifyPluginAsync } from 'fastify'
-import { errorResponses, jwks } from '../../../schemas/oauth.js'
+import { errorResponses, jwks } from '../../../schemas/oauth.ts'
 
 const jwksRoute: FastifyPluginAsync = async (fastify) => {
   const { keys, config } = fastify
