@@ -179,11 +179,15 @@ test('JWT_PRIVATE_KEY_FILE: its user\'s own and closed to others; root\'s may be
 
 /** Runs a TypeScript entry point as another user (root only), to its end. */
 async function runAs (uid: number, entry: string, env: Record<string, string>): Promise<{ code: number | null, stderr: string }> {
-  // Without the test runner's process-info hook (it writes into the project
-  // folder, which is not that user's); runnerEnv() leaves it out of NODE_OPTIONS.
+  // Without the test runner's process-info hook (it adds itself through
+  // NODE_OPTIONS and writes into the project folder, which is not that user's);
+  // only the runner's type-stripping flags are given back.
   const execArgv = process.execArgv.filter((arg) => !arg.includes('processinfo'))
-  const child = spawn(process.execPath, [...execArgv, join(PROJECT_DIR, entry)], {
-    cwd: tmpdir(), uid, gid: uid, env: { ...runnerEnv(), ...env, HOME: tmpdir() }, stdio: ['ignore', 'ignore', 'pipe']
+  const spawnEnv: Record<string, string> = { ...runnerEnv(), ...env, HOME: tmpdir() }
+  const { NODE_OPTIONS: typeStripping, ...childEnv } = spawnEnv
+  const nodeOptions = typeStripping === undefined ? [] : [`NODE_OPTIONS=${typeStripping}`]
+  const child = spawn('env', ['-u', 'NODE_OPTIONS', ...nodeOptions, process.execPath, ...execArgv, join(PROJECT_DIR, entry)], {
+    cwd: tmpdir(), uid, gid: uid, env: childEnv, stdio: ['ignore', 'ignore', 'pipe']
   })
   let stderr = ''
   child.stderr.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })

@@ -262,6 +262,6 @@ t.test('a configuration error fails the init with the variable named', async (t)
   })
   // A query string makes a fresh module instance: the init runs again, as in
   // a new execution environment.
-  const specifier = new URL('../lambda.js?config-error', import.meta.url).href
+  const specifier = new URL('../lambda.ts?config-error', import.meta.url).href
   await t.rejects(import(specifier), { name: 'ConfigError', message: /^JWT_PRIVATE_KEY: is required/ })
 })

@@ -28,7 +28,8 @@ export function runnerEnv (): Record<string, string> {
 /**
  * The flags that the runner puts in NODE_OPTIONS for Node's type stripping
  * (Node 22 needs them, Node 24 none), without the rest: its process-info
- * hook is in execArgv already, and a developer's own options stay out.
+ * hook adds itself to every spawned child anyway, and a developer's own
+ * options stay out.
  */
 function typeStrippingOptions (nodeOptions: string | undefined): string {
   const flags = new Set(['--experimental-strip-types', '--no-warnings'])
