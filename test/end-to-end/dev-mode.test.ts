@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
-import { basicAuth, freePort, PROJECT_DIR, pollUntil, waitForHealth } from './helper.ts'
+import { basicAuth, freePort, PROJECT_DIR, pollUntil, waitForHealth } from '../helper.ts'
 
 // What a clone has, and what the build makes or the service writes, which it has not.
 const NOT_IN_A_CLONE = new Set(['node_modules', '.git', 'dist', 'data', 'coverage', '.tap', '.env', 'keys', 'test'])

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { chromium, type BrowserContext, type Page } from 'playwright-core'
 import { test } from 'tap'
-import { createDatabase, createRedisPrefix, freePort, insertClient, PROJECT_DIR, ServerProcess, testEnv, waitForHealth, type TestContext } from './helper.ts'
+import { createDatabase, createRedisPrefix, freePort, insertClient, PROJECT_DIR, ServerProcess, testEnv, waitForHealth, type TestContext } from '../helper.ts'
 
 const CHROMIUM = '/usr/bin/chromium'
 const CLIENT = { id: 'docs-browser-client', secret: 'docs browser secret' }

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os'
 import { basename, dirname, join, relative, resolve } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import tap, { test, type Test } from 'tap'
-import { backends, createDatabase, freePort, PROJECT_DIR, waitForHealth } from './helper.ts'
+import { backends, createDatabase, freePort, PROJECT_DIR, waitForHealth } from '../helper.ts'
 import { anchors, type CodeBlock, codeBlocks, expectations, matchEnd, relativeLinks, sourcePaths } from './readme/markdown.ts'
 
 // A build (tsc) and a first start of the embedded database come before the
