@@ -1,5 +1,6 @@
 // Which backends the tests run against. With PostgreSQL and Redis answering
-// (TEST_DATABASE_URL, TEST_REDIS_URL), the real servers; where one does not
+// (TEST_DATABASE_URL, TEST_REDIS_URL; in the cluster run, TEST_REDIS=cluster,
+// the Redis Cluster at TEST_REDIS_CLUSTER_NODES), the real servers; where one does not
 // answer, the embedded database or the in-database store takes its place, so
 // that the suite runs on a machine with Node.js only. Under CI (CI=true) the
 // real servers are required: that path is the one CI proves.
@@ -16,6 +17,7 @@ import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { embeddedDatabase } from '../storage/database.ts'
 import { applyMigrations, MIGRATIONS_DIR } from '../plugins/migrations.ts'
+import { clusterAnswers, clusterRun, TEST_REDIS_CLUSTER_NODES } from './helpers/redis-cluster.ts'
 
 export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 export const TEST_REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
@@ -23,7 +25,7 @@ export const TEST_REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6
 export interface Backends {
   /** a PostgreSQL server answers at TEST_DATABASE_URL */
   postgres: boolean
-  /** a Redis server answers at TEST_REDIS_URL */
+  /** a Redis server answers at TEST_REDIS_URL (the cluster run: the Redis Cluster answers) */
   redis: boolean
 }
 
@@ -46,7 +48,9 @@ const SSL_REQUEST = Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
 export async function probeBackends (): Promise<Backends> {
   const [postgres, redis] = await Promise.all([
     answers(TEST_DATABASE_URL.replace(/^postgres(ql)?:/, 'http:'), SSL_REQUEST, (reply) => reply[0] === 0x53 || reply[0] === 0x4e),
-    answers(TEST_REDIS_URL.replace(/^rediss?:/, 'http:'), Buffer.from('PING\r\n'), (reply) => reply.toString().startsWith('+PONG'))
+    clusterRun
+      ? clusterAnswers(TEST_REDIS_CLUSTER_NODES)
+      : answers(TEST_REDIS_URL.replace(/^rediss?:/, 'http:'), Buffer.from('PING\r\n'), (reply) => reply.toString().startsWith('+PONG'))
   ])
   return { postgres, redis }
 }
@@ -57,7 +61,10 @@ export const requireRealBackends = process.env.CI === 'true'
 export async function testBackends (): Promise<Backends> {
   const found = await probeBackends()
   if (requireRealBackends && !(found.postgres && found.redis)) {
-    const missing = [found.postgres ? undefined : `PostgreSQL (${TEST_DATABASE_URL})`, found.redis ? undefined : `Redis (${TEST_REDIS_URL})`].filter(Boolean)
+    const redis = clusterRun
+      ? `the Redis Cluster (${TEST_REDIS_CLUSTER_NODES}: each node must say cluster_state:ok; .ci/redis-cluster starts one)`
+      : `Redis (${TEST_REDIS_URL})`
+    const missing = [found.postgres ? undefined : `PostgreSQL (${TEST_DATABASE_URL})`, found.redis ? undefined : redis].filter(Boolean)
     throw new Error(`CI=true requires the real servers, and ${missing.join(' and ')} did not answer`)
   }
   return found
@@ -97,9 +104,11 @@ if (process.argv[1] !== undefined && resolve(process.argv[1]) === import.meta.fi
       `#   ${name}: ${real ? `the real server at ${where}` : `none answers at ${where}; ${instead}`}`
     process.stdout.write([
       `# Node.js ${process.version}`,
-      postgres && redis ? '# backends: real PostgreSQL and Redis' : '# backends: EMBEDDED (a server did not answer; CI=true requires both)',
+      postgres && redis ? `# backends: real PostgreSQL and ${clusterRun ? 'Redis Cluster' : 'Redis'}` : '# backends: EMBEDDED (a server did not answer; CI=true requires both)',
       line('PostgreSQL', postgres, TEST_DATABASE_URL, 'the embedded PostgreSQL (PGlite) is used'),
-      line('Redis', redis, TEST_REDIS_URL, 'the in-database store and in-process rate limits are used'),
+      clusterRun
+        ? line('Redis Cluster', redis, TEST_REDIS_CLUSTER_NODES, 'the in-database store and in-process rate limits are used')
+        : line('Redis', redis, TEST_REDIS_URL, 'the in-database store and in-process rate limits are used'),
       ''
     ].join('\n'))
   } catch (err) {

@@ -4,8 +4,7 @@ import { createHash } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { Redis } from 'ioredis'
-import { assertOAuthError, basicAuth, build, decodeJwt, FORM, insertClient, issueTokens, needs, sql, TEST_REDIS_URL, tokenRequest, verify } from './helper.ts'
+import { assertOAuthError, basicAuth, build, decodeJwt, FORM, insertClient, issueTokens, keysUnderPrefix, needs, openTestRedis, sql, tokenRequest, verify } from './helper.ts'
 
 interface TokenBody {
   access_token: string
@@ -44,15 +43,9 @@ function sha256Base64url (value: string): string {
 
 /** Every key under a prefix with its value(s) flattened to strings. */
 async function dumpPrefix (prefix: string): Promise<Array<{ key: string, values: string[] }>> {
-  const redis = new Redis(TEST_REDIS_URL)
+  const redis = await openTestRedis()
   try {
-    const keys: string[] = []
-    let cursor = '0'
-    do {
-      const [next, batch] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 500)
-      keys.push(...batch)
-      cursor = next
-    } while (cursor !== '0')
+    const keys = await keysUnderPrefix(redis, prefix)
     const entries: Array<{ key: string, values: string[] }> = []
     for (const key of keys) {
       const type = await redis.type(key)
@@ -360,7 +353,7 @@ test('refresh tokens are stored hashed in Redis, never in clear', { skip: needs.
   t.equal(JSON.parse(String(fields.r).slice(44)).client_id, 'svc-store')
   const refreshKeys = [...keys].filter((key) => key.startsWith(`${redisPrefix}refresh:`))
   t.equal(refreshKeys.length, 2, 'the live token and the used one')
-  const redis = new Redis(TEST_REDIS_URL)
+  const redis = await openTestRedis()
   t.teardown(async () => await redis.quit())
   const ttl = await redis.ttl(keyOf(first.refresh_token))
   t.ok(ttl > 604700 && ttl <= 604800, 'the used record keeps the token\'s own expiry')

@@ -4,8 +4,8 @@ import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { Redis } from 'ioredis'
-import { assertOAuthError, backends, basicAuth, build, decodeJwt, form, FORM, insertClient, issueTokens, sql, TEST_REDIS_URL, tokenRequest, verify } from './helper.ts'
+import type { Cluster, Redis } from 'ioredis'
+import { assertOAuthError, backends, basicAuth, build, decodeJwt, form, FORM, insertClient, issueTokens, openTestRedis, sql, tokenRequest, verify } from './helper.ts'
 
 /** POST /oauth/revoke with a form body and optional extra headers. */
 async function revoke (app: FastifyInstance, fields: Record<string, string>, headers: Record<string, string> = {}): Promise<LightMyRequestResponse> {
@@ -58,8 +58,8 @@ async function denyEntryPttl (databaseUrl: string, redisPrefix: string, jti: str
 }
 
 /** Runs fn with a Redis connection of its own (no key prefix). */
-async function withRedis<T> (fn: (redis: Redis) => Promise<T>): Promise<T> {
-  const redis = new Redis(TEST_REDIS_URL)
+async function withRedis<T> (fn: (redis: Redis | Cluster) => Promise<T>): Promise<T> {
+  const redis = await openTestRedis()
   try {
     return await fn(redis)
   } finally {

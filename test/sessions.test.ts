@@ -5,8 +5,8 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { Redis } from 'ioredis'
-import { assertOAuthError, basicAuth, build, decodeJwt, form, FORM, insertClient, needs, TEST_REDIS_URL, tokenRequest, verify } from './helper.ts'
+import type { Cluster, Redis } from 'ioredis'
+import { assertOAuthError, basicAuth, build, decodeJwt, form, FORM, insertClient, needs, openTestRedis, tokenRequest, verify } from './helper.ts'
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 const DEFAULT_REVOCATION_TTL = 604800
@@ -98,8 +98,8 @@ function sidOf (accessToken: string): string {
 }
 
 /** A Redis connection of the test's own, closed at teardown. */
-function openRedis (t: Test): Redis {
-  const redis = new Redis(TEST_REDIS_URL)
+async function openRedis (t: Test): Promise<Redis | Cluster> {
+  const redis = await openTestRedis()
   t.teardown(async () => { await redis.quit() })
   return redis
 }
@@ -171,7 +171,7 @@ test('a revoked session is recorded under the prefix for max(JWT_EXPIRY, REFRESH
   for (const { name, env, ttl } of cases) {
     await t.test(name, async (t) => {
       const { app, databaseUrl, redisPrefix } = await build(t, { env })
-      const redis = openRedis(t)
+      const redis = await openRedis(t)
       await insertClient(databaseUrl, { id: 'svc-ttl', secret: secretOf('svc-ttl') })
       const first = await grant(t, app, 'svc-ttl')
       assertTokens(t, await refresh(app, 'svc-ttl', first.refresh_token))
@@ -189,7 +189,7 @@ test('a revoked session is recorded under the prefix for max(JWT_EXPIRY, REFRESH
 
 test("another client presenting a client's used refresh token does not revoke the owner's session", { skip: needs.redis }, async (t) => {
   const { app, databaseUrl, redisPrefix } = await build(t)
-  const redis = openRedis(t)
+  const redis = await openRedis(t)
   await insertClient(databaseUrl, { id: 'svc-owner', secret: secretOf('svc-owner') })
   await insertClient(databaseUrl, { id: 'svc-thief', secret: secretOf('svc-thief') })
   const first = await grant(t, app, 'svc-owner')
@@ -208,7 +208,7 @@ test("another client presenting a client's used refresh token does not revoke th
 
 test('revoking a refresh token revokes its session', { skip: needs.redis }, async (t) => {
   const { app, databaseUrl, redisPrefix } = await build(t)
-  const redis = openRedis(t)
+  const redis = await openRedis(t)
   await insertClient(databaseUrl, { id: 'svc-revoke', secret: secretOf('svc-revoke') })
   const first = await grant(t, app, 'svc-revoke')
   const second = assertTokens(t, await refresh(app, 'svc-revoke', first.refresh_token))
@@ -232,7 +232,7 @@ test('revoking a refresh token revokes its session', { skip: needs.redis }, asyn
 
 test('revoking an access token denies only that token', { skip: needs.redis }, async (t) => {
   const { app, databaseUrl, redisPrefix } = await build(t)
-  const redis = openRedis(t)
+  const redis = await openRedis(t)
   await insertClient(databaseUrl, { id: 'svc-deny', secret: secretOf('svc-deny') })
   const first = await grant(t, app, 'svc-deny')
   const second = assertTokens(t, await refresh(app, 'svc-deny', first.refresh_token))
@@ -255,7 +255,7 @@ test('revoking an access token denies only that token', { skip: needs.redis }, a
 // took over a second, and the token had expired before it could be seen revoked.
 test('with 3 s lifetimes the revocation record expires with the session', { skip: needs.redis }, async (t) => {
   const { app, databaseUrl, redisPrefix } = await build(t, { env: { JWT_EXPIRY: '3s', REFRESH_TOKEN_EXPIRY: '3s' } })
-  const redis = openRedis(t)
+  const redis = await openRedis(t)
   await insertClient(databaseUrl, { id: 'svc-short', secret: secretOf('svc-short') })
   const first = await grant(t, app, 'svc-short')
   const second = assertTokens(t, await refresh(app, 'svc-short', first.refresh_token))

@@ -7,8 +7,8 @@ import app, { options } from '../../app.ts'
 import { loadConfig, type Config } from '../../plugins/config.ts'
 import { createDatabase, embeddedDir, trackEmbedded } from './databases.ts'
 import { testKeys } from './jwt.ts'
-import { createRedisPrefix } from './redis.ts'
-import { backends, TEST_REDIS_URL, type TestContext } from './servers.ts'
+import { createRedisPrefix, serviceRedisEnv } from './redis.ts'
+import { backends, type TestContext } from './servers.ts'
 
 export interface BuildOptions {
   /** Environment variables on top of the test defaults. */
@@ -32,7 +32,7 @@ export function testEnv (databaseUrl: string, redisPrefix: string, env: Record<s
   const dir = embeddedDir(databaseUrl)
   return {
     ...(dir === undefined ? { DATABASE_URL: databaseUrl } : { DATA_DIR: dir }),
-    ...(backends.redis ? { REDIS_URL: TEST_REDIS_URL } : {}),
+    ...(backends.redis ? serviceRedisEnv() : {}),
     REDIS_KEY_PREFIX: redisPrefix,
     JWT_PRIVATE_KEY: testKeys.privateKey,
     JWT_PUBLIC_KEY: testKeys.publicKey,

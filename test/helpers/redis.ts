@@ -1,19 +1,49 @@
-// Redis for tests: a key prefix of each test's own on the shared server, or
-// a server of one test's own that it may stop and start.
+// Redis for tests: a key prefix of each test's own on the shared server (in
+// the cluster run, the shared Redis Cluster), or a server of one test's own
+// that it may stop and start.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { createConnection } from 'node:net'
 import { tmpdir } from 'node:os'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { Cluster, Redis } from 'ioredis'
 import { deleteKeys } from '../../bench/common.ts'
+import { clusterKeys, clusterRun, connectCluster, deleteClusterKeys, firstNodeUrl, TEST_REDIS_CLUSTER_NODES } from './redis-cluster.ts'
 import { backends, TEST_REDIS_URL, type TestContext } from './servers.ts'
 
 /** A Redis key prefix of its own; its keys are deleted when the test ends. */
 export function createRedisPrefix (t: TestContext): string {
   const prefix = `ss-test:${process.pid}:${randomBytes(4).toString('hex')}:`
   if (!backends.redis) return prefix
-  t.teardown(async () => await deleteKeys(TEST_REDIS_URL, prefix))
+  t.teardown(async () => {
+    if (clusterRun) await deleteClusterKeys(prefix)
+    else await deleteKeys(TEST_REDIS_URL, prefix)
+  })
   return prefix
+}
+
+/** The service's Redis settings for the run's shared Redis: the server, or the cluster's nodes. */
+export function serviceRedisEnv (): Record<string, string> {
+  if (!clusterRun) return { REDIS_URL: TEST_REDIS_URL }
+  return { REDIS_URL: firstNodeUrl(TEST_REDIS_CLUSTER_NODES), REDIS_CLUSTER_NODES: TEST_REDIS_CLUSTER_NODES }
+}
+
+/** A connection of the test's own to the run's shared Redis (a cluster client in the cluster run); the caller quits it. */
+export async function openTestRedis (): Promise<Redis | Cluster> {
+  return clusterRun ? await connectCluster(TEST_REDIS_CLUSTER_NODES) : new Redis(TEST_REDIS_URL)
+}
+
+/** Every key under `prefix`, by SCAN (on each master of a cluster). */
+export async function keysUnderPrefix (redis: Redis | Cluster, prefix: string): Promise<string[]> {
+  if (redis instanceof Cluster) return await clusterKeys(redis, prefix)
+  const keys: string[] = []
+  let cursor = '0'
+  do {
+    const [next, batch] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000)
+    keys.push(...batch)
+    cursor = next
+  } while (cursor !== '0')
+  return keys
 }
 
 /** Whether a Redis server answers PING on the port (one attempt, bounded). */
