@@ -4,7 +4,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
 import bcrypt from 'bcryptjs'
-import { basicAuth, build, insertClient, sql, tokenRequest, needs, injectAdmin } from './helper.ts'
+import { basicAuth, build, insertClient, keysUnderPrefix, openTestRedis, sql, tokenRequest, needs, injectAdmin } from './helper.ts'
 
 const settings: Array<Record<string, string>> = [{}, { BCRYPT_WORKERS: '0' }, { BCRYPT_WORKERS: '2' }, { SECRET_CACHE_TTL: '0' }]
 for (const env of settings) {
@@ -55,16 +55,17 @@ test('nothing of a secret is written to Redis', { skip: needs.redis }, async (t)
   const { app, databaseUrl, redisPrefix } = await build(t)
   await insertClient(databaseUrl, { id: 'svc-redis', secret: 'a-secret-that-stays-in-process' })
   t.equal((await tokenRequest(app, { grant_type: 'client_credentials' }, { authorization: basicAuth('svc-redis', 'a-secret-that-stays-in-process') })).statusCode, 200)
-  const redis = app.redis
-  // This test's keys only, by SCAN: the shared Redis may hold many others,
-  // and one KEYS over all of them can outlast the client's command timeout.
-  const keys: string[] = []
-  for await (const batch of redis.scanStream({ match: `${redisPrefix}*`, count: 1000 })) keys.push(...(batch as string[]))
+  const redis = await openTestRedis()
+  t.teardown(async () => await redis.quit())
+  // This test's keys only, by SCAN (on every master of a cluster): the shared
+  // Redis may hold many others, and one KEYS over all of them can outlast the
+  // client's command timeout.
+  const keys = await keysUnderPrefix(redis, redisPrefix)
   t.ok(keys.length > 0, `the token request wrote keys (${keys.length})`)
   for (const key of keys) {
-    const type = await redis.type(key.slice(redisPrefix.length))
+    const type = await redis.type(key)
     if (type !== 'string') continue
-    const value = await redis.get(key.slice(redisPrefix.length)) ?? ''
+    const value = await redis.get(key) ?? ''
     t.notOk(value.includes('a-secret-that-stays-in-process'), `${key} holds no secret`)
   }
 })
