@@ -7,7 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
 import { Redis } from 'ioredis'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { basicAuth, build, form, FORM, freePort, insertClient, issueTokens, needs, PrivateRedis, verify, TEST_REDIS_URL } from './helper.ts'
+import { basicAuth, build, form, FORM, freePort, insertClient, issueTokens, needs, sample, scrapeMetrics, PrivateRedis, verify, TEST_REDIS_URL } from './helper.ts'
 import { REVOCATION_NOTICES_CHANNEL } from '../storage/index.ts'
 
 const CLIENT = { id: 'svc-memory', secret: 'memory-secret' }
@@ -113,6 +113,9 @@ test('memory is bounded: beyond REVOCATIONS_IN_MEMORY_MAX the checks go to Redis
   const issued = await Promise.all([1, 2, 3].map(async () => await issueTokens(app, CLIENT.id, CLIENT.secret)))
   for (const tokens of issued) t.equal((await post(app, '/oauth/revoke', { token: tokens.access_token })).statusCode, 200)
   t.match(app.store.revocationsInMemory(), { entries: 2, current: false }, 'two held, the copy no longer answers')
+  const metrics = await scrapeMetrics(app)
+  t.equal(sample(metrics, 'session_service_revocations_in_memory'), 2, 'the metrics say so')
+  t.equal(sample(metrics, 'session_service_revocations_in_memory_current'), 0)
   const calls = redisCalls(app)
   for (const tokens of issued) t.same((await verify(app, tokens.access_token)).json(), { valid: false, error: 'revoked' })
   t.ok(calls.count >= 3, 'each check asked Redis')
