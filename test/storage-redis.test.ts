@@ -8,18 +8,20 @@ import { DependencyError } from '../plugins/errors.ts'
 import { serverDatabase, type Database } from '../storage/database.ts'
 import { redisStore, type Store } from '../storage/index.ts'
 import { readRecordSecret, recordSeal } from '../storage/record-seal.ts'
-import { createRedisPrefix, freePort, needs, TEST_DATABASE_URL, TEST_REDIS_URL } from './helper.ts'
+import type { RedisClient } from '../storage/redis-commands.ts'
+import { clusterRun, connectCluster, createRedisPrefix, freePort, needs, TEST_DATABASE_URL, TEST_REDIS_CLUSTER_NODES, TEST_REDIS_URL } from './helper.ts'
 import { openTestDatabase, storeContract } from './storage-contract.ts'
 
 const quiet = { info: () => {}, warn: () => {}, error: () => {} }
 
-async function openRedis (t: Test, prefix: string): Promise<Redis> {
-  const redis = new Redis(TEST_REDIS_URL, { keyPrefix: prefix })
+/** The run's shared Redis with the key prefix applied: the server, or in the cluster run the cluster. */
+async function openRedis (t: Test, prefix: string): Promise<RedisClient> {
+  const redis = clusterRun ? await connectCluster(TEST_REDIS_CLUSTER_NODES, { keyPrefix: prefix }) : new Redis(TEST_REDIS_URL, { keyPrefix: prefix })
   t.teardown(() => { redis.disconnect() })
   return redis
 }
 
-function openStore (t: Test, redis: Redis, prefix: string, db: Database): Store {
+function openStore (t: Test, redis: RedisClient, prefix: string, db: Database): Store {
   const seal = recordSeal(async () => await readRecordSecret(db), quiet)
   const store = redisStore({ redis, prefix, db, seal, log: quiet })
   t.teardown(() => store.close())
