@@ -5,7 +5,11 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import type { Cluster, Redis } from 'ioredis'
-import { assertOAuthError, backends, basicAuth, build, decodeJwt, form, FORM, insertClient, issueTokens, openTestRedis, sql, tokenRequest, verify } from './helper.ts'
+import { revocationKeys } from '../storage/revocations.ts'
+import { assertOAuthError, backends, basicAuth, build, clusterRun, decodeJwt, form, FORM, insertClient, issueTokens, openTestRedis, sql, tokenRequest, verify } from './helper.ts'
+
+// The key names of the run's Redis (a cluster's share a hash tag).
+const revocationKey = revocationKeys(clusterRun)
 
 /** POST /oauth/revoke with a form body and optional extra headers. */
 async function revoke (app: FastifyInstance, fields: Record<string, string>, headers: Record<string, string> = {}): Promise<LightMyRequestResponse> {
@@ -51,7 +55,7 @@ async function refreshPost (app: FastifyInstance, refreshToken: string, clientId
  * Redis or, without a Redis server, from the database's revocations table.
  */
 async function denyEntryPttl (databaseUrl: string, redisPrefix: string, jti: string): Promise<number> {
-  if (backends.redis) return await withRedis(async (redis) => await redis.pttl(`${redisPrefix}deny:${jti}`))
+  if (backends.redis) return await withRedis(async (redis) => await redis.pttl(`${redisPrefix}${revocationKey.deny(jti)}`))
   const rows = await sql<{ ms: number }>(databaseUrl, `SELECT floor(extract(epoch FROM expires_at - now()) * 1000)::float8 AS ms
     FROM revocations WHERE kind = 'access_token' AND id = $1 AND expires_at > now()`, [jti])
   return rows[0]?.ms ?? -2

@@ -6,7 +6,11 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import type { Cluster, Redis } from 'ioredis'
-import { assertOAuthError, basicAuth, build, decodeJwt, form, FORM, insertClient, needs, openTestRedis, tokenRequest, verify } from './helper.ts'
+import { revocationKeys } from '../storage/revocations.ts'
+import { assertOAuthError, basicAuth, build, clusterRun, decodeJwt, form, FORM, insertClient, needs, openTestRedis, tokenRequest, verify } from './helper.ts'
+
+// The key names of the run's Redis (a cluster's share a hash tag).
+const revocationKey = revocationKeys(clusterRun)
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 const DEFAULT_REVOCATION_TTL = 604800
@@ -175,12 +179,12 @@ test('a revoked session is recorded under the prefix for max(JWT_EXPIRY, REFRESH
       await insertClient(databaseUrl, { id: 'svc-ttl', secret: secretOf('svc-ttl') })
       const first = await grant(t, app, 'svc-ttl')
       assertTokens(t, await refresh(app, 'svc-ttl', first.refresh_token))
-      const key = `${redisPrefix}revoked-session:${sidOf(first.access_token)}`
+      const key = `${redisPrefix}${revocationKey.session(sidOf(first.access_token))}`
       t.equal(await redis.exists(key), 0, 'no record before the replay')
 
       assertOAuthError(t, await refresh(app, 'svc-ttl', first.refresh_token), 400, 'invalid_grant')
       t.equal(await redis.exists(key), 1, 'revoked-session:<sid> under the prefix')
-      t.equal(await redis.exists(`revoked-session:${sidOf(first.access_token)}`), 0, 'nothing outside the prefix')
+      t.equal(await redis.exists(revocationKey.session(sidOf(first.access_token))), 0, 'nothing outside the prefix')
       const remaining = await redis.ttl(key)
       t.ok(remaining > ttl - 10 && remaining <= ttl, `TTL about ${ttl} s (is ${remaining})`)
     })
@@ -199,7 +203,7 @@ test("another client presenting a client's used refresh token does not revoke th
   // The owner's unused token, presented by the other client, is refused too and left as it is.
   assertOAuthError(t, await refresh(app, 'svc-thief', second.refresh_token), 400, 'invalid_grant')
 
-  t.equal(await redis.exists(`${redisPrefix}revoked-session:${sidOf(first.access_token)}`), 0, 'the session is not recorded as revoked')
+  t.equal(await redis.exists(`${redisPrefix}${revocationKey.session(sidOf(first.access_token))}`), 0, 'the session is not recorded as revoked')
   await assertValid(t, app, first.access_token, 'the first access token still verifies')
   await assertValid(t, app, second.access_token, 'the latest access token still verifies')
   const third = assertTokens(t, await refresh(app, 'svc-owner', second.refresh_token))
@@ -222,7 +226,7 @@ test('revoking a refresh token revokes its session', { skip: needs.redis }, asyn
   await assertRevoked(t, app, first.access_token, 'the first access token of the session is revoked')
   await assertRevoked(t, app, second.access_token, 'the latest access token of the session is revoked')
   await assertInactive(t, app, 'svc-revoke', second.access_token, 'the latest access token introspects inactive')
-  const key = `${redisPrefix}revoked-session:${sidOf(first.access_token)}`
+  const key = `${redisPrefix}${revocationKey.session(sidOf(first.access_token))}`
   const remaining = await redis.ttl(key)
   t.ok(remaining > DEFAULT_REVOCATION_TTL - 10 && remaining <= DEFAULT_REVOCATION_TTL, `recorded for the longest token lifetime (${remaining} s)`)
 
@@ -245,7 +249,7 @@ test('revoking an access token denies only that token', { skip: needs.redis }, a
   await assertInactive(t, app, 'svc-deny', first.access_token, 'and introspects inactive')
   await assertValid(t, app, second.access_token, 'the other access token of the session stays valid')
   await assertActive(t, app, 'svc-deny', second.access_token, 'and active')
-  t.equal(await redis.exists(`${redisPrefix}revoked-session:${sidOf(first.access_token)}`), 0, 'the session is not revoked')
+  t.equal(await redis.exists(`${redisPrefix}${revocationKey.session(sidOf(first.access_token))}`), 0, 'the session is not revoked')
   const third = assertTokens(t, await refresh(app, 'svc-deny', second.refresh_token))
   await assertValid(t, app, third.access_token, 'the refresh token still works')
   t.equal(sidOf(third.access_token), sidOf(first.access_token), 'in the same session')
@@ -261,7 +265,7 @@ test('with 3 s lifetimes the revocation record expires with the session', { skip
   const second = assertTokens(t, await refresh(app, 'svc-short', first.refresh_token))
   assertOAuthError(t, await refresh(app, 'svc-short', first.refresh_token), 400, 'invalid_grant')
 
-  const key = `${redisPrefix}revoked-session:${sidOf(first.access_token)}`
+  const key = `${redisPrefix}${revocationKey.session(sidOf(first.access_token))}`
   const remaining = await redis.ttl(key)
   t.ok(remaining > 0 && remaining <= 3, `recorded for at most 3 s (TTL ${remaining})`)
   await assertRevoked(t, app, second.access_token, 'revoked while it lasts')
