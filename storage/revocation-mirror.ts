@@ -8,8 +8,9 @@
 // It answers only while it can vouch for itself: its own heartbeat, published
 // four times a second on the notices' channel, must come back through the
 // subscription. Without it (Redis or the subscription down, a failover in
-// progress) or when full, checks go to Redis, until the subscription works
-// again and the copy has been loaded anew.
+// progress) or when full, checks go to Redis; a heartbeat missing from the
+// sequence or a lost connection (notices may have been lost too) has the copy
+// loaded anew, and checks go to Redis until it is.
 import { randomBytes } from 'node:crypto'
 import type { RecordSeal } from './record-seal.ts'
 import type { Queryable } from './database.ts'
@@ -52,7 +53,7 @@ export interface MirrorOptions {
 }
 
 const HEARTBEAT_MS = 250
-/** Without its own heartbeat back for this long, the copy stops answering (and is loaded anew once it is back). */
+/** Without its own heartbeat back for this long, the copy stops answering. */
 const HEARTBEAT_LOST_MS = 1000
 /** How often recent revocations are read from PostgreSQL, and how far back each read goes. */
 const SYNC_MS = 5000
@@ -137,9 +138,15 @@ async function readRevocations (db: Queryable, since: Date | undefined): Promise
 export function revocationMirror ({ redis, channel, db, seal, maxEntries, log }: MirrorOptions): RevocationMirror {
   let set = new RevocationSet(maxEntries)
   const instance = randomBytes(9).toString('base64url')
-  const heartbeat = `heartbeat:${instance}`
+  const heartbeat = `heartbeat:${instance}:`
+  /** when this instance's last heartbeat came back, and its number (0: none yet) */
   let lastHeartbeat = 0
+  let seenHeartbeat = 0
+  let sentHeartbeat = 0
+  const sendHeartbeat = async (): Promise<void> => { await redis.publish(channel, `${heartbeat}${++sentHeartbeat}`) }
   let loaded = false
+  /** Loaded never, or notices may have been lost since: the next heartbeat loads the copy anew. */
+  let needsLoad = true
   let loading: Promise<void> | undefined
   let lastRead: Date | undefined
   let subscriber: RedisClient | undefined
@@ -151,6 +158,8 @@ export function revocationMirror ({ redis, channel, db, seal, maxEntries, log }:
   // A fresh set, so that nothing missed while the copy was not current stays missed.
   async function load (): Promise<void> {
     loading ??= (async () => {
+      loaded = false
+      needsLoad = false
       try {
         const fresh = new RevocationSet(maxEntries)
         const { rows, readAt } = await readRevocations(db, undefined)
@@ -162,6 +171,9 @@ export function revocationMirror ({ redis, channel, db, seal, maxEntries, log }:
         lastRead = readAt
         loaded = true
         if (set.overflowed) log.warn({ revocations: rows.length, max: maxEntries }, 'more revocations than REVOCATIONS_IN_MEMORY_MAX: checks ask Redis')
+      } catch (err) {
+        needsLoad = true
+        throw err
       } finally {
         loading = undefined
       }
@@ -177,15 +189,15 @@ export function revocationMirror ({ redis, channel, db, seal, maxEntries, log }:
   }
 
   async function receive (text: string): Promise<void> {
-    if (text === heartbeat) {
-      const gap = Date.now() - lastHeartbeat >= HEARTBEAT_LOST_MS
+    if (text.startsWith(heartbeat)) {
+      // A heartbeat missing in the sequence: notices may have been lost with
+      // it. (A late one is not a lost one: while this process was busy, say
+      // loading a large copy, none was sent.)
+      const sequence = Number(text.slice(heartbeat.length))
+      if (seenHeartbeat !== 0 && sequence !== seenHeartbeat + 1) needsLoad = true
+      seenHeartbeat = sequence
       lastHeartbeat = Date.now()
-      // Back after a gap, notices may have been lost meanwhile; a load that
-      // failed (PostgreSQL down) is tried again at each heartbeat.
-      if (gap || !loaded) {
-        loaded = false
-        await load()
-      }
+      if (needsLoad && loading === undefined) await load()
       return
     }
     if (text.startsWith('heartbeat:')) return
@@ -228,26 +240,27 @@ export function revocationMirror ({ redis, channel, db, seal, maxEntries, log }:
       connection.on('error', () => {}) // the main connection reports Redis trouble
       connection.on('node error', () => {})
       // A lost connection may have lost notices: stop answering at once.
-      connection.on('close', () => { lastHeartbeat = 0 })
+      connection.on('close', () => {
+        lastHeartbeat = 0
+        seenHeartbeat = 0
+        needsLoad = true
+      })
       connection.on('message', (_channel: string, text: string) => {
         receive(text).catch((err: Error) => { warnOnce('could not read a revocation notice', err) })
       })
-      every(HEARTBEAT_MS, async () => { await redis.publish(channel, heartbeat) }, 'could not publish the revocations heartbeat')
+      every(HEARTBEAT_MS, sendHeartbeat, 'could not publish the revocations heartbeat')
       every(SYNC_MS, readRecent, 'could not read recent revocations from the database')
       every(SWEEP_MS, async () => {
         set.sweep(nowSeconds())
         // Room again after a revocation was left out: load the whole set anew.
-        if (set.overflowed && set.size < maxEntries * 0.9) {
-          loaded = false
-          await load()
-        }
+        if (set.overflowed && set.size < maxEntries * 0.9) await load()
       }, 'could not sweep expired revocations')
       try {
         await withTimeout(connection.subscribe(channel), START_WAIT_MS, 'redis')
         await load()
         if (closed) return
         log.info({ revocations: set.size }, 'revocations loaded into memory')
-        await redis.publish(channel, heartbeat)
+        await sendHeartbeat()
       } catch (err) {
         // Checks ask Redis meanwhile; the heartbeat tries again.
         warnOnce('could not load the revocations into memory', err as Error)
