@@ -58,7 +58,8 @@ export function sqlRevocations (db: Queryable, guard: Guard): Revocations {
 const CHECK_REVOKED = luaScript('check-revoked')
 
 type RedisWithRevocationScripts = RedisClient & {
-  checkRevoked: (numberOfKeys: number, ...keys: string[]) => Promise<number>
+  checkRevokedOne: (marker: string, key: string) => Promise<number>
+  checkRevokedTwo: (marker: string, key: string, other: string) => Promise<number>
 }
 
 /**
@@ -122,7 +123,10 @@ function revocationRestorer (redis: RedisClient, keys: RevocationKeys, db: Query
  */
 export function redisRevocations (client: RedisClient, db: Queryable, log: RevocationsLog, guard: Guard, mirror?: RevocationMirror): Revocations {
   const redis = client as RedisWithRevocationScripts
-  redis.defineCommand('checkRevoked', { lua: CHECK_REVOKED })
+  // One command per number of keys: a command must declare its keys, or a
+  // cluster client sends it to the node of its first argument, the count.
+  redis.defineCommand('checkRevokedOne', { numberOfKeys: 2, lua: CHECK_REVOKED })
+  redis.defineCommand('checkRevokedTwo', { numberOfKeys: 3, lua: CHECK_REVOKED })
   const keys = revocationKeys(client.isCluster)
   const ensureRestored = revocationRestorer(redis, keys, db, log, guard)
   const logRestoreFailure = (err: Error): void => {
@@ -131,8 +135,10 @@ export function redisRevocations (client: RedisClient, db: Queryable, log: Revoc
   // At every reconnection: Redis may have come back empty.
   redis.on('ready', () => { ensureRestored().catch(logRestoreFailure) })
 
-  async function countRevoked (ids: string[]): Promise<number> {
-    const check = async (): Promise<number> => await guard('redis', redis.checkRevoked(ids.length + 1, keys.restored, ...ids))
+  async function countRevoked (key: string, other?: string): Promise<number> {
+    const check = async (): Promise<number> => await guard('redis', other === undefined
+      ? redis.checkRevokedOne(keys.restored, key)
+      : redis.checkRevokedTwo(keys.restored, key, other))
     let found = await check()
     if (found < 0) {
       await ensureRestored()
@@ -157,12 +163,12 @@ export function redisRevocations (client: RedisClient, db: Queryable, log: Revoc
     async isRevoked (jti, sid) {
       const known = mirror?.check(jti, sid)
       if (known !== undefined) return known
-      return await countRevoked(sid === undefined ? [keys.deny(jti)] : [keys.deny(jti), keys.session(sid)]) > 0
+      return await countRevoked(keys.deny(jti), sid === undefined ? undefined : keys.session(sid)) > 0
     },
     async isSessionRevoked (sid) {
       const known = mirror?.check(undefined, sid)
       if (known !== undefined) return known
-      return await countRevoked([keys.session(sid)]) > 0
+      return await countRevoked(keys.session(sid)) > 0
     },
     // A database without the table yet (MIGRATE_ON_START=false) must not stop
     // the start: checks restore on demand, and fail with 503 until they can.

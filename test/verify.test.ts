@@ -5,7 +5,8 @@
 import { createHmac, randomUUID, sign } from 'node:crypto'
 import { test, type Test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { basicAuth, build, decodeJwt, FORM, form, generateRsaKeyPair, insertClient, issueTokens, jwtSegment, signRs256, testKeys, verify } from './helper.ts'
+import { Cluster } from 'ioredis'
+import { backends, basicAuth, build, createRedisPrefix, decodeJwt, FORM, form, generateRsaKeyPair, insertClient, issueTokens, jwtSegment, openTestRedis, signRs256, testKeys, verify } from './helper.ts'
 
 const CLIENT_ID = 'svc-verify'
 const CLIENT_SECRET = 'verify-secret'
@@ -333,4 +334,35 @@ test('tokens of a service with another issuer or audience are refused', async (t
   assertInvalid(t, await verify(main.app, fromOtherAudience), 'invalid_audience')
   assertInvalid(t, await verify(otherIssuer.app, fromMain), 'invalid_issuer')
   assertInvalid(t, await verify(otherAudience.app, fromMain), 'invalid_audience')
+})
+
+// Without the revocations in memory each check is one Redis script over the
+// token's keys. Requests of the same moment share one write per Redis node,
+// grouped by each command's first key; a script call that does not declare
+// its keys is filed under its key count (`<prefix>2`), and a cluster refuses
+// the whole write when that names another node than its keys. In the cluster
+// run, the prefix is picked so that the two nodes differ.
+async function prefixSeparatingKeyCountFromRevocations (t: Test): Promise<string> {
+  if (!backends.redis) return createRedisPrefix(t)
+  const redis = await openTestRedis()
+  t.teardown(() => redis.disconnect())
+  for (;;) {
+    const prefix = createRedisPrefix(t)
+    if (!(redis instanceof Cluster)) return prefix
+    const [count, revocations] = await Promise.all([`${prefix}2`, `${prefix}{revocations}`].map(async (key) => Number(await redis.call('CLUSTER', 'KEYSLOT', key))))
+    if (redis.slots[count ?? 0]?.[0] !== redis.slots[revocations ?? 0]?.[0]) return prefix
+  }
+}
+
+test('checks asked of Redis, many at once beside token requests, all answer', async (t) => {
+  const redisPrefix = await prefixSeparatingKeyCountFromRevocations(t)
+  const { app, databaseUrl } = await build(t, { redisPrefix, env: { REVOCATIONS_IN_MEMORY_MAX: '0' } })
+  await insertClient(databaseUrl, { id: CLIENT_ID, secret: CLIENT_SECRET })
+  const tokens = await issueTokens(app, CLIENT_ID, CLIENT_SECRET)
+  const answers = await Promise.all(Array.from({ length: 60 }, async (_, i) => i % 2 === 0
+    ? await app.inject({ method: 'POST', url: '/oauth/token', headers: { ...FORM, authorization: basicAuth(CLIENT_ID, CLIENT_SECRET) }, payload: form({ grant_type: 'client_credentials' }) })
+    : await verify(app, tokens.access_token)))
+  const statuses = answers.map((res) => res.statusCode)
+  t.ok(statuses.every((status) => status === 200), `every request answered 200 (${[...new Set(statuses)].join(', ')})`)
+  t.ok(answers.filter((_, i) => i % 2 === 1).every((res) => res.json().valid === true), 'and every verification says valid')
 })
