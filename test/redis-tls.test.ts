@@ -5,9 +5,9 @@
 // token flow and the CLI's announcements go through it; a wrong password, an
 // unknown user and an untrusted certificate stop the start at once, with one
 // line naming REDIS_URL that never shows the password.
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -30,40 +30,17 @@ import {
   tokenRequest,
   verify
 } from './helper.ts'
+import { makeTestCertificates, SERVICE_REDIS_COMMANDS } from './helpers/tls.ts'
 
 const PASSWORD = `pw-${randomBytes(12).toString('hex')}`
 const ADMIN_PASSWORD = `admin-${randomBytes(12).toString('hex')}`
 const PREFIX = `ss-tls:${process.pid}:${randomBytes(4).toString('hex')}:`
 const CLIENT = { id: 'svc-tls', secret: 'tls-secret' }
 
-// The service user of the README: the commands the service, its subscriber
-// and the CLI send (Lua scripts' calls included), on its own keys and channels.
-// ioredis also sends CLIENT SETINFO, which Redis knows from 7.2 on only.
-const SERVICE_COMMANDS = [
-  'ping', 'info', 'client|setname', 'select', 'quit',
-  'get', 'mget', 'set', 'del', 'exists', 'expire', 'expireat', 'pexpire', 'pttl', 'incr', 'decr',
-  'hget', 'hmget', 'hset', 'multi', 'exec', 'eval', 'evalsha', 'publish', 'subscribe'
-]
-
-// A CA of this test, and a server certificate it signed for 127.0.0.1 and
-// localhost. A second CA signs nothing here: the wrong CA for the server.
 const dir = mkdtempSync(join(tmpdir(), 'ss-redis-tls-'))
 t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-const file = (name: string): string => join(dir, name)
-const openssl = (...args: string[]): void => { execFileSync('openssl', args, { stdio: 'pipe' }) }
-function makeCa (name: string): void {
-  openssl('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
-    '-keyout', file(`${name}.key`), '-out', file(`${name}.crt`), '-days', '2', '-subj', `/CN=session-service test ${name}`,
-    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign')
-}
-makeCa('ca')
-makeCa('other-ca')
-openssl('req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
-  '-keyout', file('server.key'), '-out', file('server.csr'), '-subj', '/CN=localhost')
-writeFileSync(file('server.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n')
-openssl('x509', '-req', '-in', file('server.csr'), '-CA', file('ca.crt'), '-CAkey', file('ca.key'), '-CAcreateserial',
-  '-out', file('server.crt'), '-days', '2', '-extfile', file('server.ext'))
-const CA_FILE = file('ca.crt')
+const certificates = makeTestCertificates(dir)
+const CA_FILE = certificates.caFile
 
 /** An administrator's connection to the TLS server (no key prefix). */
 function adminConnection (port: number, auth: { username?: string, password?: string } = { username: 'admin', password: ADMIN_PASSWORD }): Redis {
@@ -83,7 +60,7 @@ async function startTlsRedis (): Promise<{ port: number, child: ChildProcess }> 
   const port = await freePort()
   const child = spawn('redis-server', [
     '--port', '0', '--bind', '127.0.0.1', '--tls-port', String(port),
-    '--tls-cert-file', file('server.crt'), '--tls-key-file', file('server.key'), '--tls-ca-cert-file', CA_FILE,
+    '--tls-cert-file', certificates.certFile, '--tls-key-file', certificates.keyFile, '--tls-ca-cert-file', CA_FILE,
     '--tls-auth-clients', 'no', '--save', '', '--appendonly', 'no', '--dir', dir, '--daemonize', 'no'
   ], { stdio: 'ignore' })
   t.teardown(async () => {
@@ -101,7 +78,7 @@ async function startTlsRedis (): Promise<{ port: number, child: ChildProcess }> 
       await redis.connect()
       await redis.call('ACL', 'SETUSER', 'admin', 'on', `>${ADMIN_PASSWORD}`, '~*', '&*', '+@all')
       await redis.call('ACL', 'SETUSER', 'svc', 'on', `>${PASSWORD}`, 'resetkeys', `~${PREFIX}*`, 'resetchannels', `&${PREFIX}*`,
-        '-@all', ...SERVICE_COMMANDS.map((command) => `+${command}`))
+        '-@all', ...SERVICE_REDIS_COMMANDS.map((command) => `+${command}`))
       await redis.call('ACL', 'SETUSER', 'svc', '+client|setinfo').catch(() => {})
       await redis.call('AUTH', 'admin', ADMIN_PASSWORD)
       await redis.call('ACL', 'SETUSER', 'default', 'off')
@@ -221,7 +198,7 @@ t.test('a wrong password or an unknown ACL user stops the start at once with one
 t.test('a certificate that does not chain to the CA given stops the start at once', async (t) => {
   const cases = {
     'no REDIS_TLS_CA_FILE (public CAs only)': {},
-    'REDIS_TLS_CA_FILE of another CA': { REDIS_TLS_CA_FILE: file('other-ca.crt') }
+    'REDIS_TLS_CA_FILE of another CA': { REDIS_TLS_CA_FILE: certificates.otherCaFile }
   }
   const reference = await normalStartMs(t)
   for (const [name, env] of Object.entries(cases)) {
