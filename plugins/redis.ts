@@ -85,6 +85,30 @@ export function createRedisClient (settings: Pick<Settings, 'redisUrl' | 'redisT
   })
 }
 
+/**
+ * Why a cluster's seed node refuses the service, if it does: the cluster
+ * client retries in silence on a certificate that does not verify or a user
+ * without CLUSTER INFO or CLUSTER SLOTS, so the start asks one seed itself,
+ * with the same options and the commands the cluster client starts with.
+ */
+async function seedRefusal (settings: Pick<Settings, 'redisUrl' | 'redisTlsCaFile' | 'redisClusterNodes'>, timeoutMs: number): Promise<Error | undefined> {
+  const seed = settings.redisClusterNodes?.[0]
+  if (seed === undefined) return undefined
+  const probe = new Redis({ ...seed, ...clusterNodeOptions(settings), lazyConnect: true, connectTimeout: timeoutMs, maxRetriesPerRequest: 0, retryStrategy: () => null })
+  let refusal: Error | undefined
+  probe.on('error', (err: Error) => { refusal ??= err })
+  try {
+    await probe.connect()
+    await probe.call('CLUSTER', 'INFO')
+    await probe.call('CLUSTER', 'SLOTS')
+    return undefined
+  } catch (err) {
+    return refusal ?? err as Error
+  } finally {
+    probe.disconnect()
+  }
+}
+
 /** A message about a Redis connection with the password of REDIS_URL, should it appear, blotted out. */
 export function withoutRedisPassword (message: string, redisUrl: string): string {
   let password = ''
@@ -160,6 +184,7 @@ export default fp(async (fastify) => {
   // A bounded wait at start: a Redis that does not answer stops the start
   // with one line naming it, instead of waiting for the plugin timeout.
   client.connect().catch(() => {}) // failures arrive as 'error' events; ioredis retries
+  if (client.isCluster) seedRefusal(config, config.dependencyTimeoutMs).then((err) => { if (err !== undefined) onError(err) }, () => {})
   // Not events.once: it gives up at the first 'error', and ioredis keeps
   // retrying after one.
   const ready = new Promise<void>((resolve, reject) => {
