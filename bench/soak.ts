@@ -136,7 +136,7 @@ async function startInstances (count: number, databaseUrl: string, redisPrefix: 
     run.services.push(startService({ root, cwd: work, name, port, databaseUrl, redisUrl: REDIS_URL, redisClusterNodes: CLUSTER_NODES, redisPrefix, jwtPrivateKey, logFile }, log))
   }
   await Promise.all(run.services.map(async (service) => await waitFor(`${service.url}/health`, service.child)))
-  log(`${count} instance${count === 1 ? '' : 's'} on ports ${run.services.map((service) => service.port).join(', ')}; Redis ${REDIS_MODE === 'cluster' ? `Cluster (${CLUSTER_NODES})` : 'single server'}; logs in ${logFolder}`)
+  log(`${count} instance${count === 1 ? ' on port' : 's on ports'} ${run.services.map((service) => service.port).join(', ')}; Redis ${REDIS_MODE === 'cluster' ? `Cluster (${CLUSTER_NODES})` : 'single server'}; logs in ${logFolder}`)
   return run.services
 }
 
