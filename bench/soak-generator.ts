@@ -4,10 +4,10 @@
 import { Agent, request as httpRequest } from 'node:http'
 import { setTimeout as sleep } from 'node:timers/promises'
 import {
-  type GeneratorMessage, type GeneratorSettings, Histogram, type ErrorSample, type IntervalReport,
-  type Kind, KINDS, type KindTotals, MIX, MIX_TOTAL, REQUEST_TIMEOUT_MS, round
+  CROSS_CHECK_DELAY_MS, type GeneratorMessage, type GeneratorSettings, Histogram, type ErrorSample, type InstanceCount, type IntervalReport,
+  type Kind, KINDS, type KindTotals, MIX, MIX_TOTAL, RECORDED_KINDS, REQUEST_TIMEOUT_MS, round
 } from './soak-messages.ts'
-import { type Outgoing, RequestPlanner, TokenPools } from './soak-requests.ts'
+import { type Outgoing, type Planned, RequestPlanner, TokenPools } from './soak-requests.ts'
 
 /** connections per endpoint at most */
 const MAX_SOCKETS = 256
@@ -43,22 +43,37 @@ class Tally {
   readonly cc = new Histogram()
   readonly errorsByLabel = new Map<string, number>()
   readonly byKind = new Map<Kind, number>()
+  readonly byInstance: InstanceCount[]
+
+  constructor (instances: number) {
+    this.byInstance = Array.from({ length: instances }, () => ({ requests: 0, errors: 0 }))
+  }
 }
 
 const percentiles = (histogram: Histogram): { p50: number | null, p99: number | null } => ({ p50: histogram.percentile(50), p99: histogram.percentile(99) })
 
 /** Figures: per interval, and per endpoint over the whole soak. */
 class Figures {
-  tally = new Tally()
-  readonly #byKind = new Map<Kind, { requests: number, errors: number, latency: Histogram }>(KINDS.map((kind) => [kind, { requests: 0, errors: 0, latency: new Histogram() }]))
+  readonly #instances: number
+  tally: Tally
+  readonly #byKind = new Map<Kind, { requests: number, errors: number, latency: Histogram }>(RECORDED_KINDS.map((kind) => [kind, { requests: 0, errors: 0, latency: new Histogram() }]))
+  readonly #byInstance: InstanceCount[]
   readonly #all = new Histogram()
   readonly #errorsByLabel = new Map<string, number>()
   readonly #errorSamples: ErrorSample[] = []
   answered = 0
   errors = 0
 
-  record (kind: Kind, ms: number, label: string | undefined, body: string, at: number): void {
+  constructor (instances: number) {
+    this.#instances = instances
+    this.tally = new Tally(instances)
+    this.#byInstance = Array.from({ length: instances }, () => ({ requests: 0, errors: 0 }))
+  }
+
+  record (kind: Kind, instance: number, ms: number, label: string | undefined, body: string, at: number): void {
     const { tally } = this
+    const counts = [tally.byInstance[instance]!, this.#byInstance[instance]!]
+    for (const count of counts) count.requests++
     tally.requests++
     tally.all.record(ms)
     if (kind === 'client_credentials') tally.cc.record(ms)
@@ -70,19 +85,20 @@ class Figures {
     this.answered++
     if (label === undefined) return
     const key = `${kind} ${label}`
+    for (const count of counts) count.errors++
     tally.errors++
     tally.errorsByLabel.set(key, (tally.errorsByLabel.get(key) ?? 0) + 1)
     total!.errors++
     this.#errorsByLabel.set(key, (this.#errorsByLabel.get(key) ?? 0) + 1)
     this.errors++
-    if (this.#errorSamples.length < ERROR_SAMPLES) this.#errorSamples.push({ at: round(at, 3), kind, label, body: body.slice(0, 300) })
+    if (this.#errorSamples.length < ERROR_SAMPLES) this.#errorSamples.push({ at: round(at, 3), kind, instance, label, body: body.slice(0, 300) })
   }
 
   /** The report of the interval so far, which then starts afresh. */
   closeInterval (index: number, from: number, to: number, answeredUntil: number, inFlight: number): IntervalReport {
     const { tally } = this
     const cc = percentiles(tally.cc)
-    this.tally = new Tally()
+    this.tally = new Tally(this.#instances)
     return {
       index,
       from: round(from, 3),
@@ -99,11 +115,12 @@ class Figures {
       ccP99: cc.p99,
       byKind: Object.fromEntries(tally.byKind),
       lagMs: round(tally.lagMs, 1),
-      inFlight
+      inFlight,
+      byInstance: tally.byInstance
     }
   }
 
-  totals (seconds: number, sent: number, unfinished: number, substituted: number): GeneratorMessage {
+  totals (seconds: number, sent: number, unfinished: number, substituted: number, crossChecks: number): GeneratorMessage {
     const byKind: Record<string, KindTotals> = {}
     for (const [kind, total] of this.#byKind) {
       byKind[kind] = { requests: total.requests, errors: total.errors, ...percentiles(total.latency), max: total.latency.count === 0 ? null : round(total.latency.max, 2) }
@@ -121,7 +138,9 @@ class Figures {
         ...percentiles(this.#all),
         max: this.#all.count === 0 ? null : round(this.#all.max, 2),
         byKind,
-        substituted
+        substituted,
+        crossChecks,
+        byInstance: this.#byInstance
       }
     }
   }
@@ -156,22 +175,25 @@ function sendRequest (target: URL, agent: Agent | undefined, outgoing: Outgoing,
 /** The generator's run: the planned requests, sent at the rate, and their figures. */
 class LoadRun {
   readonly #settings: GeneratorSettings
-  readonly #target: URL
+  readonly #targets: URL[]
   // A connection pool per endpoint, as its callers would be: token requests
   // held up by the service do not hold up the verify requests behind them.
-  readonly agents = new Map<Kind, Agent>(KINDS.map((kind) => [kind, new Agent({ keepAlive: true, maxSockets: MAX_SOCKETS })]))
+  readonly agents = new Map<Kind, Agent>(RECORDED_KINDS.map((kind) => [kind, new Agent({ keepAlive: true, maxSockets: MAX_SOCKETS })]))
   readonly #planner: RequestPlanner
   readonly #schedule = new MixSchedule()
-  readonly figures = new Figures()
+  readonly figures: Figures
   readonly #startedAt = performance.now()
   sent = 0
   inFlight = 0
   substituted = 0
+  crossChecks = 0
   index = 0
+  #requestNumber = 0
 
   constructor (settings: GeneratorSettings) {
     this.#settings = settings
-    this.#target = new URL(settings.url)
+    this.#targets = settings.urls.map((url) => new URL(url))
+    this.figures = new Figures(this.#targets.length)
     this.#planner = new RequestPlanner(settings.clientId, settings.clientSecret, new TokenPools())
   }
 
@@ -179,6 +201,7 @@ class LoadRun {
     return (performance.now() - this.#startedAt) / 1000
   }
 
+  /** The next request of the mix, to the next instance in turn. */
   launch (): void {
     let planned = this.#planner.plan(this.#schedule.next())
     if (planned === undefined) {
@@ -186,10 +209,14 @@ class LoadRun {
       this.substituted++
       planned = this.#planner.plan('client_credentials')!
     }
-    const { kind, check, after } = planned
+    this.#send(planned, this.#requestNumber++ % this.#targets.length)
+  }
+
+  #send (planned: Planned, instance: number): void {
+    const { kind, check, after, crossChecks } = planned
     const started = performance.now()
     this.inFlight++
-    sendRequest(this.#target, this.agents.get(kind), planned.outgoing, (status, body, failure) => {
+    sendRequest(this.#targets[instance]!, this.agents.get(kind), planned.outgoing, (status, body, failure) => {
       this.inFlight--
       after?.()
       let label = failure
@@ -200,8 +227,22 @@ class LoadRun {
           label = `${status} unreadable body`
         }
       }
-      this.figures.record(kind, performance.now() - started, label, body, this.elapsed())
+      this.figures.record(kind, instance, performance.now() - started, label, body, this.elapsed())
+      if (label === undefined && crossChecks !== undefined) this.#scheduleCrossChecks(crossChecks, instance)
     })
+  }
+
+  // Each check on another instance than the one that answered (the next ones
+  // in turn), counted in flight while it waits so that the end waits for it.
+  #scheduleCrossChecks (checks: Planned[], answeredBy: number): void {
+    this.inFlight += checks.length
+    setTimeout(() => {
+      this.inFlight -= checks.length
+      checks.forEach((check, position) => {
+        this.crossChecks++
+        this.#send(check, (answeredBy + 1 + position) % this.#targets.length)
+      })
+    }, CROSS_CHECK_DELAY_MS)
   }
 
   report (from: number, to: number, answeredUntil = to): void {
@@ -258,7 +299,7 @@ export async function generate (): Promise<void> {
   const unfinished = run.inFlight
   run.report(run.index * settings.interval, end, Math.max(end, run.elapsed()))
 
-  const done = run.figures.totals(end, run.sent, unfinished, run.substituted)
+  const done = run.figures.totals(end, run.sent, unfinished, run.substituted, run.crossChecks)
   for (const agent of run.agents.values()) agent.destroy()
   process.send?.(done, () => process.disconnect())
 }

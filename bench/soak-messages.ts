@@ -1,7 +1,16 @@
 // What the soak's two processes (the soak and its load generator) share: the
 // request mix, the messages between them, and latency histograms.
 
-export type Kind = 'client_credentials' | 'refresh_token' | 'verify' | 'introspect' | 'revoke' | 'jwks' | 'discovery'
+export type Kind = 'client_credentials' | 'refresh_token' | 'verify' | 'introspect' | 'revoke' | 'jwks' | 'discovery' | CheckKind
+
+/**
+ * The cross-instance checks, outside the mix: 1 s after a revocation answered
+ * 200 on one instance, the revoked token is verified (and a revoked refresh
+ * token presented) on other instances, which must refuse it.
+ */
+export type CheckKind = 'verify_revoked' | 'refresh_revoked'
+export const CHECK_KINDS: readonly CheckKind[] = ['verify_revoked', 'refresh_revoked']
+export const CROSS_CHECK_DELAY_MS = 1000
 
 /** The mix, in fortieths (2.5 % each). */
 export const MIX: ReadonlyArray<readonly [Kind, number]> = [
@@ -15,6 +24,8 @@ export const MIX: ReadonlyArray<readonly [Kind, number]> = [
 ]
 export const MIX_TOTAL = MIX.reduce((sum, [, weight]) => sum + weight, 0)
 export const KINDS = MIX.map(([kind]) => kind)
+/** every kind of request the generator sends: the mix, then the checks */
+export const RECORDED_KINDS: readonly Kind[] = [...KINDS, ...CHECK_KINDS]
 
 export const REQUEST_TIMEOUT_MS = 10_000
 /** Access tokens kept for verify, introspect and revoke: the most recent ones. */
@@ -57,7 +68,8 @@ export class Histogram {
 // ---- messages between the two processes -------------------------------------
 
 export interface GeneratorSettings {
-  url: string
+  /** one per instance; requests go to them in turn */
+  urls: string[]
   rate: number
   seconds: number
   interval: number
@@ -87,6 +99,13 @@ export interface IntervalReport {
   lagMs: number
   /** requests in flight at the end of the interval */
   inFlight: number
+  /** answered (or failed) in the interval, per instance in the order of the urls */
+  byInstance: InstanceCount[]
+}
+
+export interface InstanceCount {
+  requests: number
+  errors: number
 }
 
 export interface KindTotals {
@@ -100,6 +119,8 @@ export interface KindTotals {
 export interface ErrorSample {
   at: number
   kind: Kind
+  /** which instance answered, in the order of the urls */
+  instance: number
   label: string
   body: string
 }
@@ -118,6 +139,9 @@ export interface GeneratorTotals {
   byKind: Record<string, KindTotals>
   /** requests of another kind sent as client_credentials for want of a token */
   substituted: number
+  /** cross-instance checks sent (on top of `sent`, which is the paced mix) */
+  crossChecks: number
+  byInstance: InstanceCount[]
 }
 
 export type GeneratorMessage = { type: 'interval', report: IntervalReport } | { type: 'done', totals: GeneratorTotals }

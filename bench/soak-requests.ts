@@ -9,6 +9,8 @@ export interface PoolEntry {
   token: string
   /** a local number for the token's session (refreshes keep it) */
   session: number
+  /** for a refresh token: the access token issued with it */
+  access?: string
 }
 
 export interface Outgoing {
@@ -25,6 +27,8 @@ export interface Planned {
   check: (status: number, body: string) => string | undefined
   /** after the answer, whatever it is */
   after?: () => void
+  /** after an expected answer: requests to send to other instances 1 s later */
+  crossChecks?: Planned[]
 }
 
 /**
@@ -147,7 +151,7 @@ export class RequestPlanner {
       const pair = tokenPair(body)
       if (pair === undefined) return '200 without tokens'
       this.#pools.addAccess({ token: pair.access, session })
-      this.#pools.addRefresh({ token: pair.refresh, session })
+      this.#pools.addRefresh({ token: pair.refresh, session, access: pair.access })
       return undefined
     }
   }
@@ -183,17 +187,49 @@ export class RequestPlanner {
   }
 
   // In turn an access token (it leaves the pool) and a refresh token (its
-  // whole session ends: its access tokens leave the pool too).
+  // whole session ends: its access tokens leave the pool too). Each comes
+  // with the checks, on other instances, that what it revoked is refused.
   #planRevoke (): Planned | undefined {
     this.#revocations++
     if (this.#revocations % 2 === 0) {
       const picked = this.#pools.pickAccess(true)
       if (picked === undefined) return undefined
       this.#pools.dropAccess(picked.slot)
-      return { kind: 'revoke', outgoing: this.#form('/oauth/revoke', `token=${encodeURIComponent(picked.entry.token)}&token_type_hint=access_token`), check: status200 }
+      const { token } = picked.entry
+      return { kind: 'revoke', outgoing: this.#form('/oauth/revoke', `token=${encodeURIComponent(token)}&token_type_hint=access_token`), check: status200, crossChecks: [verifyRevoked(token)] }
     }
     const entry = this.#pools.takeIdleSession()
     if (entry === undefined) return undefined
-    return { kind: 'revoke', outgoing: this.#form('/oauth/revoke', `token=${encodeURIComponent(entry.token)}&token_type_hint=refresh_token`), check: status200 }
+    const crossChecks = [this.#refreshRevoked(entry.token)]
+    // The session's access token must stop verifying with it.
+    if (entry.access !== undefined) crossChecks.unshift(verifyRevoked(entry.access))
+    return { kind: 'revoke', outgoing: this.#form('/oauth/revoke', `token=${encodeURIComponent(entry.token)}&token_type_hint=refresh_token`), check: status200, crossChecks }
+  }
+
+  #refreshRevoked (token: string): Planned {
+    return {
+      kind: 'refresh_revoked',
+      outgoing: this.#form('/oauth/token', `grant_type=refresh_token&refresh_token=${encodeURIComponent(token)}`),
+      check: (status, body) => {
+        if (status === 200) return 'revoked but refreshed after 1 s'
+        if (status !== 400) return String(status)
+        const { error } = JSON.parse(body) as { error?: unknown }
+        return error === 'invalid_grant' ? undefined : `400 ${String(error)}`
+      }
+    }
+  }
+}
+
+/** A verify that must answer revoked. */
+function verifyRevoked (token: string): Planned {
+  return {
+    kind: 'verify_revoked',
+    outgoing: { method: 'POST', path: '/oauth/verify', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token }) },
+    check: (status, body) => {
+      if (status !== 200) return String(status)
+      const result = JSON.parse(body) as { valid?: unknown, error?: unknown }
+      if (result.valid === true) return 'revoked but still valid after 1 s'
+      return result.error === 'revoked' ? undefined : `200 valid:false (${String(result.error)})`
+    }
   }
 }

@@ -3,7 +3,7 @@
 // and CPU time), and stopped with SIGTERM at the end, its exit part of the result.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { generateKeyPairSync } from 'node:crypto'
-import { readFileSync } from 'node:fs'
+import { createWriteStream, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { round } from './soak-messages.ts'
@@ -46,13 +46,25 @@ export interface ServiceSettings {
   root: string
   /** the working folder: no .env of the developer's is read */
   cwd: string
+  /** how the soak's lines name this instance */
+  name: string
   port: number
   databaseUrl: string
   redisUrl: string
+  /** REDIS_CLUSTER_NODES; undefined: one Redis server */
+  redisClusterNodes: string | undefined
   redisPrefix: string
+  /** PKCS#8 PEM, the same for every instance: each verifies what the others sign */
+  jwtPrivateKey: string
+  /** every line the service logs (warn and above) is kept there */
+  logFile: string
 }
 
 export interface SoakService {
+  name: string
+  port: number
+  url: string
+  logFile: string
   child: ChildProcess
   /** its log (warn and above): each kind of line counted, the first shown */
   log: Map<string, { count: number, first: string }>
@@ -62,8 +74,12 @@ export interface SoakService {
   stop: () => Promise<ServiceExit>
 }
 
+/** An RS256 signing key for the soak's instances. */
+export function generateSigningKey (): string {
+  return generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString()
+}
+
 export function startService (settings: ServiceSettings, log: (line: string) => void): SoakService {
-  const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 })
   const child = spawn(process.execPath, [join(settings.root, 'dist', 'server.js')], {
     cwd: settings.cwd,
     env: {
@@ -75,8 +91,9 @@ export function startService (settings: ServiceSettings, log: (line: string) => 
       LOG_LEVEL: 'warn',
       DATABASE_URL: settings.databaseUrl,
       REDIS_URL: settings.redisUrl,
+      ...(settings.redisClusterNodes === undefined ? {} : { REDIS_CLUSTER_NODES: settings.redisClusterNodes }),
       REDIS_KEY_PREFIX: settings.redisPrefix,
-      JWT_PRIVATE_KEY: rsa.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+      JWT_PRIVATE_KEY: settings.jwtPrivateKey,
       JWT_ISSUER: 'https://auth.soak.example',
       RATE_LIMIT_DEFAULT: '100000000'
     },
@@ -91,10 +108,24 @@ export function startService (settings: ServiceSettings, log: (line: string) => 
   child.once('exit', (code, signal) => {
     if (stopRequested) return
     exitedEarly = { code, signal, at: round((Date.now() - started) / 1000) }
-    log(`the service exited on its own: code ${code}, signal ${signal}`)
+    log(`${settings.name} exited on its own: code ${code}, signal ${signal}`)
   })
+  const serviceLog = countLogLines(child, settings, log)
+  const stop = async (): Promise<ServiceExit> => {
+    stopRequested = true
+    return await stopService(child)
+  }
+  const { name, port, logFile } = settings
+  return { name, port, url: `http://127.0.0.1:${port}`, logFile, child, log: serviceLog, exitedEarly: () => exitedEarly, stop }
+}
+
+/** Each line of the service's log kept in its file, each kind counted, the first of each kind shown. */
+function countLogLines (child: ChildProcess, settings: ServiceSettings, log: (line: string) => void): Map<string, { count: number, first: string }> {
+  const file = createWriteStream(settings.logFile)
+  child.once('exit', () => file.end())
   const serviceLog = new Map<string, { count: number, first: string }>()
   createInterface({ input: child.stdout! }).on('line', (line) => {
+    file.write(`${line}\n`)
     let key = line.slice(0, 120)
     try {
       const entry = JSON.parse(line) as { level?: number, msg?: string }
@@ -104,14 +135,10 @@ export function startService (settings: ServiceSettings, log: (line: string) => 
     if (seen !== undefined) seen.count++
     else {
       serviceLog.set(key, { count: 1, first: line.slice(0, 2000) })
-      log(`service log (first of its kind): ${line.slice(0, 500)}`)
+      log(`${settings.name} log (first of its kind): ${line.slice(0, 500)}`)
     }
   })
-  const stop = async (): Promise<ServiceExit> => {
-    stopRequested = true
-    return await stopService(child)
-  }
-  return { child, log: serviceLog, exitedEarly: () => exitedEarly, stop }
+  return serviceLog
 }
 
 async function stopService (child: ChildProcess): Promise<ServiceExit> {
