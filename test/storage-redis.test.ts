@@ -8,6 +8,7 @@ import { DependencyError } from '../plugins/errors.ts'
 import { serverDatabase, type Database } from '../storage/database.ts'
 import { redisStore, type Store } from '../storage/index.ts'
 import { readRecordSecret, recordSeal } from '../storage/record-seal.ts'
+import { revocationKeys } from '../storage/revocations.ts'
 import type { RedisClient } from '../storage/redis-commands.ts'
 import { clusterRun, connectCluster, createRedisPrefix, freePort, needs, TEST_DATABASE_URL, TEST_REDIS_CLUSTER_NODES, TEST_REDIS_URL } from './helper.ts'
 import { openTestDatabase, storeContract } from './storage-contract.ts'
@@ -83,6 +84,24 @@ test('Redis records: sealed, durable, shared', { skip: needs.redis }, async (t) 
   await store.clientCache.announce('svc-a')
   for (let i = 0; i < 50 && changed.length === 0; i++) await new Promise((resolve) => setTimeout(resolve, 20))
   t.strictSame(changed, ['svc-a'], 'an announced change reaches the subscribers')
+})
+
+test('revocations that Redis lost (the marker with them) are put back before the next check', { skip: needs.redis || needs.postgres }, async (t) => {
+  const prefix = createRedisPrefix(t)
+  const db = await openTestDatabase(t)
+  const redis = await openRedis(t, prefix)
+  const store = openStore(t, redis, prefix, db)
+  await store.start()
+  const jti = randomUUID()
+  const sid = randomUUID()
+  await store.revocations.denyAccessToken(jti, Math.floor(Date.now() / 1000) + 600)
+  await store.revocations.revokeSession(sid, 600)
+  // What a flushed node, or a replica promoted without them, holds: nothing.
+  const keys = revocationKeys(redis.isCluster)
+  for (const key of [keys.restored, keys.deny(jti), keys.session(sid)]) await redis.del(key)
+  t.equal(await store.revocations.isRevoked(jti, undefined), true, 'the access token still reads revoked')
+  t.equal(await store.revocations.isSessionRevoked(sid), true, 'and so does the session')
+  t.equal(await redis.exists(keys.restored, keys.deny(jti), keys.session(sid)), 3, 'both are back in Redis, with the marker')
 })
 
 test('each call names the dependency that failed', { skip: needs.redis || needs.postgres }, async (t) => {
