@@ -1,0 +1,37 @@
+// A CPU profile of the service for one round of a scenario: a fresh service
+// process under node --cpu-prof, one round of load, then the summary of
+// where its time went (bench/profile-summary.ts), on stderr and next to the
+// profile.
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { formatSummary, summarise } from './profile-summary.ts'
+import { runLoad, startService, stop } from './processes.ts'
+import type { RoundSettings, ScenarioPlan } from './rounds.ts'
+
+export interface ProfileContext {
+  env: Record<string, string>
+  cwd: string
+  settings: RoundSettings
+  log: (line: string) => void
+}
+
+export async function profileScenarios (plans: ScenarioPlan[], context: ProfileContext): Promise<void> {
+  for (const plan of plans) {
+    const directory = join(context.cwd, 'profiles', plan.name.replace(/[^a-z0-9]+/gi, '-'))
+    mkdirSync(directory, { recursive: true })
+    const service = await startService(context.env, context.cwd, ['--cpu-prof', `--cpu-prof-dir=${directory}`])
+    try {
+      await runLoad({ ...plan.request, ...plan.serviceOnly, url: service.url, path: plan.servicePath, connections: context.settings.connections, duration: context.settings.seconds })
+    } finally {
+      await stop(service.child)
+    }
+    const file = readdirSync(directory).find((name) => name.endsWith('.cpuprofile'))
+    if (file === undefined) {
+      context.log(`${plan.name}: no profile was written in ${directory}`)
+      continue
+    }
+    const summary = formatSummary(summarise(JSON.parse(readFileSync(join(directory, file), 'utf8'))))
+    writeFileSync(join(directory, 'summary.txt'), summary)
+    context.log(`profile of the service, ${plan.name} (${join(directory, file)}):\n${summary}`)
+  }
+}
