@@ -1,10 +1,9 @@
 // A changed client reaches running instances at once where this process can
 // tell them: the embedded service directly, instances sharing Redis by the
 // cache entry and a notice; otherwise within CLIENT_CACHE_TTL.
-import { Redis } from 'ioredis'
 import { invalidateClient } from '../storage/client-cache.ts'
 import type { Settings } from '../plugins/config.ts'
-import { redisConnectionOptions, withoutRedisPassword } from '../plugins/redis.ts'
+import { createRedisClient, withoutRedisPassword, type RedisClient } from '../plugins/redis.ts'
 import type { Connection } from './connection.ts'
 import { describeFailure, type Output } from './io.ts'
 
@@ -17,12 +16,11 @@ export async function announceChange (config: Settings, connection: Connection, 
     if (config.databaseUrl !== undefined) out.note(`running instances see the change within CLIENT_CACHE_TTL (${config.clientCacheTtl}s)`)
     return
   }
-  let redis: Redis | undefined
+  let redis: RedisClient | undefined
   try {
     // The service's own TLS and ACL options; a bad REDIS_TLS_CA_FILE is
     // reported like an unreachable Redis, since the change itself is made.
-    redis = new Redis(config.redisUrl, {
-      ...redisConnectionOptions(config),
+    redis = createRedisClient(config, {
       keyPrefix: config.redisKeyPrefix,
       lazyConnect: true,
       connectTimeout: 2000,
@@ -32,6 +30,7 @@ export async function announceChange (config: Settings, connection: Connection, 
       retryStrategy: () => null
     })
     redis.on('error', () => {})
+    redis.on('node error', () => {})
     await redis.connect()
     await invalidateClient(redis, config.redisKeyPrefix, clientId)
   } catch (err) {

@@ -29,6 +29,12 @@ export class ConfigError extends Error {
   }
 }
 
+/** A Redis server's address. */
+export interface RedisNode {
+  host: string
+  port: number
+}
+
 /** The validated settings of the service, keys aside: what the CLI needs too. */
 export interface Settings {
   /** PostgreSQL server; undefined: the embedded database in dataDir */
@@ -100,6 +106,10 @@ export interface Settings {
   shutdownDelayMs: number
   /** a CA certificate (PEM file) that the Redis server's certificate must chain to, for rediss:// */
   redisTlsCaFile: string | undefined
+  /** seed nodes of a Redis Cluster (REDIS_CLUSTER_NODES); undefined: REDIS_URL is one server */
+  redisClusterNodes: RedisNode[] | undefined
+  /** revocations each instance keeps in memory at most; 0: every check asks Redis */
+  revocationsInMemoryMax: number
   /** /metrics counts tokens issued by client id */
   metricsPerClient: boolean
   /** client ids that get a series of their own; the others are counted together */
@@ -169,6 +179,8 @@ export const EnvSchema = Type.Object({
   // Default: 0 on the embedded database, else SHUTDOWN_DELAY_DEFAULT (see shutdownDelayMs).
   SHUTDOWN_DELAY: Type.Optional(Type.String({ pattern: DURATION_MS })),
   REDIS_TLS_CA_FILE: Type.Optional(Type.String()),
+  REDIS_CLUSTER_NODES: Type.Optional(Type.String({ maxLength: 4096 })),
+  REVOCATIONS_IN_MEMORY_MAX: Type.Integer({ minimum: 0, maximum: 100_000_000, default: 1_000_000 }),
   METRICS_PER_CLIENT: Type.Boolean({ default: false }),
   METRICS_CLIENT_LIMIT: Type.Integer({ minimum: 1, maximum: 10000, default: 100 }),
   REQUEST_ID_HEADER: Type.String({ default: 'x-request-id', maxLength: 64 })
@@ -312,6 +324,50 @@ function parseHeaderName (variable: string, value: string): string {
   return name
 }
 
+/** `host:port` or `[ipv6]:port`, as REDIS_CLUSTER_NODES lists them. */
+function parseRedisNode (entry: string): RedisNode {
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})$/.exec(entry)
+  const port = Number(match?.[3])
+  if (match === null || port < 1 || port > 65535) {
+    throw new ConfigError('REDIS_CLUSTER_NODES', `"${entry}" is not host:port (e.g. 10.0.1.5:6379, [::1]:7000)`)
+  }
+  return { host: match[1] ?? match[2] ?? '', port }
+}
+
+/**
+ * The seed nodes of cluster mode: REDIS_URL's own host and port first (a
+ * managed cluster's configuration endpoint), then REDIS_CLUSTER_NODES.
+ * REDIS_URL stays required, as it carries the scheme (rediss:// for TLS), the
+ * ACL user and the password that every node connection uses.
+ */
+function parseClusterNodes (raw: Env): RedisNode[] | undefined {
+  const listed = nonEmpty(raw.REDIS_CLUSTER_NODES)
+  if (listed === undefined) return undefined
+  const redisUrl = nonEmpty(raw.REDIS_URL)
+  if (redisUrl === undefined) {
+    throw new ConfigError('REDIS_CLUSTER_NODES', 'needs REDIS_URL too (redis:// or rediss://, with the user and password of every node; its host is a seed node as well)')
+  }
+  // Hash tags ({...}) put the keys that one command touches into one slot; a
+  // brace in the prefix would move every key into the prefix's slot.
+  if (/[{}]/.test(raw.REDIS_KEY_PREFIX)) throw new ConfigError('REDIS_KEY_PREFIX', 'may not contain { or } with REDIS_CLUSTER_NODES (they would decide every key\'s slot)')
+  const nodes = listed.split(',').map((entry) => entry.trim()).filter((entry) => entry !== '').map(parseRedisNode)
+  let url: URL
+  try {
+    url = new URL(redisUrl)
+  } catch {
+    throw new ConfigError('REDIS_URL', 'is not a URL (redis://[user:password@]host:port or rediss://...)')
+  }
+  if (url.protocol !== 'redis:' && url.protocol !== 'rediss:') throw new ConfigError('REDIS_URL', 'must start with redis:// or rediss:// with REDIS_CLUSTER_NODES')
+  if (url.hostname !== '') nodes.unshift({ host: url.hostname.replace(/^\[(.*)\]$/, '$1'), port: url.port === '' ? 6379 : Number(url.port) })
+  const seen = new Set<string>()
+  return nodes.filter((node) => {
+    const id = `${node.host}:${node.port}`
+    if (seen.has(id)) return false
+    seen.add(id)
+    return true
+  })
+}
+
 function nonEmpty (value: string | undefined): string | undefined {
   return value === undefined || value.trim() === '' ? undefined : value
 }
@@ -388,6 +444,8 @@ function settingsFromEnv (raw: Env, cwd: string): Settings {
     jwksUriAllowPrivate: raw.JWKS_URI_ALLOW_PRIVATE,
     shutdownDelayMs: shutdownDelayMs(raw),
     redisTlsCaFile: nonEmpty(raw.REDIS_TLS_CA_FILE),
+    redisClusterNodes: parseClusterNodes(raw),
+    revocationsInMemoryMax: raw.REVOCATIONS_IN_MEMORY_MAX,
     metricsPerClient: raw.METRICS_PER_CLIENT,
     metricsClientLimit: raw.METRICS_CLIENT_LIMIT,
     requestIdHeader: parseHeaderName('REQUEST_ID_HEADER', raw.REQUEST_ID_HEADER)

@@ -222,6 +222,24 @@ function collectDependencies (fastify: FastifyInstance, registry: Registry): voi
   countedSinceStart(registry, 'session_service_redis_records_rejected_total',
     'Records read from Redis that failed their integrity check (written by something other than this service) and were ignored',
     () => fastify.store.rejectedRecords())
+  collectRevocationsInMemory(fastify, registry)
+}
+
+/** The copy of the revocations that answers checks without Redis (with Redis and REVOCATIONS_IN_MEMORY_MAX > 0). */
+function collectRevocationsInMemory (fastify: FastifyInstance, registry: Registry): void {
+  if (fastify.store.revocationsInMemory() === undefined) return
+  new Gauge({ // eslint-disable-line no-new
+    name: 'session_service_revocations_in_memory',
+    help: 'Revocations in force that this instance holds in memory (bounded by REVOCATIONS_IN_MEMORY_MAX)',
+    registers: [registry],
+    collect () { this.set(fastify.store.revocationsInMemory()?.entries ?? 0) }
+  })
+  new Gauge({ // eslint-disable-line no-new
+    name: 'session_service_revocations_in_memory_current',
+    help: '1 when the revocations in memory answer checks; 0 when checks ask Redis (subscription lost, reloading, or more revocations than REVOCATIONS_IN_MEMORY_MAX)',
+    registers: [registry],
+    collect () { this.set(fastify.store.revocationsInMemory()?.current === true ? 1 : 0) }
+  })
 }
 
 /** What the token endpoints refused or revoked, as the domain counts it. */

@@ -1,9 +1,12 @@
 import { readFileSync } from 'node:fs'
 import fp from 'fastify-plugin'
 import fastifyRedis from '@fastify/redis'
-import { Redis, type RedisOptions } from 'ioredis'
-import { ConfigError, type Config } from './config.ts'
+import { Cluster, Redis, type RedisOptions } from 'ioredis'
+import { ConfigError, type Config, type Settings } from './config.ts'
 import { guard, withTimeout } from './errors.ts'
+import type { RedisClient } from '../storage/redis-commands.ts'
+
+export type { RedisClient } from '../storage/redis-commands.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -42,6 +45,46 @@ export function redisConnectionOptions (settings: Pick<Config, 'redisUrl' | 'red
   return { tls: { ca } }
 }
 
+/** The options of one connection that do not apply to a cluster as a whole. */
+type ClientOptions = Pick<RedisOptions, 'keyPrefix' | 'connectionName' | 'connectTimeout' | 'commandTimeout' | 'enableOfflineQueue' |
+'enableAutoPipelining' | 'maxRetriesPerRequest' | 'retryStrategy' | 'lazyConnect'>
+
+/** The ACL user, the password and TLS of REDIS_URL, for each node of a cluster. */
+function clusterNodeOptions (settings: Pick<Settings, 'redisUrl' | 'redisTlsCaFile'>): RedisOptions {
+  const url = new URL(settings.redisUrl ?? '')
+  const username = decodeURIComponent(url.username)
+  const password = decodeURIComponent(url.password)
+  return {
+    ...(username === '' ? {} : { username }),
+    ...(password === '' ? {} : { password }),
+    ...(url.protocol === 'rediss:' ? { tls: redisConnectionOptions(settings).tls ?? {} } : {})
+  }
+}
+
+/**
+ * The service's (and the CLI's) Redis client: one server from REDIS_URL, or,
+ * with REDIS_CLUSTER_NODES, ioredis' Cluster client seeded with those nodes,
+ * each connection with REDIS_URL's user, password and TLS.
+ */
+export function createRedisClient (settings: Pick<Settings, 'redisUrl' | 'redisTlsCaFile' | 'redisClusterNodes'>, options: ClientOptions): RedisClient {
+  const nodes = settings.redisClusterNodes
+  if (nodes === undefined) return new Redis(settings.redisUrl ?? '', { ...redisConnectionOptions(settings), ...options })
+  const { keyPrefix, enableOfflineQueue, enableAutoPipelining, lazyConnect, retryStrategy, ...perNode } = options
+  return new Cluster(nodes, {
+    keyPrefix,
+    enableOfflineQueue,
+    enableAutoPipelining,
+    lazyConnect,
+    clusterRetryStrategy: retryStrategy === undefined || retryStrategy === null ? undefined : (attempt) => retryStrategy(attempt) ?? null,
+    // Node addresses are used as the cluster gives them: with TLS, a managed
+    // cluster's certificates name its hosts, which a lookup here would lose.
+    dnsLookup: (address, callback) => { callback(null, address) },
+    // A command for a node that is down fails at once (503) rather than
+    // waiting in a queue while the cluster fails over.
+    redisOptions: { ...perNode, enableOfflineQueue, ...clusterNodeOptions(settings) }
+  })
+}
+
 /** A message about a Redis connection with the password of REDIS_URL, should it appear, blotted out. */
 export function withoutRedisPassword (message: string, redisUrl: string): string {
   let password = ''
@@ -69,7 +112,7 @@ function permanentProblem (err: Error): string | undefined {
 export default fp(async (fastify) => {
   const { config } = fastify
   // Checked with or without REDIS_URL: a CA file without it is a mistake too.
-  const connectionOptions = redisConnectionOptions(config)
+  redisConnectionOptions(config)
   const { redisUrl } = config
   if (redisUrl === undefined) {
     fastify.decorate('pingRedis', null)
@@ -80,8 +123,7 @@ export default fp(async (fastify) => {
   // While the start waits: an error that no retry mends ends the wait.
   let refuseStart: ((refusal: Error) => void) | undefined
   let refusal: Error | undefined
-  const client = new Redis(redisUrl, {
-    ...connectionOptions,
+  const client = createRedisClient(config, {
     // Every key this service writes, rate-limit counters included, carries the
     // prefix, so several deployments can share one Redis.
     keyPrefix: config.redisKeyPrefix,
@@ -99,7 +141,7 @@ export default fp(async (fastify) => {
     lazyConnect: true
   })
   // ioredis reports every failed reconnect; log at most one line per 10 s.
-  client.on('error', (err: Error) => {
+  const onError = (err: Error): void => {
     lastError = err
     const problem = permanentProblem(err)
     if (problem !== undefined && refuseStart !== undefined) {
@@ -110,7 +152,10 @@ export default fp(async (fastify) => {
     if (now - lastErrorLog < 10_000) return
     lastErrorLog = now
     fastify.log.warn({ cause: withoutRedisPassword(err.message, redisUrl) }, 'redis connection error')
-  })
+  }
+  client.on('error', onError)
+  // A cluster reports each node's trouble apart from its own.
+  client.on('node error', onError)
 
   // A bounded wait at start: a Redis that does not answer stops the start
   // with one line naming it, instead of waiting for the plugin timeout.

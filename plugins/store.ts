@@ -21,7 +21,7 @@ export default fp(async (fastify) => {
     // database answers, else at the first need.
     const seal = recordSeal(async () => await readRecordSecret(fastify.db), fastify.log)
     await seal.load().catch((err: Error) => fastify.log.error({ cause: err.message }, 'could not read the record-signing secret; Redis records cannot be read or written until it is'))
-    store = redisStore({ redis: fastify.redis, prefix: config.redisKeyPrefix, db: fastify.db, seal, log: fastify.log, guard: fastify.dependencyCalls.guard })
+    store = redisStore({ redis: fastify.redis, prefix: config.redisKeyPrefix, db: fastify.db, seal, log: fastify.log, guard: fastify.dependencyCalls.guard, revocationsInMemoryMax: config.revocationsInMemoryMax })
   } else {
     store = sqlStore(fastify.db, fastify.log, fastify.dependencyCalls.guard)
     // Said once, at start: rate limits and the client cache are per process

@@ -3,7 +3,7 @@
 // Redis provides one: without Redis each instance reads PostgreSQL and keeps
 // its records in memory for CLIENT_CACHE_TTL, so the SQL flavour is a cache
 // that never holds anything (reads miss, writes and notices do nothing).
-import type { Redis } from 'ioredis'
+import { subscriberOf, type RedisClient } from './redis-commands.ts'
 import { guard as unrecorded, type Guard } from '../plugins/errors.ts'
 import type { RecordSeal } from './record-seal.ts'
 
@@ -24,7 +24,7 @@ export const clientCacheKey = (clientId: string): string => `client:v5:${clientI
  * its own copy: what the CLI does after it changes a client, through a
  * connection of its own (`redis` applies `prefix` to keys, not to channels).
  */
-export async function invalidateClient (redis: Redis, prefix: string, clientId: string): Promise<void> {
+export async function invalidateClient (redis: RedisClient, prefix: string, clientId: string): Promise<void> {
   await redis.del(clientCacheKey(clientId))
   await redis.publish(`${prefix}${CLIENT_CHANGES_CHANNEL}`, clientId)
 }
@@ -48,7 +48,7 @@ export interface ClientCache {
  * anyone but this service wrote reads as absent. The seal's secret is read
  * from PostgreSQL, and failing that, so is the call.
  */
-export function redisClientCache (redis: Redis, prefix: string, seal: RecordSeal, guard: Guard): ClientCache {
+export function redisClientCache (redis: RedisClient, prefix: string, seal: RecordSeal, guard: Guard): ClientCache {
   const channel = `${prefix}${CLIENT_CHANGES_CHANNEL}`
   return {
     async get (key) {
@@ -62,8 +62,10 @@ export function redisClientCache (redis: Redis, prefix: string, seal: RecordSeal
     del: async (key) => { await guard('redis', redis.del(key)) },
     announce: async (clientId) => { await guard('redis', redis.publish(channel, clientId)) },
     async subscribe (onChange) {
-      const subscriber = redis.duplicate({ enableOfflineQueue: true, connectionName: 'session-service-sub' })
-      subscriber.on('error', () => {}) // the main connection reports Redis trouble
+      const subscriber = subscriberOf(redis, 'session-service-sub')
+      // the main connection reports Redis trouble
+      subscriber.on('error', () => {})
+      subscriber.on('node error', () => {})
       subscriber.on('message', (_channel: string, clientId: string) => { onChange(clientId) })
       await subscriber.subscribe(channel)
       return () => { subscriber.disconnect() }

@@ -1,6 +1,6 @@
 // Counters of attempts over a window (failed client authentications): each
 // call adds one, atomically, so a concurrent burst cannot pass whole.
-import type { Redis } from 'ioredis'
+import type { RedisClient } from './redis-commands.ts'
 import type { Guard } from '../plugins/errors.ts'
 import { luaScript } from './redis-commands.ts'
 
@@ -15,22 +15,27 @@ export interface Counters {
   refund: (keys: string[]) => Promise<void>
 }
 
-const COUNT_ATTEMPTS = luaScript('count-attempts')
-const REFUND_ATTEMPTS = luaScript('refund-attempts')
+const COUNT_ATTEMPTS = luaScript('count-attempt')
+const REFUND_ATTEMPTS = luaScript('refund-attempt')
 
-interface RedisWithCounterScripts extends Redis {
-  countAttempts: (numberOfKeys: number, ...keysAndWindow: Array<string | number>) => Promise<number[]>
-  refundAttempts: (numberOfKeys: number, ...keys: string[]) => Promise<number>
+type RedisWithCounterScripts = RedisClient & {
+  countAttempt: (key: string, windowSeconds: number) => Promise<number>
+  refundAttempt: (key: string) => Promise<number>
 }
 
-/** Counters in Redis (`redis` applies the key prefix): shared by every instance. */
-export function redisCounters (client: Redis, guard: Guard): Counters {
+/**
+ * Counters in Redis (`redis` applies the key prefix): shared by every
+ * instance. One script call per counter, as counters of one attempt (the
+ * client's, the address's) live in different cluster slots; each counter is
+ * atomic by itself, and the calls of one attempt leave in one write.
+ */
+export function redisCounters (client: RedisClient, guard: Guard): Counters {
   const redis = client as RedisWithCounterScripts
-  redis.defineCommand('countAttempts', { lua: COUNT_ATTEMPTS })
-  redis.defineCommand('refundAttempts', { lua: REFUND_ATTEMPTS })
+  redis.defineCommand('countAttempt', { numberOfKeys: 1, lua: COUNT_ATTEMPTS })
+  redis.defineCommand('refundAttempt', { numberOfKeys: 1, lua: REFUND_ATTEMPTS })
   return {
-    count: async (keys, windowSeconds) => await guard('redis', redis.countAttempts(keys.length, ...keys, windowSeconds)),
-    refund: async (keys) => { await guard('redis', redis.refundAttempts(keys.length, ...keys)) }
+    count: async (keys, windowSeconds) => await guard('redis', Promise.all(keys.map(async (key) => await redis.countAttempt(key, windowSeconds)))),
+    refund: async (keys) => { await guard('redis', Promise.all(keys.map(async (key) => await redis.refundAttempt(key)))) }
   }
 }
 

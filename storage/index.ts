@@ -4,7 +4,7 @@
 // instances agree; revocations are kept in the database too); without it,
 // tables of the SQL database, counters in the process and no shared cache.
 // Each call fails as a DependencyError naming what it really touched.
-import type { Redis } from 'ioredis'
+import type { RedisClient } from './redis-commands.ts'
 import { guard as unrecorded, type Guard } from '../plugins/errors.ts'
 import type { Database } from './database.ts'
 import type { RecordSeal } from './record-seal.ts'
@@ -13,6 +13,7 @@ import { processCounters, redisCounters, type Counters } from './counters.ts'
 import { redisRefreshTokens, sqlRefreshTokens, type RefreshTokens } from './refresh-tokens.ts'
 import { redisReplayGuard, sqlReplayGuard, type ReplayGuard } from './replay-guard.ts'
 import { redisRevocations, sqlRevocations, type Revocations } from './revocations.ts'
+import { revocationMirror } from './revocation-mirror.ts'
 import { sweepExpired, type ExpiringTable } from './sweeper.ts'
 
 export type { ClientCache } from './client-cache.ts'
@@ -32,6 +33,8 @@ export interface Store {
   readonly clientCache: ClientCache
   /** Records in Redis refused by their integrity check since start (0 without Redis). */
   readonly rejectedRecords: () => number
+  /** The revocations this instance holds in memory, and whether they answer checks; undefined without such a copy. */
+  readonly revocationsInMemory: () => { entries: number, current: boolean } | undefined
   /** Brings the store up to date at start (the Redis store restores revocations). */
   start: () => Promise<void>
   /** Stops background work (the sweepers of expired rows). */
@@ -52,7 +55,7 @@ function sweepTables (db: Database, tables: ExpiringTable[], log: StoreLog): () 
 
 export interface RedisStoreOptions {
   /** applies `prefix` to every key it is given */
-  redis: Redis
+  redis: RedisClient
   prefix: string
   /** where revocations are kept durably, and the seal's secret */
   db: Database
@@ -60,11 +63,20 @@ export interface RedisStoreOptions {
   log: StoreLog
   /** what each call to Redis or PostgreSQL goes through (default: one that records nothing) */
   guard?: Guard
+  /** revocations kept in this instance's memory at most (storage/revocation-mirror.ts); 0: none, every check asks Redis */
+  revocationsInMemoryMax?: number
 }
 
+/** Redis channel (after the key prefix) of the revocation notices. */
+export const REVOCATION_NOTICES_CHANNEL = 'revocations:notices'
+
 /** The store in Redis, revocations written through to the database. */
-export function redisStore ({ redis, prefix, db, seal, log, guard = unrecorded }: RedisStoreOptions): Store {
-  const revocations = redisRevocations(redis, db, log, guard)
+export function redisStore ({ redis, prefix, db, seal, log, guard = unrecorded, revocationsInMemoryMax = 0 }: RedisStoreOptions): Store {
+  const mirror = revocationsInMemoryMax === 0
+    ? undefined
+    : revocationMirror({ redis, channel: `${prefix}${REVOCATION_NOTICES_CHANNEL}`, db, seal, maxEntries: revocationsInMemoryMax, log })
+  const revocations = redisRevocations(redis, db, log, guard, mirror)
+  const stopSweeping = sweepTables(db, ['revocations'], log)
   return {
     kind: 'redis',
     refreshTokens: redisRefreshTokens(redis, seal, revocations, guard),
@@ -73,9 +85,13 @@ export function redisStore ({ redis, prefix, db, seal, log, guard = unrecorded }
     counters: redisCounters(redis, guard),
     clientCache: redisClientCache(redis, prefix, seal, guard),
     rejectedRecords: () => seal.stats.rejected,
+    revocationsInMemory: () => mirror?.stats(),
     start: revocations.start,
     // Expired revocations leave the database as they leave Redis.
-    close: sweepTables(db, ['revocations'], log)
+    close: () => {
+      stopSweeping()
+      mirror?.close()
+    }
   }
 }
 
@@ -90,6 +106,7 @@ export function sqlStore (db: Database, log: StoreLog, guard: Guard = unrecorded
     counters: processCounters(),
     clientCache: noClientCache(),
     rejectedRecords: () => 0,
+    revocationsInMemory: () => undefined,
     start: revocations.start,
     close: sweepTables(db, ['refresh_tokens', 'revocations', 'used_client_assertions'], log)
   }

@@ -1,9 +1,13 @@
-// What the Redis implementations of storage/ share: their Lua scripts, kept
-// in storage/lua as files of their own (copied next to the compiled modules
-// by the build), and the check of a transaction's replies.
+// What the Redis implementations of storage/ share: the client type, their
+// Lua scripts, kept in storage/lua as files of their own (copied next to the
+// compiled modules by the build), the check of a transaction's replies, and
+// the connection that subscriptions need.
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
-import type { ChainableCommander } from 'ioredis'
+import type { ChainableCommander, Cluster, Redis } from 'ioredis'
+
+/** One Redis server, or a Redis Cluster (REDIS_CLUSTER_NODES): the service's commands work on either. */
+export type RedisClient = Redis | Cluster
 
 /** The text of storage/lua/<name>.lua; read at module load, so a missing script stops the start. */
 export function luaScript (name: string): string {
@@ -15,4 +19,14 @@ export async function execAll (commands: ChainableCommander): Promise<void> {
   const results = await commands.exec()
   const failed = results?.find(([err]) => err !== null)?.[0]
   if (failed !== undefined && failed !== null) throw failed
+}
+
+/**
+ * A connection of its own for subscriptions (a connection that subscribes
+ * can send nothing else), with the client's options; its commands queue
+ * while it reconnects, and ioredis subscribes again once it is back.
+ */
+export function subscriberOf (client: RedisClient, connectionName: string): RedisClient {
+  if (client.isCluster) return (client as Cluster).duplicate(undefined, { enableOfflineQueue: true, redisOptions: { ...(client as Cluster).options.redisOptions, connectionName } })
+  return (client as Redis).duplicate({ enableOfflineQueue: true, connectionName })
 }

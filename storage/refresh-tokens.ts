@@ -2,7 +2,7 @@
 // exchange (ownership, scope narrowing, audience) are judged here, once, on
 // the record read back; each backend only provides the step that must be
 // atomic: marking a token used, so that of two concurrent exchanges one wins.
-import type { Redis } from 'ioredis'
+import type { RedisClient } from './redis-commands.ts'
 import { guard as unrecorded, type Guard } from '../plugins/errors.ts'
 import type { Queryable } from './database.ts'
 import type { RecordSeal } from './record-seal.ts'
@@ -133,7 +133,7 @@ function recordText (record: RefreshTokenRecord): string {
 
 const CONSUME_REFRESH_TOKEN = luaScript('consume-refresh-token')
 
-interface RedisWithRefreshScripts extends Redis {
+type RedisWithRefreshScripts = RedisClient & {
   consumeRefreshToken: (key: string) => Promise<'ok' | 'used' | 'missing'>
 }
 
@@ -148,7 +148,7 @@ const refreshKey = (hash: string): string => `refresh:v2:${hash}`
  * The seal's secret is read from PostgreSQL, and failing that, so is the call;
  * sealing is local work otherwise, so only the Redis calls are recorded.
  */
-export function redisRefreshTokens (client: Redis, seal: RecordSeal, revocations: Revocations, guard: Guard): RefreshTokens {
+export function redisRefreshTokens (client: RedisClient, seal: RecordSeal, revocations: Revocations, guard: Guard): RefreshTokens {
   const redis = client as RedisWithRefreshScripts
   redis.defineCommand('consumeRefreshToken', { numberOfKeys: 1, lua: CONSUME_REFRESH_TOKEN })
   return refreshTokens({

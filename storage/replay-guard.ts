@@ -1,6 +1,6 @@
 // Single-use markers: what may be presented once only (a client assertion's
 // jti, RFC 7523 §3) is recorded until it expires.
-import type { Redis } from 'ioredis'
+import type { RedisClient } from './redis-commands.ts'
 import type { Guard } from '../plugins/errors.ts'
 import type { Queryable } from './database.ts'
 
@@ -10,7 +10,7 @@ export interface ReplayGuard {
 }
 
 /** Markers in Redis (`redis` applies the key prefix), each expiring by itself. */
-export function redisReplayGuard (redis: Redis, guard: Guard): ReplayGuard {
+export function redisReplayGuard (redis: RedisClient, guard: Guard): ReplayGuard {
   return {
     recordOnce: async (key, exp) => (await guard('redis', redis.set(key, '1', 'EXAT', exp, 'NX'))) !== null
   }

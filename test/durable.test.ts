@@ -59,10 +59,11 @@ interface Scene {
   untouched: IssuedTokens
 }
 
-async function scene (t: Test): Promise<Scene> {
+/** `inMemory`: REVOCATIONS_IN_MEMORY_MAX (0: every check asks Redis, whose restore is then under test). */
+async function scene (t: Test, inMemory = '1000000'): Promise<Scene> {
   const redis = new PrivateRedis(t, await freePort())
   await redis.start()
-  const { app, databaseUrl } = await build(t, { env: { REDIS_URL: redis.url, DEPENDENCY_TIMEOUT: '1s' } })
+  const { app, databaseUrl } = await build(t, { env: { REDIS_URL: redis.url, DEPENDENCY_TIMEOUT: '1s', REVOCATIONS_IN_MEMORY_MAX: inMemory } })
   await insertClient(databaseUrl, CLIENT)
   const denied = await issueTokens(app, CLIENT.id, CLIENT.secret)
   const revokedSession = await issueTokens(app, CLIENT.id, CLIENT.secret)
@@ -101,7 +102,7 @@ test('each revocation is recorded in PostgreSQL until the tokens it covers expir
 })
 
 test('Redis flushed: the revocations are put back before any token is checked', { skip: needs.redis || needs.postgres }, async (t) => {
-  const s = await scene(t)
+  const s = await scene(t, '0')
   await assertRevocationsHold(t, s, 'before')
 
   const admin = new Redis(s.redis.url)
@@ -121,7 +122,11 @@ test('Redis flushed: the revocations are put back before any token is checked', 
 test('Redis restarted empty: the service reconnects by itself and the revocations hold', { skip: needs.redis || needs.postgres }, async (t) => {
   const s = await scene(t)
   await s.redis.stop()
-  const down = await verify(s.app, s.untouched.access_token)
+  // The revocations in memory answer until the instance sees its
+  // subscription gone (at once when the connection closes, within 1 s when
+  // it hangs); then verify asks Redis.
+  let down = await verify(s.app, s.untouched.access_token)
+  for (const until = Date.now() + 3000; down.statusCode !== 503 && Date.now() < until; down = await verify(s.app, s.untouched.access_token)) await sleep(50)
   t.equal(down.statusCode, 503, 'while Redis is down, verify cannot check the deny-list: 503')
   t.equal(down.json().error, 'temporarily_unavailable')
   await s.redis.start()
