@@ -1,7 +1,7 @@
 // Where a CPU profile (node --cpu-prof) spends its self time: the share of
 // idle time, then the busy time by function and by origin (a package,
 // Node.js itself, our code, garbage collection).
-//   node dist/bench/profile-summary.js <file.cpuprofile> [top]
+//   node dist/bench/profile-summary.js <file.cpuprofile> [top] [last seconds]
 import { readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 
@@ -11,6 +11,9 @@ interface ProfileNode {
 }
 
 interface CpuProfile {
+  /** microseconds, on the clock of the samples' time deltas */
+  endTime: number
+  startTime: number
   nodes: ProfileNode[]
   samples: number[]
   timeDeltas: number[]
@@ -46,16 +49,23 @@ export interface ProfileSummary {
   origins: SelfTime[]
 }
 
-export function summarise (profile: CpuProfile, top = 15): ProfileSummary {
+/**
+ * `lastSeconds`: only the samples of the profile's last seconds (the measured
+ * round, without the start and the warm-up before it).
+ */
+export function summarise (profile: CpuProfile, top = 15, lastSeconds = Infinity): ProfileSummary {
+  const windowStart = profile.endTime - lastSeconds * 1e6
   const byId = new Map(profile.nodes.map((node) => [node.id, node]))
   const functions = new Map<string, number>()
   const origins = new Map<string, number>()
   let all = 0
   let idle = 0
+  let at = profile.startTime
   for (const [index, id] of profile.samples.entries()) {
     const frame = byId.get(id)?.callFrame
     const delta = profile.timeDeltas[index] ?? 0
-    if (frame === undefined) continue
+    at += delta
+    if (frame === undefined || at < windowStart) continue
     all += delta
     if (frame.functionName === '(idle)') {
       idle += delta
@@ -81,5 +91,5 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const file = process.argv[2]
   if (file === undefined) throw new Error('usage: profile-summary <file.cpuprofile> [top]')
   const profile = JSON.parse(readFileSync(file, 'utf8')) as CpuProfile
-  process.stdout.write(formatSummary(summarise(profile, Number(process.argv[3] ?? 15))))
+  process.stdout.write(formatSummary(summarise(profile, Number(process.argv[3] ?? 15), Number(process.argv[4] ?? Infinity))))
 }

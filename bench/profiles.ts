@@ -1,7 +1,7 @@
 // A CPU profile of the service for one round of a scenario: a fresh service
-// process under node --cpu-prof, one round of load, then the summary of
-// where its time went (bench/profile-summary.ts), on stderr and next to the
-// profile.
+// process under node --cpu-prof, a warm-up round and the measured round,
+// then the summary of where its time went in the measured round
+// (bench/profile-summary.ts), on stderr and next to the profile.
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { formatSummary, summarise } from './profile-summary.ts'
@@ -20,8 +20,10 @@ export async function profileScenarios (plans: ScenarioPlan[], context: ProfileC
     const directory = join(context.cwd, 'profiles', plan.name.replace(/[^a-z0-9]+/gi, '-'))
     mkdirSync(directory, { recursive: true })
     const service = await startService(context.env, context.cwd, ['--cpu-prof', `--cpu-prof-dir=${directory}`])
+    const load = { ...plan.request, ...plan.serviceOnly, url: service.url, path: plan.servicePath, connections: context.settings.connections }
     try {
-      await runLoad({ ...plan.request, ...plan.serviceOnly, url: service.url, path: plan.servicePath, connections: context.settings.connections, duration: context.settings.seconds })
+      await runLoad({ ...load, duration: context.settings.warmUpSeconds })
+      await runLoad({ ...load, duration: context.settings.seconds })
     } finally {
       await stop(service.child)
     }
@@ -30,7 +32,7 @@ export async function profileScenarios (plans: ScenarioPlan[], context: ProfileC
       context.log(`${plan.name}: no profile was written in ${directory}`)
       continue
     }
-    const summary = formatSummary(summarise(JSON.parse(readFileSync(join(directory, file), 'utf8'))))
+    const summary = formatSummary(summarise(JSON.parse(readFileSync(join(directory, file), 'utf8')), 15, context.settings.seconds))
     writeFileSync(join(directory, 'summary.txt'), summary)
     context.log(`profile of the service, ${plan.name} (${join(directory, file)}):\n${summary}`)
   }

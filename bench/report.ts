@@ -11,6 +11,8 @@ export interface BenchRun {
   redis: RedisMode
   date: string
   machine: { cpus: number, model: string, memoryGiB: number, node: string }
+  /** the machine's 1-minute load average when the run began and ended: above 2 on 2 cores, others were competing */
+  loadAverage: { start: number, end: number }
   settings: Record<string, unknown>
   scenarios: ScenarioResult[]
   burst?: BurstResult

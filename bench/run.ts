@@ -22,7 +22,7 @@
 // with --cpu-prof for one round at the end).
 import { generateKeyPairSync, randomBytes } from 'node:crypto'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import { cpus, tmpdir, totalmem } from 'node:os'
+import { cpus, loadavg, tmpdir, totalmem } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import pg from 'pg'
@@ -115,7 +115,8 @@ const servers: Server[] = []
 
 try {
   const machine = { cpus: cpus().length, model: cpus()[0]?.model ?? 'cpu', memoryGiB: Math.round(totalmem() / 2 ** 30), node: process.version }
-  log(`session-service benchmark, ${REDIS} Redis: ${machine.cpus} × ${machine.model}, Node.js ${machine.node}, ${ROUNDS} rounds of ${SECONDS} s, ${CONNECTIONS} connections`)
+  const loadAtStart = loadavg()[0] ?? 0
+  log(`session-service benchmark, ${REDIS} Redis: ${machine.cpus} × ${machine.model}, Node.js ${machine.node}, ${ROUNDS} rounds of ${SECONDS} s, ${CONNECTIONS} connections, load average ${loadAtStart.toFixed(2)}`)
   const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 })
   const privateKeyPem = rsa.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString()
   const serviceEnv = serviceEnvironment(databaseUrl, redisPrefix, privateKeyPem)
@@ -139,7 +140,8 @@ try {
   await stop(service.child)
 
   const settings = { seconds: SECONDS, rounds: ROUNDS, connections: CONNECTIONS, tokenPool: pool.size, memoryRequests: MEMORY_REQUESTS, pinning: 'service and ceilings on core 0, load generator on core 1' }
-  const run: BenchRun = { redis: REDIS, date: new Date().toISOString(), machine, settings, scenarios, ...extras }
+  const loadAverage = { start: loadAtStart, end: loadavg()[0] ?? 0 }
+  const run: BenchRun = { redis: REDIS, date: new Date().toISOString(), machine, loadAverage, settings, scenarios, ...extras }
   const file = join(here, '..', '..', 'bench', 'results.json')
   process.stdout.write(markdownTable(mergeRun(file, run)))
   process.stdout.write(`\nwritten to ${file}\n`)
