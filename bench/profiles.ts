@@ -2,7 +2,7 @@
 // process under node --cpu-prof, a warm-up round and the measured round,
 // then the summary of where its time went in the measured round
 // (bench/profile-summary.ts), on stderr and next to the profile.
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { formatSummary, summarise } from './profile-summary.ts'
 import { runLoad, startService, stop } from './processes.ts'
@@ -19,7 +19,8 @@ export async function profileScenarios (plans: ScenarioPlan[], context: ProfileC
   for (const plan of plans) {
     const directory = join(context.cwd, 'profiles', plan.name.replace(/[^a-z0-9]+/gi, '-'))
     mkdirSync(directory, { recursive: true })
-    const service = await startService(context.env, context.cwd, ['--cpu-prof', `--cpu-prof-dir=${directory}`])
+    // No shutdown delay: its idle seconds would end the profile.
+    const service = await startService({ ...context.env, SHUTDOWN_DELAY: '0' }, context.cwd, ['--cpu-prof', `--cpu-prof-dir=${directory}`])
     const load = { ...plan.request, ...plan.serviceOnly, url: service.url, path: plan.servicePath, connections: context.settings.connections }
     try {
       await runLoad({ ...load, duration: context.settings.warmUpSeconds })
@@ -27,7 +28,10 @@ export async function profileScenarios (plans: ScenarioPlan[], context: ProfileC
     } finally {
       await stop(service.child)
     }
-    const file = readdirSync(directory).find((name) => name.endsWith('.cpuprofile'))
+    // Worker threads (the secret hashing) write profiles of their own; the main thread's is the largest.
+    const file = readdirSync(directory)
+      .filter((name) => name.endsWith('.cpuprofile'))
+      .sort((a, b) => statSync(join(directory, b)).size - statSync(join(directory, a)).size)[0]
     if (file === undefined) {
       context.log(`${plan.name}: no profile was written in ${directory}`)
       continue
