@@ -49,6 +49,8 @@ function rssMiB (pid: number | undefined): number {
 /** Resident size after a tenth of `requests` token requests, then after all of them. */
 export async function memoryGrowth (url: string, pid: number | undefined, token: Request, requests: number, connections: number): Promise<MemoryResult> {
   const tenth = Math.round(requests / 10)
+  // autocannon refuses more connections than requests.
+  connections = Math.max(1, Math.min(connections, tenth))
   await runLoad({ ...token, url, connections, duration: 0, amount: tenth })
   const rssAfterTenth = rssMiB(pid)
   await runLoad({ ...token, url, connections, duration: 0, amount: requests - tenth })
