@@ -1,5 +1,6 @@
 // What the benchmark (run.ts), the soak (soak.ts) and the tests all need.
 import type { ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
 import { createServer } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 
@@ -42,5 +43,31 @@ export async function deleteKeys (url: string, prefix: string): Promise<void> {
     } while (cursor !== '0')
   } finally {
     await redis.quit()
+  }
+}
+
+/**
+ * Deletes every key under `prefix` on a Redis Cluster reached through `nodes`
+ * (host:port): each master is scanned, since a SCAN sees one node's keys only.
+ */
+export async function deleteClusterKeys (nodes: string[], prefix: string): Promise<void> {
+  const { Cluster } = await import('ioredis')
+  const cluster = new Cluster(nodes.map((node) => {
+    const [host, port] = node.split(':')
+    return { host: host ?? '127.0.0.1', port: Number(port) }
+  }))
+  try {
+    if (cluster.status !== 'ready') await once(cluster, 'ready')
+    await Promise.all(cluster.nodes('master').map(async (master) => {
+      let cursor = '0'
+      do {
+        const [next, keys] = await master.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000)
+        // One DEL per key: the keys of one node may still span several slots.
+        await Promise.all(keys.map(async (key) => await master.del(key)))
+        cursor = next
+      } while (cursor !== '0')
+    }))
+  } finally {
+    await cluster.quit()
   }
 }

@@ -1,7 +1,7 @@
 // The load generator, run as a process of its own so that its CPU is not the
 // service's. Reads one scenario (JSON) from BENCH_SCENARIO, drives it with
 // autocannon, and prints one JSON line with the figures.
-import { readFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import autocannon from 'autocannon'
 
 export interface Scenario {
@@ -11,6 +11,8 @@ export interface Scenario {
   duration: number
   /** total requests instead of a duration */
   amount?: number
+  /** requests per second over all connections (a fixed-rate run); unset: as fast as answered */
+  overallRate?: number
   kind: 'get' | 'form' | 'verify' | 'introspect' | 'refresh' | 'wrong-secrets'
   path: string
   /** form body for 'form' */
@@ -20,6 +22,8 @@ export interface Scenario {
   tokensFile?: string
   /** 'wrong-secrets': the client whose secret is guessed */
   clientId?: string
+  /** 'refresh': where to write the refresh tokens still unused at the end, for the next run */
+  tokensOut?: string
 }
 
 export interface LoadResult {
@@ -30,9 +34,14 @@ export interface LoadResult {
   errors: number
   timeouts: number
   non2xx: number
+  /** CPU the load generator used, in seconds per second of the run (1 = one core saturated) */
+  cpu: number
 }
 
 const FORM = 'application/x-www-form-urlencoded'
+
+/** 'refresh': the tokens not sent yet, written out when the run ends. */
+let unusedRefreshTokens = (): string[] => []
 
 function requestsFor (scenario: Scenario): autocannon.Request[] {
   const headers = scenario.headers ?? {}
@@ -88,6 +97,7 @@ function requestsFor (scenario: Scenario): autocannon.Request[] {
       // scenario has a single request, so it cannot carry them.)
       const fresh = [...tokens]
       let head = 0
+      unusedRefreshTokens = () => fresh.slice(head)
       return [{
         method: 'POST',
         path: scenario.path,
@@ -105,11 +115,18 @@ function requestsFor (scenario: Scenario): autocannon.Request[] {
   }
 }
 
+function cpuShare (since: { cpu: NodeJS.CpuUsage, at: number }): number {
+  const used = process.cpuUsage(since.cpu)
+  return Math.round((used.user + used.system) / 1000 / (performance.now() - since.at) * 100) / 100
+}
+
 const scenario = JSON.parse(process.env.BENCH_SCENARIO ?? '{}') as Scenario
+const started = { cpu: process.cpuUsage(), at: performance.now() }
 const result = await autocannon({
   url: scenario.url,
   connections: scenario.connections,
   ...(scenario.amount === undefined ? { duration: scenario.duration } : { amount: scenario.amount }),
+  ...(scenario.overallRate === undefined ? {} : { overallRate: scenario.overallRate }),
   requests: requestsFor(scenario),
   timeout: 10
 })
@@ -120,6 +137,8 @@ const summary: LoadResult = {
   p99: result.latency.p99,
   errors: result.errors,
   timeouts: result.timeouts,
-  non2xx: result.non2xx
+  non2xx: result.non2xx,
+  cpu: cpuShare(started)
 }
+if (scenario.tokensOut !== undefined) writeFileSync(scenario.tokensOut, JSON.stringify(unusedRefreshTokens()))
 process.stdout.write(JSON.stringify(summary) + '\n')
