@@ -176,7 +176,8 @@ async function calibrate (urls: string[], basic: string): Promise<LoadResult> {
     p99: Math.max(...results.map((result) => result.p99)),
     errors: sum((result) => result.errors),
     timeouts: sum((result) => result.timeouts),
-    non2xx: sum((result) => result.non2xx)
+    non2xx: sum((result) => result.non2xx),
+    cpu: sum((result) => result.cpu)
   }
   const each = results.length === 1 ? '' : ` (${results.map((result) => Math.round(result.rps)).join(' + ')})`
   log(`calibration: ${Math.round(calibration.rps)} req/s${each}, p50 ${calibration.p50} ms, p99 ${calibration.p99} ms (the slowest instance's), errors ${calibration.errors + calibration.timeouts}, non-2xx ${calibration.non2xx}`)
