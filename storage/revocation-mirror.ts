@@ -134,143 +134,193 @@ async function readRevocations (db: Queryable, since: Date | undefined): Promise
   return { rows, readAt: clock?.now ?? new Date() }
 }
 
+/**
+ * The heartbeat of one instance on the notices' channel: numbered, so that a
+ * missing one (notices may have been lost with it) tells apart from a late
+ * one (while this process was busy, say loading a large copy, none was sent).
+ */
+class Heartbeat {
+  readonly #prefix = `heartbeat:${randomBytes(9).toString('base64url')}:`
+  #sent = 0
+  /** the number of the last one back (0: none since the connection opened), and when it came */
+  #seen = 0
+  #lastAt = 0
+
+  next (): string {
+    return `${this.#prefix}${++this.#sent}`
+  }
+
+  isOwn (text: string): boolean {
+    return text.startsWith(this.#prefix)
+  }
+
+  /** Records one back; false when one before it never came. */
+  receive (text: string): boolean {
+    const sequence = Number(text.slice(this.#prefix.length))
+    const complete = this.#seen === 0 || sequence === this.#seen + 1
+    this.#seen = sequence
+    this.#lastAt = Date.now()
+    return complete
+  }
+
+  /** The connection closed: what was sent meanwhile is lost. */
+  reset (): void {
+    this.#seen = 0
+    this.#lastAt = 0
+  }
+
+  get recent (): boolean {
+    return Date.now() - this.#lastAt < HEARTBEAT_LOST_MS
+  }
+}
+
 /** The copy of one instance; see the top of this file. */
-export function revocationMirror ({ redis, channel, db, seal, maxEntries, log }: MirrorOptions): RevocationMirror {
-  let set = new RevocationSet(maxEntries)
-  const instance = randomBytes(9).toString('base64url')
-  const heartbeat = `heartbeat:${instance}:`
-  /** when this instance's last heartbeat came back, and its number (0: none yet) */
-  let lastHeartbeat = 0
-  let seenHeartbeat = 0
-  let sentHeartbeat = 0
-  const sendHeartbeat = async (): Promise<void> => { await redis.publish(channel, `${heartbeat}${++sentHeartbeat}`) }
-  let loaded = false
+class RevocationCopy implements RevocationMirror {
+  readonly #options: MirrorOptions
+  readonly #heartbeat = new Heartbeat()
+  #set: RevocationSet
+  #loaded = false
   /** Loaded never, or notices may have been lost since: the next heartbeat loads the copy anew. */
-  let needsLoad = true
-  let loading: Promise<void> | undefined
-  let lastRead: Date | undefined
-  let subscriber: RedisClient | undefined
-  const timers: NodeJS.Timeout[] = []
-  let closed = false
+  #needsLoad = true
+  #loading: Promise<void> | undefined
+  #lastRead: Date | undefined
+  #subscriber: RedisClient | undefined
+  readonly #timers: NodeJS.Timeout[] = []
+  #closed = false
+  #lastWarning = 0
 
-  const current = (): boolean => loaded && !set.overflowed && Date.now() - lastHeartbeat < HEARTBEAT_LOST_MS
-
-  // A fresh set, so that nothing missed while the copy was not current stays missed.
-  async function load (): Promise<void> {
-    loading ??= (async () => {
-      loaded = false
-      needsLoad = false
-      try {
-        const fresh = new RevocationSet(maxEntries)
-        const { rows, readAt } = await readRevocations(db, undefined)
-        for (const row of rows) fresh.add(row.kind, row.id, row.exp)
-        // What arrived by notice during the read is in the old set.
-        for (const [id, exp] of set.accessTokens) fresh.add('access_token', id, exp)
-        for (const [id, exp] of set.sessions) fresh.add('session', id, exp)
-        set = fresh
-        lastRead = readAt
-        loaded = true
-        if (set.overflowed) log.warn({ revocations: rows.length, max: maxEntries }, 'more revocations than REVOCATIONS_IN_MEMORY_MAX: checks ask Redis')
-      } catch (err) {
-        needsLoad = true
-        throw err
-      } finally {
-        loading = undefined
-      }
-    })()
-    await loading
+  constructor (options: MirrorOptions) {
+    this.#options = options
+    this.#set = new RevocationSet(options.maxEntries)
   }
 
-  async function readRecent (): Promise<void> {
-    if (!loaded || loading !== undefined) return
-    const { rows, readAt } = await readRevocations(db, lastRead)
-    for (const row of rows) set.add(row.kind, row.id, row.exp)
-    lastRead = readAt
+  check (jti: string | undefined, sid: string | undefined): boolean | undefined {
+    if (!this.#current()) return undefined
+    const now = nowSeconds()
+    return (jti !== undefined && this.#set.has('access_token', jti, now)) || (sid !== undefined && this.#set.has('session', sid, now))
   }
 
-  async function receive (text: string): Promise<void> {
-    if (text.startsWith(heartbeat)) {
-      // A heartbeat missing in the sequence: notices may have been lost with
-      // it. (A late one is not a lost one: while this process was busy, say
-      // loading a large copy, none was sent.)
-      const sequence = Number(text.slice(heartbeat.length))
-      if (seenHeartbeat !== 0 && sequence !== seenHeartbeat + 1) needsLoad = true
-      seenHeartbeat = sequence
-      lastHeartbeat = Date.now()
-      if (needsLoad && loading === undefined) await load()
+  async publish (kind: RevocationKind, id: string, exp: number): Promise<void> {
+    this.#set.add(kind, id, exp)
+    const notice = await this.#options.seal.seal(NOTICE_KEY, JSON.stringify([KIND_CODES[kind], id, exp]))
+    await this.#options.redis.publish(this.#options.channel, notice)
+  }
+
+  async start (): Promise<void> {
+    const connection = this.#subscribe()
+    this.#every(HEARTBEAT_MS, async () => { await this.#sendHeartbeat() }, 'could not publish the revocations heartbeat')
+    this.#every(SYNC_MS, async () => { await this.#readRecent() }, 'could not read recent revocations from the database')
+    this.#every(SWEEP_MS, async () => {
+      this.#set.sweep(nowSeconds())
+      // Room again after a revocation was left out: load the whole set anew.
+      if (this.#set.overflowed && this.#set.size < this.#options.maxEntries * 0.9) await this.#load()
+    }, 'could not sweep expired revocations')
+    try {
+      await withTimeout(connection.subscribe(this.#options.channel), START_WAIT_MS, 'redis')
+      await this.#load()
+      if (this.#closed) return
+      this.#options.log.info({ revocations: this.#set.size }, 'revocations loaded into memory')
+      await this.#sendHeartbeat()
+    } catch (err) {
+      // Checks ask Redis meanwhile; the heartbeat tries again.
+      this.#warn('could not load the revocations into memory', err as Error)
+    }
+  }
+
+  close (): void {
+    this.#closed = true
+    for (const timer of this.#timers) clearInterval(timer)
+    this.#subscriber?.disconnect()
+  }
+
+  stats (): { entries: number, current: boolean } {
+    return { entries: this.#set.size, current: this.#current() }
+  }
+
+  #current (): boolean {
+    return this.#loaded && !this.#set.overflowed && this.#heartbeat.recent
+  }
+
+  #subscribe (): RedisClient {
+    const connection = subscriberOf(this.#options.redis, 'session-service-revocations')
+    this.#subscriber = connection
+    connection.on('error', () => {}) // the main connection reports Redis trouble
+    connection.on('node error', () => {})
+    // A lost connection may have lost notices: stop answering at once.
+    connection.on('close', () => {
+      this.#heartbeat.reset()
+      this.#needsLoad = true
+    })
+    connection.on('message', (_channel: string, text: string) => {
+      this.#receive(text).catch((err: Error) => { this.#warn('could not read a revocation notice', err) })
+    })
+    return connection
+  }
+
+  async #sendHeartbeat (): Promise<void> {
+    await this.#options.redis.publish(this.#options.channel, this.#heartbeat.next())
+  }
+
+  async #receive (text: string): Promise<void> {
+    if (this.#heartbeat.isOwn(text)) {
+      if (!this.#heartbeat.receive(text)) this.#needsLoad = true
+      if (this.#needsLoad && this.#loading === undefined) await this.#load()
       return
     }
     if (text.startsWith('heartbeat:')) return
-    const opened = await seal.open(NOTICE_KEY, text)
+    const opened = await this.#options.seal.open(NOTICE_KEY, text)
     const row = opened === undefined ? undefined : parseNotice(opened)
-    if (row !== undefined) set.add(row.kind, row.id, row.exp)
+    if (row !== undefined) this.#set.add(row.kind, row.id, row.exp)
   }
 
-  const warnOnce = (() => {
-    let last = 0
-    return (message: string, err: Error): void => {
-      if (Date.now() - last < 10_000) return
-      last = Date.now()
-      log.warn({ cause: err.message }, message)
-    }
-  })()
-
-  function every (ms: number, work: () => Promise<void> | void, failure: string): void {
-    const timer = setInterval(() => {
-      Promise.resolve().then(work).catch((err: Error) => { warnOnce(failure, err) })
-    }, ms)
-    timer.unref()
-    timers.push(timer)
-  }
-
-  return {
-    check (jti, sid) {
-      if (!current()) return undefined
-      const now = nowSeconds()
-      return (jti !== undefined && set.has('access_token', jti, now)) || (sid !== undefined && set.has('session', sid, now))
-    },
-    async publish (kind, id, exp) {
-      set.add(kind, id, exp)
-      const notice = await seal.seal(NOTICE_KEY, JSON.stringify([KIND_CODES[kind], id, exp]))
-      await redis.publish(channel, notice)
-    },
-    async start () {
-      const connection = subscriberOf(redis, 'session-service-revocations')
-      subscriber = connection
-      connection.on('error', () => {}) // the main connection reports Redis trouble
-      connection.on('node error', () => {})
-      // A lost connection may have lost notices: stop answering at once.
-      connection.on('close', () => {
-        lastHeartbeat = 0
-        seenHeartbeat = 0
-        needsLoad = true
-      })
-      connection.on('message', (_channel: string, text: string) => {
-        receive(text).catch((err: Error) => { warnOnce('could not read a revocation notice', err) })
-      })
-      every(HEARTBEAT_MS, sendHeartbeat, 'could not publish the revocations heartbeat')
-      every(SYNC_MS, readRecent, 'could not read recent revocations from the database')
-      every(SWEEP_MS, async () => {
-        set.sweep(nowSeconds())
-        // Room again after a revocation was left out: load the whole set anew.
-        if (set.overflowed && set.size < maxEntries * 0.9) await load()
-      }, 'could not sweep expired revocations')
+  // A fresh set, so that nothing missed while the copy was not current stays missed.
+  async #load (): Promise<void> {
+    this.#loading ??= (async () => {
+      this.#loaded = false
+      this.#needsLoad = false
       try {
-        await withTimeout(connection.subscribe(channel), START_WAIT_MS, 'redis')
-        await load()
-        if (closed) return
-        log.info({ revocations: set.size }, 'revocations loaded into memory')
-        await sendHeartbeat()
+        const fresh = new RevocationSet(this.#options.maxEntries)
+        const { rows, readAt } = await readRevocations(this.#options.db, undefined)
+        for (const row of rows) fresh.add(row.kind, row.id, row.exp)
+        // What arrived by notice during the read is in the old set.
+        for (const [id, exp] of this.#set.accessTokens) fresh.add('access_token', id, exp)
+        for (const [id, exp] of this.#set.sessions) fresh.add('session', id, exp)
+        this.#set = fresh
+        this.#lastRead = readAt
+        this.#loaded = true
+        if (fresh.overflowed) this.#options.log.warn({ revocations: rows.length, max: this.#options.maxEntries }, 'more revocations than REVOCATIONS_IN_MEMORY_MAX: checks ask Redis')
       } catch (err) {
-        // Checks ask Redis meanwhile; the heartbeat tries again.
-        warnOnce('could not load the revocations into memory', err as Error)
+        this.#needsLoad = true
+        throw err
+      } finally {
+        this.#loading = undefined
       }
-    },
-    close () {
-      closed = true
-      for (const timer of timers) clearInterval(timer)
-      subscriber?.disconnect()
-    },
-    stats: () => ({ entries: set.size, current: current() })
+    })()
+    await this.#loading
   }
+
+  async #readRecent (): Promise<void> {
+    if (!this.#loaded || this.#loading !== undefined) return
+    const { rows, readAt } = await readRevocations(this.#options.db, this.#lastRead)
+    for (const row of rows) this.#set.add(row.kind, row.id, row.exp)
+    this.#lastRead = readAt
+  }
+
+  #every (ms: number, work: () => Promise<void>, failure: string): void {
+    const timer = setInterval(() => { work().catch((err: Error) => { this.#warn(failure, err) }) }, ms)
+    timer.unref()
+    this.#timers.push(timer)
+  }
+
+  /** At most one warning per 10 s: a Redis or PostgreSQL outage fails every timer. */
+  #warn (message: string, err: Error): void {
+    if (Date.now() - this.#lastWarning < 10_000) return
+    this.#lastWarning = Date.now()
+    this.#options.log.warn({ cause: err.message }, message)
+  }
+}
+
+/** The copy of one instance; see the top of this file. */
+export function revocationMirror (options: MirrorOptions): RevocationMirror {
+  return new RevocationCopy(options)
 }
