@@ -62,12 +62,12 @@ export function redisClientCache (redis: RedisClient, prefix: string, seal: Reco
     del: async (key) => { await guard('redis', redis.del(key)) },
     announce: async (clientId) => { await guard('redis', redis.publish(channel, clientId)) },
     async subscribe (onChange) {
-      const subscriber = subscriberOf(redis, 'session-service-sub')
+      const { connection: subscriber, subscribed } = subscriberOf(redis, 'session-service-sub', channel)
       // the main connection reports Redis trouble
       subscriber.on('error', () => {})
       subscriber.on('node error', () => {})
       subscriber.on('message', (_channel: string, clientId: string) => { onChange(clientId) })
-      await subscriber.subscribe(channel)
+      await subscribed
       return () => { subscriber.disconnect() }
     }
   }

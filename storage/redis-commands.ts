@@ -22,11 +22,23 @@ export async function execAll (commands: ChainableCommander): Promise<void> {
 }
 
 /**
- * A connection of its own for subscriptions (a connection that subscribes
- * can send nothing else), with the client's options; its commands queue
- * while it reconnects, and ioredis subscribes again once it is back.
+ * A connection of its own, subscribed to `channel` (a connection that
+ * subscribes can send nothing else), with the client's options; commands
+ * queue while it reconnects, and it subscribes again each time it is back.
+ * On one server that is done here rather than by ioredis, whose own
+ * resubscription leaves its promise unhandled: one that fails because the
+ * connection closes (a shutdown just as Redis comes back) would be an
+ * unhandled rejection. A cluster's subscriber catches its own.
  */
-export function subscriberOf (client: RedisClient, connectionName: string): RedisClient {
-  if (client.isCluster) return (client as Cluster).duplicate(undefined, { enableOfflineQueue: true, redisOptions: { ...(client as Cluster).options.redisOptions, connectionName } })
-  return (client as Redis).duplicate({ enableOfflineQueue: true, connectionName })
+export function subscriberOf (client: RedisClient, connectionName: string, channel: string): { connection: RedisClient, subscribed: Promise<unknown> } {
+  if (client.isCluster) {
+    const connection = (client as Cluster).duplicate(undefined, { enableOfflineQueue: true, redisOptions: { ...(client as Cluster).options.redisOptions, connectionName } })
+    return { connection, subscribed: connection.subscribe(channel) }
+  }
+  const connection = (client as Redis).duplicate({ enableOfflineQueue: true, connectionName, autoResubscribe: false })
+  let connections = 0
+  connection.on('ready', () => {
+    if (++connections > 1) connection.subscribe(channel).catch(() => {})
+  })
+  return { connection, subscribed: connection.subscribe(channel) }
 }

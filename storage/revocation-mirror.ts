@@ -207,7 +207,7 @@ class RevocationCopy implements RevocationMirror {
   }
 
   async start (): Promise<void> {
-    const connection = this.#subscribe()
+    const subscribed = this.#subscribe()
     this.#every(HEARTBEAT_MS, async () => { await this.#sendHeartbeat() }, 'could not publish the revocations heartbeat')
     this.#every(SYNC_MS, async () => { await this.#readRecent() }, 'could not read recent revocations from the database')
     this.#every(SWEEP_MS, async () => {
@@ -216,7 +216,7 @@ class RevocationCopy implements RevocationMirror {
       if (this.#set.overflowed && this.#set.size < this.#options.maxEntries * 0.9) await this.#load()
     }, 'could not sweep expired revocations')
     try {
-      await withTimeout(connection.subscribe(this.#options.channel), START_WAIT_MS, 'redis')
+      await withTimeout(subscribed, START_WAIT_MS, 'redis')
       await this.#load()
       if (this.#closed) return
       this.#options.log.info({ revocations: this.#set.size }, 'revocations loaded into memory')
@@ -241,8 +241,9 @@ class RevocationCopy implements RevocationMirror {
     return this.#loaded && !this.#set.overflowed && this.#heartbeat.recent
   }
 
-  #subscribe (): RedisClient {
-    const connection = subscriberOf(this.#options.redis, 'session-service-revocations')
+  /** Resolves once subscribed. */
+  #subscribe (): Promise<unknown> {
+    const { connection, subscribed } = subscriberOf(this.#options.redis, 'session-service-revocations', this.#options.channel)
     this.#subscriber = connection
     connection.on('error', () => {}) // the main connection reports Redis trouble
     connection.on('node error', () => {})
@@ -254,7 +255,7 @@ class RevocationCopy implements RevocationMirror {
     connection.on('message', (_channel: string, text: string) => {
       this.#receive(text).catch((err: Error) => { this.#warn('could not read a revocation notice', err) })
     })
-    return connection
+    return subscribed
   }
 
   async #sendHeartbeat (): Promise<void> {
