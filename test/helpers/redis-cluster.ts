@@ -97,17 +97,22 @@ export async function connectCluster (nodes: string = TEST_REDIS_CLUSTER_NODES, 
   return cluster
 }
 
-/** Every key that matches `prefix*`, by SCAN on each master (a SCAN on the cluster client reaches one node only). */
+/** Every key of one server that matches `prefix*`, by SCAN. */
+export async function serverKeys (server: Redis, prefix: string): Promise<string[]> {
+  const keys: string[] = []
+  let cursor = '0'
+  do {
+    const [next, batch] = await server.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000)
+    keys.push(...batch)
+    cursor = next
+  } while (cursor !== '0')
+  return keys
+}
+
+/** Every key that matches `prefix*`, on each master (a SCAN on the cluster client reaches one node only). */
 export async function clusterKeys (cluster: Cluster, prefix: string): Promise<string[]> {
   const keys: string[] = []
-  for (const master of cluster.nodes('master')) {
-    let cursor = '0'
-    do {
-      const [next, batch] = await master.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000)
-      keys.push(...batch)
-      cursor = next
-    } while (cursor !== '0')
-  }
+  for (const master of cluster.nodes('master')) keys.push(...await serverKeys(master, prefix))
   return keys
 }
 

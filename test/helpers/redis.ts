@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Cluster, Redis } from 'ioredis'
 import { deleteKeys } from '../../bench/common.ts'
-import { clusterKeys, clusterRun, connectCluster, deleteClusterKeys, firstNodeUrl, TEST_REDIS_CLUSTER_NODES } from './redis-cluster.ts'
+import { clusterKeys, clusterRun, serverKeys, connectCluster, deleteClusterKeys, firstNodeUrl, TEST_REDIS_CLUSTER_NODES } from './redis-cluster.ts'
 import { backends, TEST_REDIS_URL, type TestContext } from './servers.ts'
 
 /** A Redis key prefix of its own; its keys are deleted when the test ends. */
@@ -35,15 +35,7 @@ export async function openTestRedis (): Promise<Redis | Cluster> {
 
 /** Every key under `prefix`, by SCAN (on each master of a cluster). */
 export async function keysUnderPrefix (redis: Redis | Cluster, prefix: string): Promise<string[]> {
-  if (redis instanceof Cluster) return await clusterKeys(redis, prefix)
-  const keys: string[] = []
-  let cursor = '0'
-  do {
-    const [next, batch] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000)
-    keys.push(...batch)
-    cursor = next
-  } while (cursor !== '0')
-  return keys
+  return redis instanceof Cluster ? await clusterKeys(redis, prefix) : await serverKeys(redis, prefix)
 }
 
 /** Whether a Redis server answers PING on the port (one attempt, bounded). */
