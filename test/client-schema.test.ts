@@ -57,6 +57,8 @@ test('newClientFrom: defaults, a generated id and secret, and each rule', async 
     [{ name: 'n', grant_types: [] }, /^grant_types/],
     [{ name: 'n', may_exchange: ['a b'] }, /may_exchange\.0: must be client ids/],
     [{ name: 'n', may_exchange: ['a', 'a'] }, /^may_exchange/],
+    [{ name: 'n', claims: { act: { sub: 'x' } } }, /"act" is a registered claim/],
+    [{ name: 'n', claims: { may_act: { sub: 'x' } } }, /"may_act" is a registered claim/],
     [{ name: 'n', rate_limit: 0 }, /^rate_limit/],
     [{ name: 'n', client_secret: 'short' }, /shorter than 16 bytes/],
     [{ name: 'n', client_secret: 'é'.repeat(40) }, /80 bytes; at most 72/],
