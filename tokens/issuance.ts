@@ -65,11 +65,14 @@ export interface TokenIssuance {
   exchange: (subject: AccessTokenClaims, actor: AccessTokenClaims | undefined, client: Client, request: TokenRequest) => Promise<TokenResponse>
 }
 
-/** The scope to grant, as a list; throws invalid_scope for a scope the client may not have. */
-function grantScope (client: Client, requested: string[] | undefined, ceiling: string[]): string[] {
+/**
+ * The scope to grant, as a list; throws invalid_scope for a scope the client
+ * may not have or beyond `ceiling` (which the message calls `limit`).
+ */
+function grantScope (client: Client, requested: string[] | undefined, ceiling: string[], limit = 'this client'): string[] {
   if (requested === undefined) return ceiling.filter((scope) => client.scopes.includes(scope))
   const refused = requested.find((scope) => !ceiling.includes(scope) || !client.scopes.includes(scope))
-  if (refused !== undefined) throw new OAuthError(400, 'invalid_scope', `scope ${refused.slice(0, 64)} is not allowed for this client`)
+  if (refused !== undefined) throw new OAuthError(400, 'invalid_scope', `scope ${refused.slice(0, 64)} is not allowed for ${limit}`)
   return requested
 }
 
@@ -201,7 +204,7 @@ export function tokenIssuance (dependencies: TokenDependencies): TokenIssuance {
     async exchange (subject, actor, client, request) {
       // Narrower, never wider: within the subject's scope and the client's.
       const subjectScope = typeof subject.scope === 'string' ? subject.scope.split(' ').filter((scope) => scope !== '') : []
-      const scope = grantScope(client, request.scope, subjectScope).join(' ')
+      const scope = grantScope(client, request.scope, subjectScope, 'this client and the subject_token').join(' ')
       const aud = grantAudience(config, client, request.audience)
       const act = actorChain(subject, actor)
       const now = Math.floor(Date.now() / 1000)
