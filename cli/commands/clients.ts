@@ -308,8 +308,8 @@ const SETTINGS_HELP = `--rate-limit: token requests per minute, or "default" (RA
 claims such as sub, aud or scope are refused). --jwks-uri: an https URL of
 the client's JWK Set (private_key_jwt), or "none". --grant-types (a list) and
 --grant-type (repeatable), together: the grants it may use (client_credentials,
-refresh_token, urn:ietf:params:oauth:grant-type:token-exchange); default
-client_credentials and refresh_token. --may-exchange (repeatable, or a list):
+refresh_token, urn:ietf:params:oauth:grant-type:token-exchange); a new client
+gets client_credentials and refresh_token. --may-exchange (repeatable, or a list):
 the clients whose access tokens it may exchange (token exchange), besides its
 own, which it always may; "" lists none.`
 
