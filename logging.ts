@@ -12,6 +12,8 @@ export const REDACTED_PATHS = [
   'body.client_secret',
   'body.refresh_token',
   'body.token',
+  'body.subject_token',
+  'body.actor_token',
   'client_secret',
   'refresh_token',
   'access_token'

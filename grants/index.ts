@@ -5,11 +5,12 @@ import type { TokenResponse } from '../plugins/tokens.ts'
 import { clientCredentials } from './client-credentials.ts'
 import type { Grant, GrantContext } from './grant.ts'
 import { refreshToken } from './refresh-token.ts'
+import { tokenExchange } from './token-exchange.ts'
 
 export type { Grant, GrantContext } from './grant.ts'
 
 /** Every grant the service supports, by grant_type. A new grant is one module and one line here. */
-export const GRANTS: ReadonlyMap<string, Grant> = new Map([clientCredentials, refreshToken].map((grant) => [grant.type, grant]))
+export const GRANTS: ReadonlyMap<string, Grant> = new Map([clientCredentials, refreshToken, tokenExchange].map((grant) => [grant.type, grant]))
 
 /** The supported grant_type values, in registry order (discovery, metrics). */
 export const GRANT_TYPES: readonly string[] = [...GRANTS.keys()]

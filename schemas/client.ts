@@ -29,7 +29,9 @@ const fields = {
   claims: Type.Record(Type.String({ maxLength: 100 }), Type.Unknown(), { maxProperties: 50 }),
   /** private_key_jwt: an https URL of the client's JWK Set; null: none */
   jwks_uri: Type.Union([Type.String({ maxLength: 2048 }), Type.Null()]),
-  grant_types: Type.Array(Type.Unsafe<string>({ type: 'string', enum: [...GRANT_TYPES] }), { minItems: 1, uniqueItems: true })
+  grant_types: Type.Array(Type.Unsafe<string>({ type: 'string', enum: [...GRANT_TYPES] }), { minItems: 1, uniqueItems: true }),
+  /** token exchange: clients whose access tokens this one may exchange (its own always) */
+  may_exchange: list(Type.String({ pattern: CLIENT_ID_PATTERN }))
 }
 
 /** The settings a create may give and a patch may change, each optional. */
@@ -40,7 +42,8 @@ const optionalSettings = {
   rate_limit: Type.Optional(fields.rate_limit),
   claims: Type.Optional(fields.claims),
   jwks_uri: Type.Optional(fields.jwks_uri),
-  grant_types: Type.Optional(fields.grant_types)
+  grant_types: Type.Optional(fields.grant_types),
+  may_exchange: Type.Optional(fields.may_exchange)
 }
 
 /**
@@ -81,6 +84,7 @@ export const EXAMPLE_CLIENT = {
   claims: {},
   jwks_uri: null,
   grant_types: ['client_credentials', 'refresh_token'],
+  may_exchange: [],
   authentication: ['client_secret'],
   previous_secret_expires_at: null,
   created_at: '2026-01-05T09:30:00.000Z',
@@ -99,6 +103,8 @@ export const ClientView = Type.Object({
   claims: Type.Record(Type.String(), Type.Unknown()),
   jwks_uri: Type.Union([Type.String(), Type.Null()]),
   grant_types: Type.Array(Type.String()),
+  /** token exchange: the clients whose access tokens it may exchange, besides its own */
+  may_exchange: Type.Array(Type.String()),
   /** how it may authenticate: client_secret (basic or post), private_key_jwt */
   authentication: Type.Array(Type.Union([Type.Literal('client_secret'), Type.Literal('private_key_jwt')])),
   /** until when the secret before the last rotation still works; null: it does not */
@@ -153,7 +159,8 @@ const PATTERN_HINTS: Record<string, string> = {
   client_id: 'must be 1 to 255 visible ASCII characters',
   scopes: 'must be scope tokens (RFC 6749 §3.3)',
   default_scopes: 'must be scope tokens (RFC 6749 §3.3)',
-  audiences: 'must be visible ASCII characters'
+  audiences: 'must be visible ASCII characters',
+  may_exchange: 'must be client ids (1 to 255 visible ASCII characters)'
 }
 
 function checkShape (schema: TSchema, value: unknown): void {
@@ -197,7 +204,8 @@ export function clientChangesFrom (patch: ClientPatchBody): ClientChanges {
     audiences: patch.audiences,
     claims: patch.claims,
     jwksUri: patch.jwks_uri,
-    grantTypes: patch.grant_types
+    grantTypes: patch.grant_types,
+    mayExchange: patch.may_exchange
   }
   return Object.fromEntries(Object.entries(changes).filter(([, value]) => value !== undefined))
 }
@@ -222,7 +230,8 @@ export function newClientFrom (create: ClientCreateBody): { client: NewClient, s
     audiences: create.audiences ?? [],
     claims: create.claims ?? {},
     jwksUri: create.jwks_uri ?? null,
-    ...(create.grant_types === undefined ? {} : { grantTypes: create.grant_types })
+    ...(create.grant_types === undefined ? {} : { grantTypes: create.grant_types }),
+    ...(create.may_exchange === undefined ? {} : { mayExchange: create.may_exchange })
   }
   return { client, secret }
 }
@@ -246,6 +255,7 @@ export function clientView (record: ClientRecord, now: number = Date.now()): Cli
     claims: record.claims,
     jwks_uri: record.jwksUri,
     grant_types: record.grantTypes,
+    may_exchange: record.mayExchange,
     authentication: [...(record.secretHash !== null ? ['client_secret' as const] : []),
       ...(record.jwksUri !== null || record.jwks !== null ? ['private_key_jwt' as const] : [])],
     previous_secret_expires_at: graceEnd(record, now),

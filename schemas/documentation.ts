@@ -5,17 +5,28 @@
 // instead of RFC 6749's unsupported_grant_type.
 import { JWT_BEARER_ASSERTION } from '../client-auth/private-key-jwt.ts'
 import { GRANT_TYPES } from '../grants/index.ts'
+import { JWT_TOKEN_TYPE_ID, TOKEN_EXCHANGE } from '../grants/token-exchange.ts'
+import { ACCESS_TOKEN_TYPE_ID } from '../tokens/issuance.ts'
 import { EXAMPLE_TOKENS } from './oauth.ts'
 
 type JsonSchema = Record<string, unknown>
 
 /** The form parameters, as documented. Each example is empty: see `documentedFormBody`. */
 const FORM_PARAMETERS: Record<string, JsonSchema> = {
-  grant_type: { enum: [...GRANT_TYPES], description: 'client_credentials starts a session (RFC 6749 §4.4); refresh_token continues it (RFC 6749 §6)' },
+  grant_type: {
+    enum: [...GRANT_TYPES],
+    description: 'client_credentials starts a session (RFC 6749 §4.4); refresh_token continues it (RFC 6749 §6); ' +
+      'urn:ietf:params:oauth:grant-type:token-exchange exchanges an access token of this service for a narrower one (RFC 8693)'
+  },
   refresh_token: { description: 'With grant_type=refresh_token: the refresh token of the previous answer (single use)' },
   scope: { description: 'Space-delimited scopes, a subset of those the client is allowed (RFC 6749 §3.3), e.g. `orders:read orders:write`; empty: the client\'s default scopes' },
   audience: { description: 'The API the token is for, one of the client\'s audiences; empty: the default audience' },
   resource: { description: 'RFC 8707 resource indicator: the same as audience' },
+  subject_token: { description: 'Token exchange: an access token of this service, issued to this client or to one its may_exchange lists (RFC 8693 §2.1)' },
+  subject_token_type: { enum: [ACCESS_TOKEN_TYPE_ID, JWT_TOKEN_TYPE_ID], description: 'Token exchange: the type of subject_token (RFC 8693 §3)' },
+  actor_token: { description: 'Token exchange, optional: an access token of this service naming who acts for the subject; it ends up in the act claim (RFC 8693 §4.1)' },
+  actor_token_type: { enum: [ACCESS_TOKEN_TYPE_ID, JWT_TOKEN_TYPE_ID], description: 'Token exchange: the type of actor_token; given with actor_token and only then' },
+  requested_token_type: { enum: [ACCESS_TOKEN_TYPE_ID], description: 'Token exchange, optional: the only type issued, an access token' },
   client_id: { description: 'client_secret_post or private_key_jwt only: the client id. Leave empty when authorized with HTTP Basic' },
   client_secret: { description: 'client_secret_post only: the client secret. Leave empty when authorized with HTTP Basic' },
   client_assertion_type: { enum: [JWT_BEARER_ASSERTION], description: `private_key_jwt only (RFC 7523 §2.2): ${JWT_BEARER_ASSERTION}` },
@@ -58,6 +69,10 @@ export const FORM_EXAMPLES: Record<string, Record<string, unknown>> = {
       summary: 'refresh_token, client authenticated with HTTP Basic',
       value: { grant_type: 'refresh_token', refresh_token: REFRESH_TOKEN }
     },
+    tokenExchange: {
+      summary: 'token exchange (RFC 8693): a narrower token for the subject of an access token',
+      value: { grant_type: TOKEN_EXCHANGE, subject_token: ACCESS_TOKEN, subject_token_type: ACCESS_TOKEN_TYPE_ID, scope: 'orders:read', audience: 'https://api.example.com' }
+    },
     privateKeyJwt: {
       summary: 'client_credentials with a signed client assertion (private_key_jwt)',
       value: { grant_type: 'client_credentials', client_assertion_type: JWT_BEARER_ASSERTION, client_assertion: 'eyJhbGciOiJFUzI1NiIsImtpZCI6ImsxIn0...' }
@@ -80,8 +95,9 @@ interface ErrorStatus {
 /** What each error status means at the OAuth endpoints (RFC 6749 §5.2 bodies). */
 const OAUTH_ERRORS: Record<string, ErrorStatus> = {
   400: {
-    description: 'Refused request (RFC 6749 §5.2): invalid_request, invalid_grant, invalid_scope, invalid_target, unauthorized_client or unsupported_grant_type',
-    example: { error: 'unsupported_grant_type', error_description: 'grant_type password is not supported; use client_credentials or refresh_token' }
+    description: 'Refused request (RFC 6749 §5.2): invalid_request, invalid_grant, invalid_scope, invalid_target, unauthorized_client or unsupported_grant_type; ' +
+      'a subject or actor token that is not valid is invalid_request (RFC 8693 §2.2.2)',
+    example: { error: 'unsupported_grant_type', error_description: 'grant_type password is not supported; use client_credentials or refresh_token or urn:ietf:params:oauth:grant-type:token-exchange' }
   },
   401: {
     description: 'invalid_client: client authentication failed (RFC 6749 §5.2); with HTTP Basic, a WWW-Authenticate challenge',

@@ -56,6 +56,12 @@ export const tokenRequest = Type.Object({
   // RFC 8707 resource indicator, or the audience parameter many clients send.
   audience: parameter(2048),
   resource: parameter(2048),
+  // RFC 8693 §2.1 token exchange; tokens as long as any the service looks at.
+  subject_token: parameter(8192),
+  subject_token_type: parameter(100),
+  actor_token: parameter(8192),
+  actor_token_type: parameter(100),
+  requested_token_type: parameter(100),
   ...credentialParameters
 })
 
@@ -65,11 +71,17 @@ export const tokenResponse = Type.Object({
   access_token: Type.String(),
   token_type: Type.String(),
   expires_in: Type.Integer(),
-  refresh_token: Type.String(),
-  scope: Type.Optional(Type.String())
+  refresh_token: Type.Optional(Type.String()),
+  scope: Type.Optional(Type.String()),
+  /** token exchange only (RFC 8693 §2.2.1) */
+  issued_token_type: Type.Optional(Type.String())
 }, {
-  description: 'Issued (RFC 6749 §5.1): a JWT access token (RFC 9068) and a single-use refresh token; not to be cached',
-  examples: [{ access_token: EXAMPLE_TOKENS.accessToken, token_type: 'Bearer', expires_in: 900, refresh_token: EXAMPLE_TOKENS.refreshToken, scope: 'orders:read' }]
+  description: 'Issued (RFC 6749 §5.1): a JWT access token (RFC 9068) and a single-use refresh token; ' +
+    'for a token exchange (RFC 8693 §2.2.1), the access token and its issued_token_type, without a refresh token. Not to be cached',
+  examples: [
+    { access_token: EXAMPLE_TOKENS.accessToken, token_type: 'Bearer', expires_in: 900, refresh_token: EXAMPLE_TOKENS.refreshToken, scope: 'orders:read' },
+    { access_token: EXAMPLE_TOKENS.accessToken, issued_token_type: 'urn:ietf:params:oauth:token-type:access_token', token_type: 'Bearer', expires_in: 600 }
+  ]
 })
 
 /** POST /oauth/revoke (RFC 7009 §2.1) and /oauth/introspect (RFC 7662 §2.1) form body. */
@@ -141,7 +153,9 @@ export const introspectionResponse = Type.Object({
   iat: Type.Optional(Type.Integer()),
   jti: Type.Optional(Type.String()),
   sid: Type.Optional(Type.String()),
-  scope: Type.Optional(Type.String())
+  scope: Type.Optional(Type.String()),
+  /** RFC 8693 §4.1: who acts for the subject, in a token issued by a token exchange */
+  act: Type.Optional(Type.Object({}, { additionalProperties: true }))
 }, {
   description: 'RFC 7662 §2.2: the token\'s claims when it is active and the caller\'s, else only `active: false`',
   examples: [{ active: true, token_type: 'Bearer', ...EXAMPLE_CLAIMS }, { active: false }]

@@ -101,7 +101,8 @@ test('create: 201 with the secret once; the client gets tokens; every error of t
     audiences: ['https://billing.example'],
     rate_limit: 120,
     claims: { tenant: 'acme' },
-    grant_types: ['client_credentials']
+    grant_types: ['client_credentials'],
+    may_exchange: ['portal']
   }
   const created = await admin.call('POST', '/admin/clients', billing)
   t.equal(created.statusCode, 201, created.body)
@@ -133,6 +134,9 @@ test('create: 201 with the secret once; the client gets tokens; every error of t
     ['a bad scope', { client_id: 'bad-scope', name: 'x', scopes: ['a"b'] }],
     ['default scopes outside scopes', { client_id: 'bad-default', name: 'x', scopes: ['a'], default_scopes: ['b'] }],
     ['an unknown grant type', { client_id: 'bad-grant', name: 'x', grant_types: ['password'] }],
+    ['a may_exchange that is not a client id', { client_id: 'bad-exchange', name: 'x', may_exchange: ['no spaces allowed'] }],
+    ['a may_exchange that is not a list', { client_id: 'bad-exchange', name: 'x', may_exchange: 'portal' }],
+    ['act as a custom claim', { client_id: 'bad-act', name: 'x', claims: { act: { sub: 'root' } } }],
     ['a registered claim', { client_id: 'bad-claim', name: 'x', claims: { sub: 'someone' } }],
     ['a wrong type', { client_id: 'bad-type', name: 'x', rate_limit: '10' }]
   ]
@@ -253,4 +257,29 @@ test('the OpenAPI document describes the admin API', async (t) => {
     t.ok(doc.paths[path], `${path} is documented`)
   }
   t.ok(doc.paths['/admin/clients']?.post, 'with its methods')
+})
+
+test('may_exchange: created, patched and read; the running app follows at once', async (t) => {
+  const admin = await setup(t)
+  const exchange = 'urn:ietf:params:oauth:grant-type:token-exchange'
+  const { client_secret: ownerSecret, may_exchange: none } = (await admin.call('POST', '/admin/clients', { client_id: 'owner', name: 'owner' })).json()
+  t.strictSame(none, [], 'none by default')
+  const created = await admin.call('POST', '/admin/clients', { client_id: 'gateway', name: 'gateway', grant_types: ['client_credentials', exchange], may_exchange: ['owner'] })
+  t.equal(created.statusCode, 201, created.body)
+  const gatewaySecret = created.json().client_secret
+  t.strictSame((await admin.call('GET', '/admin/clients/gateway')).json().may_exchange, ['owner'], 'read back')
+
+  const subject = (await clientToken(admin.app, 'owner', ownerSecret)).json().access_token
+  const exchangeRequest = async (): Promise<LightMyRequestResponse> => await tokenRequest(admin.app,
+    { grant_type: exchange, subject_token: subject, subject_token_type: 'urn:ietf:params:oauth:token-type:access_token' }, { authorization: basicAuth('gateway', gatewaySecret) })
+  t.equal((await exchangeRequest()).statusCode, 200, 'the listed client\'s token is exchanged')
+
+  const patched = await admin.call('PATCH', '/admin/clients/gateway', { may_exchange: [] })
+  t.equal(patched.statusCode, 200, patched.body)
+  t.strictSame(patched.json().may_exchange, [], 'emptied')
+  const refused = await exchangeRequest()
+  t.equal(refused.statusCode, 400, 'refused at once')
+  t.equal(refused.json().error, 'invalid_request')
+  const events = (await admin.call('GET', '/admin/clients/gateway/events')).json().events
+  t.match(events[0], { action: 'updated', before: { may_exchange: ['owner'] }, after: { may_exchange: [] } }, 'the change is in the history')
 })

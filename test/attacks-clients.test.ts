@@ -162,7 +162,8 @@ test('form bodies: repeated parameters, wrong media types, oversized and prototy
 
   // Grant types that are not ours, or look almost like one.
   const grants = ['Client_Credentials', 'client_credentials ', ' client_credentials', 'client_credentials\u0000', 'refresh_token,client_credentials',
-    'urn:ietf:params:oauth:grant-type:jwt-bearer', 'urn:ietf:params:oauth:grant-type:token-exchange', 'implicit', '__proto__', 'constructor', 'toString']
+    'urn:ietf:params:oauth:grant-type:jwt-bearer', 'URN:IETF:PARAMS:OAUTH:GRANT-TYPE:TOKEN-EXCHANGE', 'urn:ietf:params:oauth:grant-type:token-exchange ',
+    'implicit', '__proto__', 'constructor', 'toString']
   for (const grant of grants) {
     const res = await postForm(app, '/oauth/token', { grant_type: grant, client_id: CLIENT, client_secret: SECRET })
     assertOAuthError(t, res, 400, 'unsupported_grant_type', `grant_type ${JSON.stringify(grant)}`)

@@ -13,7 +13,7 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 const ISO_TIME = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/
 const BCRYPT_HASH = /\$2[aby]\$\d\d\$/
 /** The fields of a client as `clients show --json` and `clients list --json` print them. */
-const VIEW_FIELDS = ['audiences', 'authentication', 'claims', 'client_id', 'created_at', 'default_scopes', 'grant_types', 'jwks_uri', 'name', 'previous_secret_expires_at', 'rate_limit', 'scopes', 'status', 'updated_at']
+const VIEW_FIELDS = ['audiences', 'authentication', 'claims', 'client_id', 'created_at', 'default_scopes', 'grant_types', 'jwks_uri', 'may_exchange', 'name', 'previous_secret_expires_at', 'rate_limit', 'scopes', 'status', 'updated_at']
 
 const needsServers = !backends.postgres
   ? 'needs a PostgreSQL server (none answers)'
@@ -303,6 +303,8 @@ test('PostgreSQL: update and rotate-secret refuse bad input with exit 2, and a r
     [['clients', 'update', 'svc-bad', '--claims', '[1]'], /--claims must be a JSON object/],
     [['clients', 'update', 'svc-bad', '--jwks-uri', 'http://keys.example/jwks.json'], /jwks_uri: must be an https URL/],
     [['clients', 'update', 'svc-bad', '--grant-types', 'password'], /grant_types/],
+    [['clients', 'update', 'svc-bad', '--grant-type', 'password'], /grant_types/],
+    [['clients', 'update', 'svc-bad', '--may-exchange', 'caf\u00e9'], /may_exchange\.0: must be client ids/],
     [['clients', 'update', 'svc-bad', '--scopes', 'a', '--default-scopes', 'b'], /"b" is not among scopes/],
     [['clients', 'update', 'svc-bad', '--scopes', 'bad"scope'], /scope tokens/],
     [['clients', 'update', 'svc-bad', '--rate-limit', '0'], /--rate-limit/],
@@ -319,4 +321,49 @@ test('PostgreSQL: update and rotate-secret refuse bad input with exit 2, and a r
   t.equal(failed(t, await cli(t, ['clients', 'events', 'svc-bad', '--limit', 'x'], { env, cwd }), 2, 'a bad --limit'),
     'session-service: --limit must be a whole number, at least 1 (see session-service clients events --help)')
   t.strictSame(await sql(databaseUrl, 'SELECT action FROM client_events WHERE client_id = $1', ['svc-bad']), [{ action: 'created' }], 'nothing refused was recorded')
+})
+
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange'
+
+/** Token exchanges of `subject` until one answers `status`, for up to about a second (as answersWithin). */
+async function exchangeAnswersWithin (service: FastifyInstance, headers: Record<string, string>, subject: string, status: number): Promise<LightMyRequestResponse> {
+  const deadline = Date.now() + 1000
+  for (;;) {
+    const res = await tokenRequest(service, { grant_type: TOKEN_EXCHANGE, subject_token: subject, subject_token_type: 'urn:ietf:params:oauth:token-type:access_token' }, headers)
+    if (res.statusCode === status || Date.now() > deadline) return res
+    await sleep(20)
+  }
+}
+
+test('PostgreSQL: --grant-type and --may-exchange enable token exchange, and the running app follows', { skip: needsServers }, async (t) => {
+  const { app, redisPrefix, databaseUrl } = await build(t)
+  const cwd = t.testdir({})
+  const env = { DATABASE_URL: databaseUrl, REDIS_URL: TEST_REDIS_URL, REDIS_KEY_PREFIX: redisPrefix }
+  let res = await cli(t, ['clients', 'create', '--name', 'owner', '--id', 'svc-owner', '--json'], { env, cwd })
+  const owner = parsed(t, res, 'clients create svc-owner')
+  t.strictSame(owner.grant_types, ['client_credentials', 'refresh_token'], 'by default, no token exchange')
+  t.strictSame(owner.may_exchange, [], 'and no one\'s tokens')
+  res = await cli(t, ['clients', 'create', '--name', 'gateway', '--id', 'svc-gateway', '--grant-type', 'client_credentials', '--grant-type', TOKEN_EXCHANGE,
+    '--may-exchange', 'svc-owner', '--json'], { env, cwd })
+  const gateway = parsed(t, res, 'clients create --grant-type --may-exchange')
+  t.strictSame(gateway.grant_types, ['client_credentials', TOKEN_EXCHANGE], 'the repeated --grant-type')
+  t.strictSame(gateway.may_exchange, ['svc-owner'])
+
+  const subject = await tokenRequest(app, CLIENT_CREDENTIALS, basic('svc-owner', String(owner.client_secret)))
+  const gatewayAuth = basic('svc-gateway', String(gateway.client_secret))
+  const exchanged = await exchangeAnswersWithin(app, gatewayAuth, subject.json().access_token, 200)
+  t.equal(exchanged.statusCode, 200, 'the exchange works', { body: exchanged.body })
+  t.equal(decodeJwt(exchanged.json().access_token).payload.sub, 'svc-owner')
+
+  res = await cli(t, ['clients', 'show', 'svc-gateway'], { env, cwd })
+  t.match(res.stdout, /^may_exchange:\s+svc-owner$/m, 'show as text: may_exchange')
+  res = await cli(t, ['clients', 'update', 'svc-gateway', '--may-exchange', '', '--json'], { env, cwd })
+  t.strictSame(parsed(t, res, 'update --may-exchange ""').may_exchange, [], '"" empties it')
+  assertTokenError(t, await exchangeAnswersWithin(app, gatewayAuth, subject.json().access_token, 400), 400, 'invalid_request', 'the running app refuses at once')
+
+  res = await cli(t, ['clients', 'update', 'svc-gateway', '--may-exchange', 'svc-a,svc-b', '--may-exchange', 'svc-c', '--json'], { env, cwd })
+  t.strictSame(parsed(t, res, 'update --may-exchange, repeated and listed').may_exchange, ['svc-a', 'svc-b', 'svc-c'])
+  res = await cli(t, ['clients', 'update', 'svc-gateway', '--grant-types', 'client_credentials', '--grant-type', 'refresh_token', '--json'], { env, cwd })
+  t.strictSame(parsed(t, res, 'update --grant-types and --grant-type').grant_types, ['client_credentials', 'refresh_token'], 'both options together make the new list')
+  assertTokenError(t, await exchangeAnswersWithin(app, gatewayAuth, subject.json().access_token, 400), 400, 'unauthorized_client', 'the grant is no longer allowed')
 })

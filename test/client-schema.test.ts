@@ -23,6 +23,7 @@ const RECORD: ClientRecord = {
   jwksUri: null,
   jwks: null,
   grantTypes: ['client_credentials'],
+  mayExchange: ['svc-portal'],
   createdAt: new Date(),
   updatedAt: new Date()
 }
@@ -41,6 +42,8 @@ test('newClientFrom: defaults, a generated id and secret, and each rule', async 
   t.equal(client.secret, secret, 'the secret to hash is the one to show')
   t.match(secret, /^[A-Za-z0-9_-]{43}$/)
   t.notOk('grantTypes' in client, 'no grant types: the table\'s default')
+  t.notOk('mayExchange' in client, 'no may_exchange: the table\'s default')
+  t.strictSame(newClientFrom({ name: 'n', may_exchange: ['svc-portal'] }).client.mayExchange, ['svc-portal'])
   t.equal(newClientFrom({ name: 'n', client_secret: 'a-given-secret-0123' }).secret, 'a-given-secret-0123')
   const refused: Array<[unknown, RegExp]> = [
     [{ name: '' }, /^name: /],
@@ -52,6 +55,10 @@ test('newClientFrom: defaults, a generated id and secret, and each rule', async 
     [{ name: 'n', jwks_uri: 'https://user:pw@x.example/jwks' }, /https URL/],
     [{ name: 'n', grant_types: ['password'] }, /^grant_types/],
     [{ name: 'n', grant_types: [] }, /^grant_types/],
+    [{ name: 'n', may_exchange: ['a b'] }, /may_exchange\.0: must be client ids/],
+    [{ name: 'n', may_exchange: ['a', 'a'] }, /^may_exchange/],
+    [{ name: 'n', claims: { act: { sub: 'x' } } }, /"act" is a registered claim/],
+    [{ name: 'n', claims: { may_act: { sub: 'x' } } }, /"may_act" is a registered claim/],
     [{ name: 'n', rate_limit: 0 }, /^rate_limit/],
     [{ name: 'n', client_secret: 'short' }, /shorter than 16 bytes/],
     [{ name: 'n', client_secret: 'é'.repeat(40) }, /80 bytes; at most 72/],
@@ -68,6 +75,7 @@ test('clientChangesFrom: only the fields given, at least one, the same rules', a
   t.strictSame(clientChangesFrom({ name: 'x', rate_limit: null }), { name: 'x', rateLimit: null })
   t.strictSame(clientChangesFrom({ default_scopes: [], jwks_uri: null, grant_types: ['refresh_token', 'client_credentials'] }),
     { defaultScopes: [], jwksUri: null, grantTypes: ['refresh_token', 'client_credentials'] })
+  t.strictSame(clientChangesFrom({ may_exchange: [] }), { mayExchange: [] }, 'an empty may_exchange is a change')
   t.throws(() => clientChangesFrom({}), { message: 'give at least one field to change' })
   t.throws(() => clientChangesFrom({ claims: { scope: 'admin' } }), InvalidClientError)
   t.throws(() => clientChangesFrom({ client_id: 'other' } as ClientPatchBody), InvalidClientError, 'the id never changes')
@@ -78,6 +86,7 @@ test('clientView and clientEventView: what the schemas declare, never a secret o
   t.ok(Value.Check(ClientView, view), 'a valid ClientView')
   t.notMatch(JSON.stringify(view), /\$2b\$/, 'no hash')
   t.equal(view.previous_secret_expires_at, RECORD.previousSecretExpiresAt?.toISOString(), 'the grace period\'s end while it runs')
+  t.strictSame(view.may_exchange, ['svc-portal'], 'may_exchange as stored')
   t.equal(clientView(RECORD, Date.now() + 120_000).previous_secret_expires_at, null, 'null once it has passed')
   const event = clientEventView({ id: 3, clientId: 'svc-view', action: 'updated', actor: 'cli:x', at: new Date(), before: { name: 'a' }, after: { name: 'b' } })
   t.ok(Value.Check(ClientEventView, event), 'a valid ClientEventView')

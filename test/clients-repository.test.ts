@@ -44,6 +44,7 @@ test('each change records who made it, before and after, and no secret material 
   t.match(byAction.get('created')?.after, { client_id: 'svc-audit', name: 'audit', scopes: ['read', 'write'], grant_types: ['client_credentials'] })
   t.match(byAction.get('updated')?.before, { name: 'audit', claims: {} })
   t.match(byAction.get('updated')?.after, { name: 'audited', claims: { tier: 'gold' } })
+  t.strictSame(byAction.get('created')?.after?.may_exchange, [], 'may_exchange is recorded, the table\'s default when not given')
   t.strictSame(byAction.get('secret_rotated')?.before, null, 'a rotation records no before')
   t.strictSame(Object.keys(byAction.get('secret_rotated')?.after ?? {}), ['previous_secret_expires_at'], 'only when the previous secret stops')
   t.match(byAction.get('disabled'), { before: { status: 'enabled' }, after: { status: 'disabled' } })
@@ -63,15 +64,17 @@ test('update: an unknown client, a rule spanning stored and given fields, and ev
   t.equal(await clients.update('svc-none', { name: 'x' }, 'test'), undefined, 'unknown client')
   t.equal(await clients.setStatus('svc-none', 'disabled', 'test'), undefined)
   t.equal(await clients.rotateSecret('svc-none', { secret: 'some-secret-0123456', cost: 10, graceMs: 0, actor: 'test' }), undefined)
-  await clients.insert({ id: 'svc-upd', secret: 'svc-upd-secret-0123', scopes: ['read'] }, 10, 'test')
+  const inserted = await clients.insert({ id: 'svc-upd', secret: 'svc-upd-secret-0123', scopes: ['read'] }, 10, 'test')
+  t.strictSame(inserted.mayExchange, [], 'may_exchange: none by default')
   await t.rejects(clients.update('svc-upd', { defaultScopes: ['write'] }, 'test'), ClientRuleError, 'default scopes outside the stored scopes')
   const record = await clients.update('svc-upd', {
-    name: 'n', rateLimit: 7, scopes: ['a', 'b'], defaultScopes: ['a'], audiences: ['aud'], claims: { x: 1 }, jwksUri: 'https://keys.example/jwks.json', grantTypes: ['client_credentials']
+    name: 'n', rateLimit: 7, scopes: ['a', 'b'], defaultScopes: ['a'], audiences: ['aud'], claims: { x: 1 }, jwksUri: 'https://keys.example/jwks.json', grantTypes: ['client_credentials'], mayExchange: ['svc-portal']
   }, 'test')
-  t.match(record, { name: 'n', rateLimit: 7, scopes: ['a', 'b'], defaultScopes: ['a'], audiences: ['aud'], claims: { x: 1 }, jwksUri: 'https://keys.example/jwks.json', grantTypes: ['client_credentials'] })
+  t.match(record, { name: 'n', rateLimit: 7, scopes: ['a', 'b'], defaultScopes: ['a'], audiences: ['aud'], claims: { x: 1 }, jwksUri: 'https://keys.example/jwks.json', grantTypes: ['client_credentials'], mayExchange: ['svc-portal'] })
   t.match(await clients.update('svc-upd', { rateLimit: null, jwksUri: null }, 'test'), { rateLimit: null, jwksUri: null, name: 'n' }, 'null clears')
   const { events } = await clients.events('svc-upd', { limit: 10 })
   t.strictSame(events.map((event) => event.action), ['updated', 'updated', 'created'], 'a refused change records nothing')
+  t.match(events[1], { before: { may_exchange: [] }, after: { may_exchange: ['svc-portal'] } }, 'a change of may_exchange is recorded')
 })
 
 test('a secret over 72 bytes is refused, never truncated; a taken id is refused', async (t) => {

@@ -76,7 +76,7 @@ test('both paths serve one document describing the https issuer', async (t) => {
   t.equal(doc.token_endpoint, 'https://auth.example.com/oauth/token')
   for (const field of ENDPOINT_FIELDS) t.ok(isAbsoluteHttpUrl(doc[field]), `${field} is an absolute URL: ${String(doc[field])}`)
   t.equal(doc.jwks_uri, 'https://auth.example.com/.well-known/jwks.json')
-  t.same(doc.grant_types_supported, ['client_credentials', 'refresh_token'])
+  t.same(doc.grant_types_supported, ['client_credentials', 'refresh_token', 'urn:ietf:params:oauth:grant-type:token-exchange'], 'token exchange (RFC 8693) too')
 
   const authMethods = doc.token_endpoint_auth_methods_supported as string[]
   for (const method of ['client_secret_basic', 'client_secret_post', 'private_key_jwt']) {

@@ -19,24 +19,29 @@ async function limitGrantTypes (databaseUrl: string, clientId: string, grantType
   await sql(databaseUrl, 'UPDATE clients SET grant_types = $1 WHERE client_id = $2', [grantTypes, clientId])
 }
 
-test('the registry lists both grants; a plain INSERT gets both', async (t) => {
-  t.strictSame(GRANT_TYPES, ['client_credentials', 'refresh_token'])
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange'
+
+test('the registry lists every grant; a plain INSERT gets client_credentials and refresh_token', async (t) => {
+  t.strictSame(GRANT_TYPES, ['client_credentials', 'refresh_token', TOKEN_EXCHANGE])
 
   const { app, databaseUrl } = await build(t)
   await insertClient(databaseUrl, { id: 'svc-default', secret: SECRET })
   const [row] = await sql<{ grant_types: string[] }>(databaseUrl, 'SELECT grant_types FROM clients WHERE client_id = $1', ['svc-default'])
-  t.strictSame(row?.grant_types, GRANT_TYPES, 'the column default: every grant the service has today')
+  t.strictSame(row?.grant_types, ['client_credentials', 'refresh_token'], 'the column default: token exchange must be enabled explicitly')
 
   const issued = await issueTokens(app, 'svc-default', SECRET)
   const refreshed = await tokenRequest(app, { grant_type: 'refresh_token', refresh_token: issued.refresh_token, client_id: 'svc-default', client_secret: SECRET })
   t.equal(refreshed.statusCode, 200, 'refresh_token too', { body: refreshed.body })
 
   const discovery = await app.inject({ method: 'GET', url: '/.well-known/openid-configuration' })
-  t.strictSame(discovery.json().grant_types_supported, ['client_credentials', 'refresh_token'], 'discovery lists both')
+  t.strictSame(discovery.json().grant_types_supported, GRANT_TYPES, 'discovery lists them all')
+
+  const exchange = await tokenRequest(app, { grant_type: TOKEN_EXCHANGE, subject_token: issued.access_token, subject_token_type: 'urn:ietf:params:oauth:token-type:access_token', client_id: 'svc-default', client_secret: SECRET })
+  assertUnauthorizedClient(t, exchange, TOKEN_EXCHANGE)
 
   const unsupported = await tokenRequest(app, { grant_type: 'password', client_id: 'svc-default', client_secret: SECRET })
   t.equal(unsupported.statusCode, 400)
-  t.strictSame(unsupported.json(), { error: 'unsupported_grant_type', error_description: 'grant_type password is not supported; use client_credentials or refresh_token' })
+  t.strictSame(unsupported.json(), { error: 'unsupported_grant_type', error_description: `grant_type password is not supported; use client_credentials or refresh_token or ${TOKEN_EXCHANGE}` })
 })
 
 test('a client limited to client_credentials gets unauthorized_client on refresh_token', async (t) => {

@@ -1,6 +1,7 @@
 // Third-party libraries against the service over real HTTP, configured from
 // discovery alone: openid-client (a certified OAuth 2.0 / OpenID client) for
-// the grants, introspection and revocation; jose for validating access tokens
+// the grants, introspection and revocation; oauth4webapi's generic token
+// endpoint request for token exchange; jose for validating access tokens
 // the way a gateway does (discovery, jwks_uri, signature, iss, aud, exp, kid,
 // scope).
 import { test } from 'tap'
@@ -174,4 +175,43 @@ test('jose validates our access tokens as a gateway does: discovery, jwks_uri, s
   const tampered = `${header ?? ''}.${Buffer.from(JSON.stringify({ ...payload, scope: 'orders:read orders:admin' })).toString('base64url')}.${accessToken.split('.')[2] ?? ''}`
   t.not(body, tampered.split('.')[1])
   await t.rejects(jwtVerify(tampered, jwks, { issuer, audience: 'https://orders.example.com' }), joseErrors.JWSSignatureVerificationFailed, 'a widened scope breaks the signature')
+})
+
+test('oauth4webapi: a token exchange (RFC 8693) through its generic token endpoint request', async (t) => {
+  const { issuer, databaseUrl } = await serve(t)
+  const exchange = 'urn:ietf:params:oauth:grant-type:token-exchange'
+  const accessTokenType = 'urn:ietf:params:oauth:token-type:access_token'
+  for (const id of ['interop-user', 'interop-gateway']) await insertClient(databaseUrl, { id, secret: `${id} secret` })
+  await sql(databaseUrl, "UPDATE clients SET scopes = '{orders:read,orders:write}', default_scopes = '{orders:read,orders:write}' WHERE client_id = 'interop-user'")
+  await sql(databaseUrl, `UPDATE clients SET scopes = '{orders:read}', grant_types = '{client_credentials,${exchange}}', may_exchange = '{interop-user}' WHERE client_id = 'interop-gateway'`)
+
+  const options = { [oauth4.allowInsecureRequests]: true }
+  const as = await oauth4.processDiscoveryResponse(new URL(issuer), await oauth4.discoveryRequest(new URL(issuer), { ...options, algorithm: 'oauth2' }))
+  t.ok(as.grant_types_supported?.includes(exchange), 'discovery lists the grant')
+  const user: oauth4.Client = { client_id: 'interop-user' }
+  const subject = await oauth4.processClientCredentialsResponse(as, user,
+    await oauth4.clientCredentialsGrantRequest(as, user, oauth4.ClientSecretBasic('interop-user secret'), {}, options))
+
+  const gateway: oauth4.Client = { client_id: 'interop-gateway' }
+  const gatewayAuth = oauth4.ClientSecretPost('interop-gateway secret')
+  const response = await oauth4.genericTokenEndpointRequest(as, gateway, gatewayAuth, exchange,
+    { subject_token: subject.access_token, subject_token_type: accessTokenType, requested_token_type: accessTokenType }, options)
+  const exchanged = await oauth4.processGenericTokenEndpointResponse(as, gateway, response)
+  t.equal(exchanged.token_type, 'bearer', 'the library normalises the token type')
+  t.equal(exchanged.issued_token_type, accessTokenType, 'RFC 8693 §2.2.1 issued_token_type')
+  t.equal(exchanged.refresh_token, undefined, 'no refresh token')
+  t.equal(exchanged.scope, 'orders:read', 'narrowed to what the gateway may hold')
+  t.ok(typeof exchanged.expires_in === 'number' && exchanged.expires_in > 0 && exchanged.expires_in <= 3600)
+
+  // The exchanged token validates as any of ours, for the subject.
+  const request = new Request('http://localhost/orders', { headers: { authorization: `Bearer ${exchanged.access_token}` } })
+  const claims = await oauth4.validateJwtAccessToken(as, request, 'api', options)
+  t.equal(claims.sub, 'interop-user')
+  t.equal(claims.client_id, 'interop-gateway')
+
+  // A refusal reaches the library as the RFC's error.
+  const refused = await oauth4.genericTokenEndpointRequest(as, gateway, gatewayAuth, exchange, { subject_token: 'not-a-token', subject_token_type: accessTokenType }, options)
+  const error = await oauth4.processGenericTokenEndpointResponse(as, gateway, refused).catch((err: unknown) => err)
+  t.ok(error instanceof oauth4.ResponseBodyError, 'a response body error')
+  t.equal((error as oauth4.ResponseBodyError).error, 'invalid_request')
 })

@@ -112,6 +112,16 @@ function requestsCarrying (send: Send, marks: Marks, { basic, posted, refreshed 
     ['introspect an access token', send('/oauth/introspect', { headers: { authorization, 'content-type': FORM }, body: form({ token: refreshed.access_token }) })],
     ['revoke an access token', send('/oauth/revoke', { headers: { authorization, 'content-type': FORM }, body: form({ token: posted.access_token }) })],
     ['revoke a refresh token', send('/oauth/revoke', { headers: { authorization, 'content-type': FORM }, body: form({ token: posted.refresh_token }) })],
+    ['a token exchange, subject and actor tokens in the form', send('/oauth/token', {
+      headers: { authorization, 'content-type': FORM },
+      body: form({
+        grant_type: 'urn:ietf:params:oauth:grant-type:token-exchange',
+        subject_token: refreshed.access_token,
+        subject_token_type: 'urn:ietf:params:oauth:token-type:access_token',
+        actor_token: basic.access_token,
+        actor_token_type: 'urn:ietf:params:oauth:token-type:access_token'
+      })
+    })],
     ['a used refresh token again (reuse detection)', send('/oauth/token', { headers: { authorization, 'content-type': FORM }, body: form({ grant_type: 'refresh_token', refresh_token: basic.refresh_token }) })],
     ['verify a revoked token', send('/oauth/verify', { headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: posted.access_token }) })]
   ]

@@ -131,7 +131,7 @@ test('GET /docs/json: enumerations, examples and servers that make "Try it out" 
     doc.paths[path]?.post?.requestBody?.content['application/x-www-form-urlencoded'] as never
   const token = content('/oauth/token')
   t.strictSame(token?.schema.properties?.grant_type?.enum, [...GRANT_TYPES], 'grant_type lists the grants of the registry')
-  t.strictSame(GRANT_TYPES, ['client_credentials', 'refresh_token'])
+  t.strictSame(GRANT_TYPES, ['client_credentials', 'refresh_token', 'urn:ietf:params:oauth:grant-type:token-exchange'])
   t.strictSame(content('/oauth/revoke')?.schema.properties?.token_type_hint?.enum, ['access_token', 'refresh_token'])
   // Swagger UI sends every form field with its example ("string" when there is none).
   for (const [name, property] of Object.entries(token?.schema.properties ?? {})) {
@@ -139,6 +139,7 @@ test('GET /docs/json: enumerations, examples and servers that make "Try it out" 
   }
   t.match(token?.examples?.clientCredentials?.value, { grant_type: 'client_credentials' }, 'named examples of whole requests')
   t.ok(token?.examples?.refreshToken?.value.refresh_token, 'a refresh_token request')
+  t.ok(token?.examples?.tokenExchange?.value.subject_token, 'a token exchange request')
 
   // The route schema still validates as before: an unknown grant type is RFC 6749's error, not a schema error.
   const res = await app.inject({ method: 'POST', url: '/oauth/token', headers: { 'content-type': 'application/x-www-form-urlencoded' }, payload: 'grant_type=password' })

@@ -16,6 +16,8 @@ export type Introspection = { active: false } | {
   jti?: string
   sid?: string
   scope?: string
+  /** RFC 8693 §4.1: who acts for the subject (a token issued by token exchange) */
+  act?: Record<string, unknown>
 }
 
 export interface TokenInspection {
@@ -54,7 +56,8 @@ function activeAccessToken (claims: AccessTokenClaims, clientId: string): Intros
     iat: claims.iat,
     jti: claims.jti,
     ...(typeof claims.sid === 'string' ? { sid: claims.sid } : {}),
-    ...(typeof claims.scope === 'string' ? { scope: claims.scope } : {})
+    ...(typeof claims.scope === 'string' ? { scope: claims.scope } : {}),
+    ...(typeof claims.act === 'object' && claims.act !== null ? { act: claims.act as Record<string, unknown> } : {})
   }
 }
 

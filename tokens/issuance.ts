@@ -1,9 +1,10 @@
-// Issuing tokens: a new session for client_credentials, and the exchange of
-// a refresh token for new tokens in its session.
+// Issuing tokens: a new session for client_credentials, the exchange of a
+// refresh token for new tokens in its session, and token exchange (RFC 8693):
+// a narrower access token for the subject of one of ours.
 import { randomBytes, randomUUID } from 'node:crypto'
 import type { RefreshTokenRecord } from '../storage/refresh-tokens.ts'
 import type { Client } from '../storage/clients.ts'
-import { invalidGrant, OAuthError } from '../plugins/errors.ts'
+import { invalidGrant, invalidRequest, OAuthError } from '../plugins/errors.ts'
 import type { AccessTokenClaims } from '../plugins/keys.ts'
 import { refreshTokenHash, sessionRevocationTtl, type TokenDependencies } from './session.ts'
 
@@ -11,10 +12,19 @@ export interface TokenResponse {
   access_token: string
   token_type: 'Bearer'
   expires_in: number
-  refresh_token: string
+  /** every grant but token exchange */
+  refresh_token?: string
   /** the granted scope, when it differs from the requested one (RFC 6749 §5.1) */
   scope?: string
+  /** token exchange only (RFC 8693 §2.2.1) */
+  issued_token_type?: string
 }
+
+/** RFC 8693 §3: the token type identifier of an access token. */
+export const ACCESS_TOKEN_TYPE_ID = 'urn:ietf:params:oauth:token-type:access_token'
+
+/** How deep `act` claims may nest (RFC 8693 §4.1): a longer chain of actors is refused. */
+export const MAX_ACTOR_CHAIN = 5
 
 /** What a token request asks for, already parsed. */
 export interface TokenRequest {
@@ -25,7 +35,7 @@ export interface TokenRequest {
 }
 
 /** Claims a client's custom claims can never set: RFC 7519 §4.1, RFC 9068 §2.2, and ours. */
-export const REGISTERED_CLAIMS: ReadonlySet<string> = new Set(['iss', 'sub', 'aud', 'exp', 'nbf', 'iat', 'jti', 'client_id', 'scope', 'sid', 'auth_time', 'acr', 'amr', 'cnf', 'typ'])
+export const REGISTERED_CLAIMS: ReadonlySet<string> = new Set(['iss', 'sub', 'aud', 'exp', 'nbf', 'iat', 'jti', 'client_id', 'scope', 'sid', 'auth_time', 'acr', 'amr', 'cnf', 'typ', 'act', 'may_act'])
 
 export function customClaims (claims: Record<string, unknown>): Record<string, unknown> {
   return Object.fromEntries(Object.entries(claims).filter(([name]) => !REGISTERED_CLAIMS.has(name)))
@@ -46,13 +56,23 @@ export interface TokenIssuance {
   refresh: (refreshToken: string, client: Client, request: TokenRequest) => Promise<TokenResponse>
   /** The client a refresh token belongs to, without consuming it. */
   refreshTokenOwner: (refreshToken: string) => Promise<string | undefined>
+  /**
+   * token exchange (RFC 8693): an access token for the subject of `subject`
+   * (verified claims of one of ours), issued to `client`, within the
+   * subject's scope and lifetime and in its session; with `actor`, the
+   * actor's identity added to the chain of actors (act). No refresh token.
+   */
+  exchange: (subject: AccessTokenClaims, actor: AccessTokenClaims | undefined, client: Client, request: TokenRequest) => Promise<TokenResponse>
 }
 
-/** The scope to grant, as a list; throws invalid_scope for a scope the client may not have. */
-function grantScope (client: Client, requested: string[] | undefined, ceiling: string[]): string[] {
+/**
+ * The scope to grant, as a list; throws invalid_scope for a scope the client
+ * may not have or beyond `ceiling` (which the message calls `limit`).
+ */
+function grantScope (client: Client, requested: string[] | undefined, ceiling: string[], limit = 'this client'): string[] {
   if (requested === undefined) return ceiling.filter((scope) => client.scopes.includes(scope))
   const refused = requested.find((scope) => !ceiling.includes(scope) || !client.scopes.includes(scope))
-  if (refused !== undefined) throw new OAuthError(400, 'invalid_scope', `scope ${refused.slice(0, 64)} is not allowed for this client`)
+  if (refused !== undefined) throw new OAuthError(400, 'invalid_scope', `scope ${refused.slice(0, 64)} is not allowed for ${limit}`)
   return requested
 }
 
@@ -62,35 +82,85 @@ function grantAudience (config: TokenDependencies['config'], client: Client, req
   return requested
 }
 
+/** What one access token says besides what every one does. */
+interface AccessGrant {
+  sub: string
+  aud: string
+  /** the session it belongs to; revoking the session revokes the token */
+  sid?: string
+  /** space-delimited; '' for none */
+  scope: string
+  exp: number
+  /** RFC 8693 §4.1 chain of actors */
+  act?: Record<string, unknown>
+}
+
+/** The claims of an access token issued to `client`, issued at `now`. */
+function accessClaims (config: TokenDependencies['config'], client: Client, grant: AccessGrant, now: number): AccessTokenClaims {
+  return {
+    // Custom claims first, so that the registered ones below always win.
+    ...customClaims(client.claims),
+    iss: config.issuer,
+    sub: grant.sub,
+    aud: grant.aud,
+    iat: now,
+    exp: grant.exp,
+    jti: randomUUID(),
+    client_id: client.id,
+    ...(grant.sid === undefined ? {} : { sid: grant.sid }),
+    ...(grant.scope === '' ? {} : { scope: grant.scope }),
+    ...(grant.act === undefined ? {} : { act: grant.act })
+  }
+}
+
+/** RFC 6749 §5.1: the granted scope is named when it differs from the requested one. */
+function scopeIfChanged (requested: TokenRequest, granted: string): { scope?: string } {
+  return (requested.scope?.join(' ') ?? '') === granted ? {} : { scope: granted }
+}
+
 /** A session's next pair of tokens: the refresh token is stored before either is handed out. */
 async function issueTokens ({ config, keys, store }: TokenDependencies, client: Client, session: { sid: string, scope: string, aud: string }, accessScope: string, requested: TokenRequest): Promise<TokenResponse> {
   const now = Math.floor(Date.now() / 1000)
   const refreshToken = randomBytes(config.refreshTokenBytes).toString('base64url')
   const record: RefreshTokenRecord = { client_id: client.id, sid: session.sid, scope: session.scope, aud: session.aud, iat: now, exp: now + config.refreshTokenTtl }
-  const claims: AccessTokenClaims = {
-    // Custom claims first, so that the registered ones below always win.
-    ...customClaims(client.claims),
-    iss: config.issuer,
-    sub: client.id,
-    aud: session.aud,
-    iat: now,
-    exp: now + config.accessTokenTtl,
-    jti: randomUUID(),
-    client_id: client.id,
-    sid: session.sid,
-    ...(accessScope === '' ? {} : { scope: accessScope })
-  }
-  const accessToken = keys.sign(claims)
+  const grant = { sub: client.id, aud: session.aud, sid: session.sid, scope: accessScope, exp: now + config.accessTokenTtl }
+  const accessToken = keys.sign(accessClaims(config, client, grant, now))
   // Stored before it is handed out: a token the client holds always exists.
   await store.refreshTokens.put(refreshTokenHash(refreshToken), record)
-  const response: TokenResponse = {
+  return {
     access_token: accessToken,
     token_type: 'Bearer',
     expires_in: config.accessTokenTtl,
-    refresh_token: refreshToken
+    refresh_token: refreshToken,
+    ...scopeIfChanged(requested, accessScope)
   }
-  if ((requested.scope?.join(' ') ?? '') !== accessScope) response.scope = accessScope
-  return response
+}
+
+const isClaimSet = (value: unknown): value is Record<string, unknown> =>
+  typeof value === 'object' && value !== null && !Array.isArray(value)
+
+/** How many actors an act claim names, itself and those nested in it. */
+function chainLength (act: Record<string, unknown>): number {
+  let length = 0
+  for (let link: unknown = act; isClaimSet(link); link = link.act) length++
+  return length
+}
+
+/**
+ * RFC 8693 §4.1: the actors of an exchanged token, the current one outermost
+ * and the subject's own chain nested in it; without an actor, the subject's
+ * chain as it is.
+ */
+function actorChain (subject: AccessTokenClaims, actor: AccessTokenClaims | undefined): Record<string, unknown> | undefined {
+  const previous = isClaimSet(subject.act) ? subject.act : undefined
+  if (actor === undefined) return previous
+  const act = {
+    sub: actor.sub,
+    ...(typeof actor.client_id === 'string' ? { client_id: actor.client_id } : {}),
+    ...(previous === undefined ? {} : { act: previous })
+  }
+  if (chainLength(act) > MAX_ACTOR_CHAIN) throw invalidRequest(`the chain of actors would be longer than ${MAX_ACTOR_CHAIN}`)
+  return act
 }
 
 export function tokenIssuance (dependencies: TokenDependencies): TokenIssuance {
@@ -129,6 +199,26 @@ export function tokenIssuance (dependencies: TokenDependencies): TokenIssuance {
 
     async refreshTokenOwner (refreshToken) {
       return (await store.refreshTokens.get(refreshTokenHash(refreshToken)))?.client_id
+    },
+
+    async exchange (subject, actor, client, request) {
+      // Narrower, never wider: within the subject's scope and the client's.
+      const subjectScope = typeof subject.scope === 'string' ? subject.scope.split(' ').filter((scope) => scope !== '') : []
+      const scope = grantScope(client, request.scope, subjectScope, 'this client and the subject_token').join(' ')
+      const aud = grantAudience(config, client, request.audience)
+      const act = actorChain(subject, actor)
+      const now = Math.floor(Date.now() / 1000)
+      // It never outlives a token it was made from.
+      const exp = Math.min(now + config.accessTokenTtl, subject.exp, actor?.exp ?? Infinity)
+      const sid = typeof subject.sid === 'string' ? subject.sid : undefined
+      const claims = accessClaims(config, client, { sub: subject.sub, aud, sid, scope, exp, act }, now)
+      return {
+        access_token: dependencies.keys.sign(claims),
+        issued_token_type: ACCESS_TOKEN_TYPE_ID,
+        token_type: 'Bearer',
+        expires_in: exp - now,
+        ...scopeIfChanged(request, scope)
+      }
     }
   }
 }

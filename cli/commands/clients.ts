@@ -102,10 +102,13 @@ interface SettingOptions { scopes: string, defaultScopes: string, audiences: str
 const CREATE_OPTIONS: SettingOptions = { scopes: 'scope', defaultScopes: 'default-scope', audiences: 'audience' }
 const UPDATE_OPTIONS: SettingOptions = { scopes: 'scopes', defaultScopes: 'default-scopes', audiences: 'audiences' }
 
-/** The items of a list option (repeated, or space- or comma-separated); '' gives none. */
-function listItems (value: unknown): string[] | undefined {
-  if (value === undefined) return undefined
-  const texts = Array.isArray(value) ? value as string[] : [value as string]
+/**
+ * The items of list options (each repeated, or space- or comma-separated),
+ * merged; '' gives none; undefined when none of the options is given.
+ */
+function listItems (...values: unknown[]): string[] | undefined {
+  const texts = values.filter((value) => value !== undefined).flatMap((value) => Array.isArray(value) ? value as string[] : [value as string])
+  if (texts.length === 0) return undefined
   return [...new Set(texts.flatMap((text) => text.split(/[\s,]+/)).filter((item) => item !== ''))]
 }
 
@@ -139,7 +142,9 @@ function settingsFrom (values: Record<string, unknown>, names: SettingOptions, c
     rate_limit: rateLimitOption(values['rate-limit'] as string | undefined, command),
     claims: claimsOption(values.claims as string | undefined, command),
     jwks_uri: jwksUri === 'none' ? null : jwksUri,
-    grant_types: listItems(values['grant-types'])
+    // --grant-types <list> and --grant-type <type>... add up.
+    grant_types: listItems(values['grant-types'], values['grant-type']),
+    may_exchange: listItems(values['may-exchange'])
   }
   return Object.fromEntries(Object.entries(settings).filter(([, value]) => value !== undefined)) as ClientPatchBody
 }
@@ -301,8 +306,12 @@ async function listEvents ({ values, positionals, config, out }: CommandContext)
 const SETTINGS_HELP = `--rate-limit: token requests per minute, or "default" (RATE_LIMIT_DEFAULT).
 --claims: a JSON object of claims added to each access token (registered
 claims such as sub, aud or scope are refused). --jwks-uri: an https URL of
-the client's JWK Set (private_key_jwt), or "none". --grant-types: the grants
-it may use (client_credentials, refresh_token).`
+the client's JWK Set (private_key_jwt), or "none". --grant-types (a list) and
+--grant-type (repeatable), together: the grants it may use (client_credentials,
+refresh_token, urn:ietf:params:oauth:grant-type:token-exchange); a new client
+gets client_credentials and refresh_token. --may-exchange (repeatable, or a list):
+the clients whose access tokens it may exchange (token exchange), besides its
+own, which it always may; "" lists none.`
 
 const UPDATE_SETTINGS = {
   name: { type: 'string' },
@@ -312,13 +321,15 @@ const UPDATE_SETTINGS = {
   'rate-limit': { type: 'string' },
   claims: { type: 'string' },
   'jwks-uri': { type: 'string' },
-  'grant-types': { type: 'string' }
+  'grant-types': { type: 'string' },
+  'grant-type': { type: 'string', multiple: true },
+  'may-exchange': { type: 'string', multiple: true }
 } as const
 
 export const clientsCommands: CommandTable = {
   'clients create': {
     summary: 'register a client and print its generated secret (shown once)',
-    usage: 'clients create --name <name> [--id <client_id>] [--scope <scope>]... [--default-scope <scope>]... [--audience <aud>]... [--rate-limit <n>] [--claims <json>] [--jwks-uri <url>] [--grant-types <list>] [--secret-stdin] [--json]',
+    usage: 'clients create --name <name> [--id <client_id>] [--scope <scope>]... [--default-scope <scope>]... [--audience <aud>]... [--rate-limit <n>] [--claims <json>] [--jwks-uri <url>] [--grant-types <list>] [--grant-type <type>]... [--may-exchange <client_id>]... [--secret-stdin] [--json]',
     help: `Registers a client that authenticates with a secret. Without --id, the id is a
 random UUID. The secret is generated (32 random bytes, base64url) and printed
 once; only its bcrypt hash is stored. --secret-stdin reads the secret from
@@ -338,6 +349,8 @@ ${SETTINGS_HELP}`,
       claims: { type: 'string' },
       'jwks-uri': { type: 'string' },
       'grant-types': { type: 'string' },
+      'grant-type': { type: 'string', multiple: true },
+      'may-exchange': { type: 'string', multiple: true },
       'secret-stdin': { type: 'boolean' },
       ...JSON_OPTION
     },
@@ -360,10 +373,11 @@ secret before its last rotation still works. Secrets and their hashes are never 
   },
   'clients update': {
     summary: 'change a client\'s settings (only those given)',
-    usage: 'clients update <client_id> [--name <name>] [--scopes <list>] [--default-scopes <list>] [--audiences <list>] [--rate-limit <n>] [--claims <json>] [--jwks-uri <url>] [--grant-types <list>] [--json]',
+    usage: 'clients update <client_id> [--name <name>] [--scopes <list>] [--default-scopes <list>] [--audiences <list>] [--rate-limit <n>] [--claims <json>] [--jwks-uri <url>] [--grant-types <list>] [--grant-type <type>]... [--may-exchange <client_id>]... [--json]',
     help: `Changes the settings given and leaves the others as they are; prints the
 client. A list replaces the stored one whole (space- or comma-separated; ""
-empties it). The default scopes must stay among the scopes.
+empties it); so do the repeatable --grant-type and --may-exchange, whose
+values make up the new list. The default scopes must stay among the scopes.
 ${SETTINGS_HELP}`,
     options: { ...UPDATE_SETTINGS, ...JSON_OPTION },
     run: updateClient

@@ -50,7 +50,7 @@ export const parameterName = fc.oneof(
 export const pair = (name: string, v: Value): Array<[string, Value]> => [[name, v]]
 
 export const grantType: fc.Arbitrary<Value> = fc.oneof(
-  { weight: 4, arbitrary: fc.constantFrom('client_credentials', 'refresh_token').map((t) => ({ text: t })) },
+  { weight: 4, arbitrary: fc.constantFrom('client_credentials', 'refresh_token', 'urn:ietf:params:oauth:grant-type:token-exchange').map((t) => ({ text: t })) },
   { weight: 1, arbitrary: value }
 )
 
@@ -64,11 +64,13 @@ export const fields: fc.Arbitrary<Array<[string, Value]>> = fc.tuple(
   fc.option(tokenValue.map((v) => pair('token', v)), { freq: 6 }),
   fc.option(fc.oneof(fc.constant<Value>({ ref: 'freshRefreshToken' }), tokenValue).map((v) => pair('refresh_token', v)), { freq: 2 }),
   fc.option(fc.tuple(fc.constantFrom('token_type_hint', 'scope', 'audience', 'resource'), fc.oneof(scopeOrAudience, value)).map(([name, v]) => pair(name, v)), { freq: 2 }),
+  // A token exchange's subject, typed as the service accepts it.
+  fc.option(tokenValue.map((v): Array<[string, Value]> => [['subject_token', v], ['subject_token_type', { text: 'urn:ietf:params:oauth:token-type:access_token' }]]), { freq: 3 }),
   fc.oneof(
     { weight: 4, arbitrary: fc.constant<Array<[string, Value]>>([]) },
     { weight: 1, arbitrary: fc.array(fc.tuple(parameterName, value), { minLength: 1, maxLength: 4 }) }
   )
-).map(([grant, token, refresh, extra, random]) => [...(grant ?? []), ...(token ?? []), ...(refresh ?? []), ...(extra ?? []), ...random])
+).map(([grant, token, refresh, extra, subject, random]) => [...(grant ?? []), ...(token ?? []), ...(refresh ?? []), ...(extra ?? []), ...(subject ?? []), ...random])
 
 export const body: fc.Arbitrary<BodySpec> = fc.oneof(
   { weight: 30, arbitrary: fields.map((f): BodySpec => ({ kind: 'fields', fields: f })) },

@@ -232,7 +232,7 @@ export const discoverySchema = {
     jwks_uri: endpointUrl,
     revocation_endpoint: endpointUrl,
     introspection_endpoint: endpointUrl,
-    grant_types_supported: { const: ['client_credentials', 'refresh_token'] },
+    grant_types_supported: { const: ['client_credentials', 'refresh_token', 'urn:ietf:params:oauth:grant-type:token-exchange'] },
     token_endpoint_auth_methods_supported: stringArray,
     token_endpoint_auth_signing_alg_values_supported: stringArray,
     revocation_endpoint_auth_methods_supported: stringArray,

@@ -34,7 +34,8 @@ export async function fixtures (app: FastifyInstance, databaseUrl: string): Prom
     keys: { id: 'prop-keys', secret: secret('keys') }
   }
   await insertClient(databaseUrl, { ...clients.main, rateLimit: 1_000_000 })
-  await sql(databaseUrl, "UPDATE clients SET scopes = '{read,write}', default_scopes = '{read}', audiences = '{https://orders.example.com}' WHERE client_id = $1", [clients.main.id])
+  await sql(databaseUrl, `UPDATE clients SET scopes = '{read,write}', default_scopes = '{read}', audiences = '{https://orders.example.com}',
+    grant_types = '{client_credentials,refresh_token,urn:ietf:params:oauth:grant-type:token-exchange}' WHERE client_id = $1`, [clients.main.id])
   await insertClient(databaseUrl, { ...clients.limited, rateLimit: 1 })
   await insertClient(databaseUrl, { ...clients.disabled, status: 'disabled' })
   // A private_key_jwt client (no secret): an inline P-256 key.

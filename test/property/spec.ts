@@ -75,9 +75,10 @@ export const ROUTES: Record<string, RouteSpec> = {
 export const STATIC_PREFIX = '/docs/static/'
 /** The files @fastify/swagger-ui serves under /docs/static/ (@fastify/static; anything else is 404). */
 export const STATIC_FILES = readdirSync(join(import.meta.dirname, '..', '..', 'node_modules', '@fastify', 'swagger-ui', 'static'))
-/** Parameters the service reads (RFC 6749, 7009, 7523, 7662, 8707). */
+/** Parameters the service reads (RFC 6749, 7009, 7523, 7662, 8693, 8707). */
 export const PARAMETERS = ['grant_type', 'client_id', 'client_secret', 'scope', 'audience', 'resource', 'refresh_token', 'token',
-  'token_type_hint', 'client_assertion', 'client_assertion_type'] as const
+  'token_type_hint', 'client_assertion', 'client_assertion_type', 'subject_token', 'subject_token_type', 'actor_token', 'actor_token_type',
+  'requested_token_type'] as const
 /** README: reasons /oauth/verify gives for an invalid token. */
 export const VERIFY_REASONS = ['malformed', 'invalid_algorithm', 'invalid_header', 'invalid_type', 'unknown_key', 'invalid_signature',
   'expired', 'not_yet_valid', 'missing_claim', 'invalid_issuer', 'invalid_audience', 'revoked']
