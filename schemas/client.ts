@@ -29,7 +29,9 @@ const fields = {
   claims: Type.Record(Type.String({ maxLength: 100 }), Type.Unknown(), { maxProperties: 50 }),
   /** private_key_jwt: an https URL of the client's JWK Set; null: none */
   jwks_uri: Type.Union([Type.String({ maxLength: 2048 }), Type.Null()]),
-  grant_types: Type.Array(Type.Unsafe<string>({ type: 'string', enum: [...GRANT_TYPES] }), { minItems: 1, uniqueItems: true })
+  grant_types: Type.Array(Type.Unsafe<string>({ type: 'string', enum: [...GRANT_TYPES] }), { minItems: 1, uniqueItems: true }),
+  /** RFC 9449 §5.2: every token request must carry a DPoP proof, so every token is bound to a key */
+  dpop_bound_access_tokens: Type.Boolean()
 }
 
 /** The settings a create may give and a patch may change, each optional. */
@@ -40,7 +42,8 @@ const optionalSettings = {
   rate_limit: Type.Optional(fields.rate_limit),
   claims: Type.Optional(fields.claims),
   jwks_uri: Type.Optional(fields.jwks_uri),
-  grant_types: Type.Optional(fields.grant_types)
+  grant_types: Type.Optional(fields.grant_types),
+  dpop_bound_access_tokens: Type.Optional(fields.dpop_bound_access_tokens)
 }
 
 /**
@@ -81,6 +84,7 @@ export const EXAMPLE_CLIENT = {
   claims: {},
   jwks_uri: null,
   grant_types: ['client_credentials', 'refresh_token'],
+  dpop_bound_access_tokens: false,
   authentication: ['client_secret'],
   previous_secret_expires_at: null,
   created_at: '2026-01-05T09:30:00.000Z',
@@ -99,6 +103,7 @@ export const ClientView = Type.Object({
   claims: Type.Record(Type.String(), Type.Unknown()),
   jwks_uri: Type.Union([Type.String(), Type.Null()]),
   grant_types: Type.Array(Type.String()),
+  dpop_bound_access_tokens: Type.Boolean(),
   /** how it may authenticate: client_secret (basic or post), private_key_jwt */
   authentication: Type.Array(Type.Union([Type.Literal('client_secret'), Type.Literal('private_key_jwt')])),
   /** until when the secret before the last rotation still works; null: it does not */
@@ -197,7 +202,8 @@ export function clientChangesFrom (patch: ClientPatchBody): ClientChanges {
     audiences: patch.audiences,
     claims: patch.claims,
     jwksUri: patch.jwks_uri,
-    grantTypes: patch.grant_types
+    grantTypes: patch.grant_types,
+    dpopBoundAccessTokens: patch.dpop_bound_access_tokens
   }
   return Object.fromEntries(Object.entries(changes).filter(([, value]) => value !== undefined))
 }
@@ -222,7 +228,8 @@ export function newClientFrom (create: ClientCreateBody): { client: NewClient, s
     audiences: create.audiences ?? [],
     claims: create.claims ?? {},
     jwksUri: create.jwks_uri ?? null,
-    ...(create.grant_types === undefined ? {} : { grantTypes: create.grant_types })
+    ...(create.grant_types === undefined ? {} : { grantTypes: create.grant_types }),
+    ...(create.dpop_bound_access_tokens === undefined ? {} : { dpopBoundAccessTokens: create.dpop_bound_access_tokens })
   }
   return { client, secret }
 }
@@ -246,6 +253,7 @@ export function clientView (record: ClientRecord, now: number = Date.now()): Cli
     claims: record.claims,
     jwks_uri: record.jwksUri,
     grant_types: record.grantTypes,
+    dpop_bound_access_tokens: record.dpopBoundAccessTokens,
     authentication: [...(record.secretHash !== null ? ['client_secret' as const] : []),
       ...(record.jwksUri !== null || record.jwks !== null ? ['private_key_jwt' as const] : [])],
     previous_secret_expires_at: graceEnd(record, now),

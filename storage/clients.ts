@@ -33,6 +33,8 @@ export interface Client {
   jwks: { keys: JsonWebKey[] } | null
   /** the grant types it may use (grants/index.ts) */
   grantTypes: string[]
+  /** every token request must carry a DPoP proof (RFC 9449 §5.2 dpop_bound_access_tokens) */
+  dpopBoundAccessTokens: boolean
 }
 
 /** A client as stored, with the times of its creation and last change. */
@@ -54,6 +56,8 @@ export interface ClientChanges {
   jwksUri?: string | null
   /** on insert, default: the column's (client_credentials and refresh_token) */
   grantTypes?: string[]
+  /** on insert, default: the column's (false) */
+  dpopBoundAccessTokens?: boolean
 }
 
 /** A client to register; every field but the id has the table's default. */
@@ -102,11 +106,12 @@ export interface ClientRow {
   jwks_uri: string | null
   jwks: { keys: JsonWebKey[] } | null
   grant_types: string[]
+  dpop_bound_access_tokens: boolean
   created_at: Date | string
   updated_at: Date | string
 }
 
-export const CLIENT_COLUMNS = 'client_id, client_secret_hash, previous_secret_hash, previous_secret_expires_at, rate_limit, name, status, scopes, default_scopes, audiences, claims, jwks_uri, jwks, grant_types, created_at, updated_at'
+export const CLIENT_COLUMNS = 'client_id, client_secret_hash, previous_secret_hash, previous_secret_expires_at, rate_limit, name, status, scopes, default_scopes, audiences, claims, jwks_uri, jwks, grant_types, dpop_bound_access_tokens, created_at, updated_at'
 
 /** bcrypt reads only the first 72 bytes; a longer secret would be truncated silently. */
 export const MAX_SECRET_BYTES = 72
@@ -136,7 +141,8 @@ export function clientFromRow (row: ClientRow): Client {
     claims: row.claims,
     jwksUri: row.jwks_uri,
     jwks: row.jwks,
-    grantTypes: row.grant_types
+    grantTypes: row.grant_types,
+    dpopBoundAccessTokens: row.dpop_bound_access_tokens
   }
 }
 
@@ -193,6 +199,7 @@ function newRow (client: NewClient, hash: string | null): { columns: string[], v
     jwks: jsonOrNull(client.jwks)
   }
   if (client.grantTypes !== undefined) row.grant_types = client.grantTypes
+  if (client.dpopBoundAccessTokens !== undefined) row.dpop_bound_access_tokens = client.dpopBoundAccessTokens
   return { columns: Object.keys(row), values: Object.values(row) }
 }
 
@@ -214,7 +221,8 @@ const auditedFields = (alias: string): string => `jsonb_build_object(
   'client_id', ${alias}.client_id, 'name', ${alias}.name, 'status', ${alias}.status,
   'scopes', to_jsonb(${alias}.scopes), 'default_scopes', to_jsonb(${alias}.default_scopes),
   'audiences', to_jsonb(${alias}.audiences), 'rate_limit', ${alias}.rate_limit, 'claims', ${alias}.claims,
-  'jwks_uri', ${alias}.jwks_uri, 'grant_types', to_jsonb(${alias}.grant_types))`
+  'jwks_uri', ${alias}.jwks_uri, 'grant_types', to_jsonb(${alias}.grant_types),
+  'dpop_bound_access_tokens', ${alias}.dpop_bound_access_tokens)`
 
 /** The column of each field `update` may change, and how its value is sent. */
 const CHANGE_COLUMNS: Record<keyof ClientChanges, { column: string, cast: string, encode?: (value: unknown) => unknown }> = {
@@ -225,7 +233,8 @@ const CHANGE_COLUMNS: Record<keyof ClientChanges, { column: string, cast: string
   audiences: { column: 'audiences', cast: 'text[]' },
   claims: { column: 'claims', cast: 'jsonb', encode: (value) => JSON.stringify(value) },
   jwksUri: { column: 'jwks_uri', cast: 'text' },
-  grantTypes: { column: 'grant_types', cast: 'text[]' }
+  grantTypes: { column: 'grant_types', cast: 'text[]' },
+  dpopBoundAccessTokens: { column: 'dpop_bound_access_tokens', cast: 'boolean' }
 }
 
 /**

@@ -23,6 +23,7 @@ const RECORD: ClientRecord = {
   jwksUri: null,
   jwks: null,
   grantTypes: ['client_credentials'],
+  dpopBoundAccessTokens: true,
   createdAt: new Date(),
   updatedAt: new Date()
 }
@@ -41,6 +42,8 @@ test('newClientFrom: defaults, a generated id and secret, and each rule', async 
   t.equal(client.secret, secret, 'the secret to hash is the one to show')
   t.match(secret, /^[A-Za-z0-9_-]{43}$/)
   t.notOk('grantTypes' in client, 'no grant types: the table\'s default')
+  t.notOk('dpopBoundAccessTokens' in client, 'no DPoP requirement: the table\'s default')
+  t.equal(newClientFrom({ name: 'n', dpop_bound_access_tokens: true }).client.dpopBoundAccessTokens, true)
   t.equal(newClientFrom({ name: 'n', client_secret: 'a-given-secret-0123' }).secret, 'a-given-secret-0123')
   const refused: Array<[unknown, RegExp]> = [
     [{ name: '' }, /^name: /],
@@ -53,6 +56,7 @@ test('newClientFrom: defaults, a generated id and secret, and each rule', async 
     [{ name: 'n', grant_types: ['password'] }, /^grant_types/],
     [{ name: 'n', grant_types: [] }, /^grant_types/],
     [{ name: 'n', rate_limit: 0 }, /^rate_limit/],
+    [{ name: 'n', dpop_bound_access_tokens: 'yes' }, /^dpop_bound_access_tokens/],
     [{ name: 'n', client_secret: 'short' }, /shorter than 16 bytes/],
     [{ name: 'n', client_secret: 'é'.repeat(40) }, /80 bytes; at most 72/],
     [{ name: 'n', unknown: 1 }, /additional properties/]
@@ -68,6 +72,7 @@ test('clientChangesFrom: only the fields given, at least one, the same rules', a
   t.strictSame(clientChangesFrom({ name: 'x', rate_limit: null }), { name: 'x', rateLimit: null })
   t.strictSame(clientChangesFrom({ default_scopes: [], jwks_uri: null, grant_types: ['refresh_token', 'client_credentials'] }),
     { defaultScopes: [], jwksUri: null, grantTypes: ['refresh_token', 'client_credentials'] })
+  t.strictSame(clientChangesFrom({ dpop_bound_access_tokens: false }), { dpopBoundAccessTokens: false })
   t.throws(() => clientChangesFrom({}), { message: 'give at least one field to change' })
   t.throws(() => clientChangesFrom({ claims: { scope: 'admin' } }), InvalidClientError)
   t.throws(() => clientChangesFrom({ client_id: 'other' } as ClientPatchBody), InvalidClientError, 'the id never changes')
@@ -76,6 +81,7 @@ test('clientChangesFrom: only the fields given, at least one, the same rules', a
 test('clientView and clientEventView: what the schemas declare, never a secret or a hash', async (t) => {
   const view = clientView(RECORD)
   t.ok(Value.Check(ClientView, view), 'a valid ClientView')
+  t.equal(view.dpop_bound_access_tokens, true, 'the DPoP requirement is shown')
   t.notMatch(JSON.stringify(view), /\$2b\$/, 'no hash')
   t.equal(view.previous_secret_expires_at, RECORD.previousSecretExpiresAt?.toISOString(), 'the grace period\'s end while it runs')
   t.equal(clientView(RECORD, Date.now() + 120_000).previous_secret_expires_at, null, 'null once it has passed')

@@ -37,7 +37,7 @@ test('a client record forged in Redis is not honoured', { skip: needs.redis }, a
     jwks: null,
     readAt: Date.now() + 86_400_000
   }
-  for (const key of ['client:v2:svc-ghost', 'client:v3:svc-ghost', 'client:v4:svc-ghost', 'client:v5:svc-ghost']) await redis.set(key, JSON.stringify(forged), 'PX', 600_000)
+  for (const key of ['client:v2:svc-ghost', 'client:v3:svc-ghost', 'client:v4:svc-ghost', 'client:v5:svc-ghost', 'client:v6:svc-ghost']) await redis.set(key, JSON.stringify(forged), 'PX', 600_000)
   const res = await tokenRequest(app, { grant_type: 'client_credentials' }, { authorization: basicAuth('svc-ghost', 'attacker-secret') })
   t.equal(res.statusCode, 401, 'a client that exists only in Redis gets no token')
   t.equal(await metric(app, 'session_service_redis_records_rejected_total'), 1, 'the forged record is counted')
@@ -45,7 +45,7 @@ test('a client record forged in Redis is not honoured', { skip: needs.redis }, a
   t.equal(again.statusCode, 401)
   const warnings = lines.filter((line) => typeof line.msg === 'string' && line.msg.includes('failed its integrity check'))
   t.equal(warnings.length, 1, 'logged once')
-  t.equal(warnings[0]?.key, 'client:v5:svc-ghost', 'with its key')
+  t.equal(warnings[0]?.key, 'client:v6:svc-ghost', 'with its key')
 })
 
 test('a forged record for a real client does not change what it is granted', { skip: needs.redis }, async (t) => {
@@ -65,7 +65,7 @@ test('a forged record for a real client does not change what it is granted', { s
     jwks: null,
     readAt: Date.now()
   }
-  for (const key of ['client:v2:svc-real', 'client:v3:svc-real', 'client:v4:svc-real', 'client:v5:svc-real']) await app.redis.set(key, JSON.stringify(forged), 'PX', 600_000)
+  for (const key of ['client:v2:svc-real', 'client:v3:svc-real', 'client:v4:svc-real', 'client:v5:svc-real', 'client:v6:svc-real']) await app.redis.set(key, JSON.stringify(forged), 'PX', 600_000)
   const attacker = await tokenRequest(app, { grant_type: 'client_credentials' }, { authorization: basicAuth('svc-real', 'attacker-secret') })
   t.equal(attacker.statusCode, 401, 'the forged secret hash is not used')
   const client = await tokenRequest(app, { grant_type: 'client_credentials' }, { authorization: basicAuth('svc-real', 'real-secret') })
@@ -94,10 +94,11 @@ test('a client record sealed with a time in the future is kept no longer than CL
     grantTypes: ['client_credentials', 'refresh_token'],
     previousSecretHash: null,
     previousSecretExpiresAt: null,
+    dpopBoundAccessTokens: false,
     readAt: Date.now() + 86_400_000
   })
-  const mac = createHmac('sha256', Buffer.from(row?.secret ?? '')).update('client:v5:svc-future').update('\0').update(record).digest('base64url')
-  await app.redis.set('client:v5:svc-future', `${mac}.${record}`, 'PX', 1000)
+  const mac = createHmac('sha256', Buffer.from(row?.secret ?? '')).update('client:v6:svc-future').update('\0').update(record).digest('base64url')
+  await app.redis.set('client:v6:svc-future', `${mac}.${record}`, 'PX', 1000)
   const auth = { authorization: basicAuth('svc-future', 'future-secret') }
   t.equal((await tokenRequest(app, { grant_type: 'client_credentials' }, auth)).statusCode, 200)
   await sql(databaseUrl, "UPDATE clients SET status = 'disabled' WHERE client_id = 'svc-future'")

@@ -3,13 +3,14 @@
 import { randomBytes, randomUUID } from 'node:crypto'
 import type { RefreshTokenRecord } from '../storage/refresh-tokens.ts'
 import type { Client } from '../storage/clients.ts'
-import { invalidGrant, OAuthError } from '../plugins/errors.ts'
+import { invalidDpopProof, invalidGrant, OAuthError } from '../plugins/errors.ts'
 import type { AccessTokenClaims } from '../plugins/keys.ts'
 import { refreshTokenHash, sessionRevocationTtl, type TokenDependencies } from './session.ts'
 
 export interface TokenResponse {
   access_token: string
-  token_type: 'Bearer'
+  /** DPoP when the access token is bound to the key of the request's proof (RFC 9449 §5) */
+  token_type: 'Bearer' | 'DPoP'
   expires_in: number
   refresh_token: string
   /** the granted scope, when it differs from the requested one (RFC 6749 §5.1) */
@@ -22,6 +23,12 @@ export interface TokenRequest {
   scope?: string[]
   /** requested audience; undefined for the default */
   audience?: string
+  /**
+   * RFC 7638 thumbprint of the key of the request's DPoP proof (plugins/dpop.ts),
+   * undefined without one: the tokens are bound to it, and a bound session
+   * is refreshed only with it. Not optional, so that no grant forgets it.
+   */
+  jkt: string | undefined
 }
 
 /** Claims a client's custom claims can never set: RFC 7519 §4.1, RFC 9068 §2.2, and ours. */
@@ -67,6 +74,8 @@ async function issueTokens ({ config, keys, store }: TokenDependencies, client: 
   const now = Math.floor(Date.now() / 1000)
   const refreshToken = randomBytes(config.refreshTokenBytes).toString('base64url')
   const record: RefreshTokenRecord = { client_id: client.id, sid: session.sid, scope: session.scope, aud: session.aud, iat: now, exp: now + config.refreshTokenTtl }
+  // RFC 9449 §5, §6.1: the access token names the key, the session remembers it.
+  if (requested.jkt !== undefined) record.jkt = requested.jkt
   const claims: AccessTokenClaims = {
     // Custom claims first, so that the registered ones below always win.
     ...customClaims(client.claims),
@@ -78,14 +87,15 @@ async function issueTokens ({ config, keys, store }: TokenDependencies, client: 
     jti: randomUUID(),
     client_id: client.id,
     sid: session.sid,
-    ...(accessScope === '' ? {} : { scope: accessScope })
+    ...(accessScope === '' ? {} : { scope: accessScope }),
+    ...(requested.jkt === undefined ? {} : { cnf: { jkt: requested.jkt } })
   }
   const accessToken = keys.sign(claims)
   // Stored before it is handed out: a token the client holds always exists.
   await store.refreshTokens.put(refreshTokenHash(refreshToken), record)
   const response: TokenResponse = {
     access_token: accessToken,
-    token_type: 'Bearer',
+    token_type: requested.jkt === undefined ? 'Bearer' : 'DPoP',
     expires_in: config.accessTokenTtl,
     refresh_token: refreshToken
   }
@@ -110,9 +120,12 @@ export function tokenIssuance (dependencies: TokenDependencies): TokenIssuance {
         scope: requested?.join(' ') ?? '',
         audience: request.audience ?? '',
         allowedAudiences: [config.audience, ...client.audiences],
+        jkt: request.jkt,
         sessionTtl: sessionRevocationTtl(config)
       })
       const status = outcome.status
+      // invalid_dpop_proof, not invalid_grant: the token is still good, with its key.
+      if (status === 'key') throw invalidDpopProof(request.jkt === undefined ? 'the refresh token is bound to a DPoP key: send a proof of it' : 'the DPoP proof is not made with the key the refresh token is bound to')
       if (status === 'scope') throw new OAuthError(400, 'invalid_scope', 'a refresh may narrow the scope, never widen it')
       if (status === 'target') throw new OAuthError(400, 'invalid_target', 'a refresh keeps the audience of its session')
       if (status === 'lost') throw invalidGrant('the client may no longer obtain tokens for this session\'s audience; request a new grant')

@@ -128,6 +128,14 @@ function claimsOption (text: string | undefined, command: string): Record<string
   return claims as Record<string, unknown>
 }
 
+/** --require-dpop: true; --no-require-dpop (update only): false; neither: unchanged. */
+function requireDpopOption (values: Record<string, unknown>, command: string): boolean | undefined {
+  const on = values['require-dpop'] === true
+  const off = values['no-require-dpop'] === true
+  if (on && off) throw usage('--require-dpop and --no-require-dpop contradict each other', command)
+  return on ? true : off ? false : undefined
+}
+
 /** The client settings given as options, in the schema's fields; those not given are absent. */
 function settingsFrom (values: Record<string, unknown>, names: SettingOptions, command: string): ClientPatchBody {
   const jwksUri = values['jwks-uri'] as string | undefined
@@ -139,7 +147,8 @@ function settingsFrom (values: Record<string, unknown>, names: SettingOptions, c
     rate_limit: rateLimitOption(values['rate-limit'] as string | undefined, command),
     claims: claimsOption(values.claims as string | undefined, command),
     jwks_uri: jwksUri === 'none' ? null : jwksUri,
-    grant_types: listItems(values['grant-types'])
+    grant_types: listItems(values['grant-types']),
+    dpop_bound_access_tokens: requireDpopOption(values, command)
   }
   return Object.fromEntries(Object.entries(settings).filter(([, value]) => value !== undefined)) as ClientPatchBody
 }
@@ -302,7 +311,9 @@ const SETTINGS_HELP = `--rate-limit: token requests per minute, or "default" (RA
 --claims: a JSON object of claims added to each access token (registered
 claims such as sub, aud or scope are refused). --jwks-uri: an https URL of
 the client's JWK Set (private_key_jwt), or "none". --grant-types: the grants
-it may use (client_credentials, refresh_token).`
+it may use (client_credentials, refresh_token). --require-dpop: every token
+request must carry a DPoP proof (RFC 9449), so that every token is bound to
+the client's key (dpop_bound_access_tokens).`
 
 const UPDATE_SETTINGS = {
   name: { type: 'string' },
@@ -312,13 +323,15 @@ const UPDATE_SETTINGS = {
   'rate-limit': { type: 'string' },
   claims: { type: 'string' },
   'jwks-uri': { type: 'string' },
-  'grant-types': { type: 'string' }
+  'grant-types': { type: 'string' },
+  'require-dpop': { type: 'boolean' },
+  'no-require-dpop': { type: 'boolean' }
 } as const
 
 export const clientsCommands: CommandTable = {
   'clients create': {
     summary: 'register a client and print its generated secret (shown once)',
-    usage: 'clients create --name <name> [--id <client_id>] [--scope <scope>]... [--default-scope <scope>]... [--audience <aud>]... [--rate-limit <n>] [--claims <json>] [--jwks-uri <url>] [--grant-types <list>] [--secret-stdin] [--json]',
+    usage: 'clients create --name <name> [--id <client_id>] [--scope <scope>]... [--default-scope <scope>]... [--audience <aud>]... [--rate-limit <n>] [--claims <json>] [--jwks-uri <url>] [--grant-types <list>] [--require-dpop] [--secret-stdin] [--json]',
     help: `Registers a client that authenticates with a secret. Without --id, the id is a
 random UUID. The secret is generated (32 random bytes, base64url) and printed
 once; only its bcrypt hash is stored. --secret-stdin reads the secret from
@@ -338,6 +351,7 @@ ${SETTINGS_HELP}`,
       claims: { type: 'string' },
       'jwks-uri': { type: 'string' },
       'grant-types': { type: 'string' },
+      'require-dpop': { type: 'boolean' },
       'secret-stdin': { type: 'boolean' },
       ...JSON_OPTION
     },
@@ -360,7 +374,7 @@ secret before its last rotation still works. Secrets and their hashes are never 
   },
   'clients update': {
     summary: 'change a client\'s settings (only those given)',
-    usage: 'clients update <client_id> [--name <name>] [--scopes <list>] [--default-scopes <list>] [--audiences <list>] [--rate-limit <n>] [--claims <json>] [--jwks-uri <url>] [--grant-types <list>] [--json]',
+    usage: 'clients update <client_id> [--name <name>] [--scopes <list>] [--default-scopes <list>] [--audiences <list>] [--rate-limit <n>] [--claims <json>] [--jwks-uri <url>] [--grant-types <list>] [--require-dpop | --no-require-dpop] [--json]',
     help: `Changes the settings given and leaves the others as they are; prints the
 client. A list replaces the stored one whole (space- or comma-separated; ""
 empties it). The default scopes must stay among the scopes.
