@@ -167,6 +167,24 @@ test('update, enable and disable apply at once, on this instance and on another 
   t.equal((await admin.call('PATCH', '/admin/clients/reports', { client_id: 'renamed' })).statusCode, 400, 'the id cannot change: 400')
 })
 
+test('dpop_bound_access_tokens: set on create, read back, changed by a patch, and enforced at once', async (t) => {
+  const admin = await setup(t)
+  const created = await admin.call('POST', '/admin/clients', { client_id: 'holder', name: 'holder', dpop_bound_access_tokens: true })
+  t.equal(created.statusCode, 201, created.body)
+  t.equal(created.json().dpop_bound_access_tokens, true, 'as given')
+  const secret = created.json().client_secret
+  t.equal((await admin.call('GET', '/admin/clients/holder')).json().dpop_bound_access_tokens, true, 'read back')
+  const refused = await clientToken(admin.app, 'holder', secret)
+  t.equal(refused.statusCode, 400, 'a token request without a proof: 400')
+  t.equal(refused.json().error, 'invalid_dpop_proof')
+
+  const patched = await admin.call('PATCH', '/admin/clients/holder', { dpop_bound_access_tokens: false })
+  t.equal(patched.json().dpop_bound_access_tokens, false, 'patched')
+  t.equal((await clientToken(admin.app, 'holder', secret)).statusCode, 200, 'bearer tokens again, at once')
+  t.equal((await admin.call('POST', '/admin/clients', { client_id: 'other', name: 'x' })).json().dpop_bound_access_tokens, false, 'the default: false')
+  t.equal((await admin.call('PATCH', '/admin/clients/holder', { dpop_bound_access_tokens: 'yes' })).statusCode, 400, 'not a boolean: 400')
+})
+
 /** The status of `request` once it is `status`, or the last one after 2 s (a notice travels through Redis). */
 async function pollStatus (request: () => Promise<LightMyRequestResponse>, status: number): Promise<number> {
   const deadline = Date.now() + 2000

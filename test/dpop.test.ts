@@ -6,7 +6,9 @@ import { createHash, generateKeyPairSync, randomUUID, sign, type JsonWebKey, typ
 import { test, type Test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { calculateJwkThumbprint, SignJWT } from 'jose'
+import { insertClientRow } from '../storage/clients.ts'
 import { basicAuth, build, decodeJwt, form, FORM, insertClient, sample, scrapeMetrics, sql, tokenRequest } from './helper.ts'
+import { migratedDataDir, start } from './embedded/apps.ts'
 
 type ProofAlgorithm = 'ES256' | 'EdDSA' | 'RS256'
 
@@ -296,4 +298,27 @@ test('a token request without DPoP costs no Redis call; with it, one (the single
   const middle = await redisCalls()
   t.equal((await clientCredentials(app, await makeProof(key, tokenUrl))).statusCode, 200)
   t.equal(await redisCalls() - middle, bearer + 1, 'a proof adds exactly one call')
+})
+
+test('embedded (PGlite, no Redis): a client that must use DPoP, nonces, bound refreshes, single use', async (t) => {
+  const app = await start(t, await migratedDataDir(t), undefined, { DPOP_NONCE_REQUIRED: 'true' })
+  const tokenUrl = `${app.config.publicUrl}/oauth/token`
+  await insertClientRow(app.db, { id: CLIENT, secret: SECRET, dpopBoundAccessTokens: true }, 10)
+  assertDpopError(t, await clientCredentials(app), 'invalid_dpop_proof', 'no proof')
+  const key = proofKey()
+  const jkt = await thumbprintOf(key)
+  const first = await clientCredentials(app, await makeProof(key, tokenUrl))
+  assertDpopError(t, first, 'use_dpop_nonce', 'no nonce')
+  let nonce = first.headers['dpop-nonce']
+
+  const proof = await makeProof(key, tokenUrl, { nonce })
+  const issued = await clientCredentials(app, proof)
+  const tokens = assertBound(t, issued, jkt, 'with the nonce')
+  nonce = issued.headers['dpop-nonce']
+  assertDpopError(t, await clientCredentials(app, proof), 'invalid_dpop_proof', 'the same proof again')
+  const { rows } = await app.db.query<{ jkt: string | null }>('SELECT jkt FROM refresh_tokens')
+  t.strictSame(rows, [{ jkt }], 'the session\'s key is in its row')
+
+  assertDpopError(t, await refresh(app, tokens.refresh_token, await makeProof(proofKey(), tokenUrl, { nonce })), 'invalid_dpop_proof', 'a refresh with another key')
+  assertBound(t, await refresh(app, tokens.refresh_token, await makeProof(key, tokenUrl, { nonce })), jkt, 'then with its key')
 })
