@@ -1,6 +1,8 @@
 // The admin API through HTTP, as automation calls it: a bearer token of this
 // service with the admin scope, JSON in and out, every error answered.
+import { generateKeyPairSync, randomUUID } from 'node:crypto'
 import { test, type Test } from 'tap'
+import { SignJWT } from 'jose'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { basicAuth, build, form, FORM, injectAdmin, insertClient, sql, tokenRequest, type TestApp } from './helper.ts'
 
@@ -73,6 +75,19 @@ test('without a valid admin token: 401 with a Bearer challenge; with a token lac
   t.equal((await admin.call('GET', '/admin/clients')).statusCode, 200, 'the admin token: 200')
   t.equal((await app.inject({ method: 'GET', url: '/admin/clients', headers: { authorization: `Bearer ${admin.token}` } })).statusCode, 404,
     'never on the public listener, even with the token')
+})
+
+test('a DPoP-bound admin token is not accepted as a bearer token', async (t) => {
+  const admin = await setup(t)
+  const { privateKey, publicKey } = generateKeyPairSync('ed25519')
+  const htu = `${admin.config.publicUrl}/oauth/token`
+  const proof = await new SignJWT({ jti: randomUUID(), htm: 'POST', htu, iat: Math.floor(Date.now() / 1000) })
+    .setProtectedHeader({ alg: 'EdDSA', typ: 'dpop+jwt', jwk: publicKey.export({ format: 'jwk' }) as Record<string, string> }).sign(privateKey)
+  const bound = await tokenRequest(admin.app, { grant_type: 'client_credentials', scope: ADMIN_SCOPE }, { authorization: basicAuth(ADMIN_ID, ADMIN_SECRET), dpop: proof })
+  t.equal(bound.json().token_type, 'DPoP', 'a bound token with the admin scope')
+  const res = await admin.call('GET', '/admin/clients', undefined, { authorization: `Bearer ${String(bound.json().access_token)}` })
+  t.equal(res.statusCode, 401, 'refused as a bearer token')
+  t.equal(res.json().error, 'invalid_token')
 })
 
 test('revoking the token, disabling the admin client or taking its scope away ends its access at once', async (t) => {
