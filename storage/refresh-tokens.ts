@@ -51,7 +51,7 @@ export interface ExchangeRequest {
  *   scope    a scope beyond the session's was asked for; the token stays usable
  *   target   another audience than the session's was asked for; the token stays usable
  *   lost     the client may no longer use the session's audience; the token is left as it is
- *   key      the session is bound to a DPoP key the request did not prove; the token stays usable
+ *   key      the session is bound to a DPoP key the request did not prove; the token and its session are left as they are
  *   ok       the token is marked used, and its record returned
  */
 export type ExchangeOutcome =
@@ -82,11 +82,18 @@ interface RefreshTokenRows {
   delete: (hash: string) => Promise<void>
 }
 
+/**
+ * Whether the request lacks the DPoP key the token is bound to. Judged before
+ * anything else, used or not: whoever holds a bound token without its key
+ * learns nothing of it, cannot spend it, and cannot end its session by
+ * presenting it again (the token alone is worthless, so reuse detection has
+ * nothing to stop).
+ */
+export const lacksBoundKey = (record: RefreshTokenRecord, request: ExchangeRequest): boolean =>
+  record.jkt !== undefined && record.jkt !== request.jkt
+
 /** The refusals of an exchange that depend on the record and the request only. */
-export function judgeExchange (record: RefreshTokenRecord, request: ExchangeRequest): 'key' | 'scope' | 'target' | 'lost' | undefined {
-  // First, and before the token is marked used: whoever holds a bound token
-  // without its key learns nothing of it, and cannot burn it.
-  if (record.jkt !== undefined && record.jkt !== request.jkt) return 'key'
+export function judgeExchange (record: RefreshTokenRecord, request: ExchangeRequest): 'scope' | 'target' | 'lost' | undefined {
   if (request.scope !== '') {
     const granted = new Set(record.scope.split(/\s+/).filter((scope) => scope !== ''))
     if (request.scope.split(/\s+/).some((scope) => scope !== '' && !granted.has(scope))) return 'scope'
@@ -110,6 +117,7 @@ function refreshTokens (rows: RefreshTokenRows, revocations: Revocations): Refre
       const { record } = stored
       if (record.client_id !== request.clientId) return { status: 'foreign' }
       if (await revocations.isSessionRevoked(record.sid)) return { status: 'revoked' }
+      if (lacksBoundKey(record, request)) return { status: 'key' }
       if (!stored.used) {
         const refused = judgeExchange(record, request)
         if (refused !== undefined) return { status: refused }

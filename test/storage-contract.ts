@@ -104,6 +104,10 @@ function refreshTokenCases (t: Test, store: Store): void {
     t.strictSame(await store.refreshTokens.get(hash), record, 'still unused')
     t.equal(await store.revocations.isSessionRevoked(record.sid), false, 'the session stands')
     t.strictSame(await store.refreshTokens.exchange(hash, request({ jkt: 'key-a' })), { status: 'ok', record }, 'its own key')
+    t.strictSame(await store.refreshTokens.exchange(hash, request({ jkt: 'key-b' })), { status: 'key' }, 'used: another key is still only refused')
+    t.equal(await store.revocations.isSessionRevoked(record.sid), false, 'and the session stands')
+    t.strictSame(await store.refreshTokens.exchange(hash, request({ jkt: 'key-a' })), { status: 'reused' }, 'used, with its key: reuse')
+    t.equal(await store.revocations.isSessionRevoked(record.sid), true, 'which ends the session')
   })
 
   t.test('revoke a refresh token: missing, foreign, revoked', async (t) => {
