@@ -132,6 +132,20 @@ test('each check of the proof refuses with invalid_dpop_proof', async (t) => {
   }
 })
 
+test('htu is compared with PUBLIC_URL, never with Host or X-Forwarded-*', async (t) => {
+  const { app, tokenUrl } = await setup(t, { TRUST_PROXY: 'true' })
+  const key = proofKey()
+  const forged = 'https://evil.example/oauth/token'
+  const res = await app.inject({
+    method: 'POST',
+    url: '/oauth/token',
+    headers: { ...FORM, ...AUTH, host: 'evil.example', 'x-forwarded-host': 'evil.example', 'x-forwarded-proto': 'https', dpop: await makeProof(key, forged) },
+    payload: 'grant_type=client_credentials'
+  })
+  assertDpopError(t, res, 'invalid_dpop_proof', 'a proof for the host the request names')
+  t.equal((await clientCredentials(app, await makeProof(key, tokenUrl))).statusCode, 200, 'a proof for PUBLIC_URL')
+})
+
 test('a DPoP header sent twice is refused', async (t) => {
   const { app, tokenUrl } = await setup(t)
   const key = proofKey()
