@@ -123,7 +123,16 @@ test('each check of the proof refuses with invalid_dpop_proof', async (t) => {
     ['HS256', new SignJWT({ jti: randomUUID(), htm: 'POST', htu: tokenUrl, iat: nowSeconds() })
       .setProtectedHeader({ alg: 'HS256', typ: 'dpop+jwt', jwk: key.jwk as Record<string, string> }).sign(new Uint8Array(32))],
     ['alg none', Promise.resolve(unsigned({ alg: 'none', typ: 'dpop+jwt', jwk: key.jwk }, { jti: randomUUID(), htm: 'POST', htu: tokenUrl, iat: nowSeconds() }))],
-    ['not a JWS', Promise.resolve('not-a-proof')]
+    ['not a JWS', Promise.resolve('not-a-proof')],
+    ['htu with user information', makeProof(key, tokenUrl.replace('://', '://user@'))],
+    ['htu of another scheme than http(s)', makeProof(key, tokenUrl.replace(/^http:/, 'ftp:'))],
+    ['iat as a string', makeProof(key, tokenUrl, { iat: String(nowSeconds()) })],
+    ['a nonce that is not a string', makeProof(key, tokenUrl, { nonce: 42 })],
+    ['a crit header', Promise.resolve(unsigned({ alg: 'ES256', typ: 'dpop+jwt', jwk: key.jwk, crit: ['exp'], exp: 1 }, { jti: randomUUID(), htm: 'POST', htu: tokenUrl, iat: nowSeconds() }) + 'c2ln')],
+    ['a jwk that is not an object', Promise.resolve(unsigned({ alg: 'ES256', typ: 'dpop+jwt', jwk: 'key' }, { jti: randomUUID(), htm: 'POST', htu: tokenUrl, iat: nowSeconds() }) + 'c2ln')],
+    ['an Ed25519 jwk with ES256', makeProof({ ...key, jwk: proofKey('EdDSA').jwk }, tokenUrl)],
+    ['an EC jwk without y', makeProof({ ...key, jwk: { ...key.jwk, y: undefined } }, tokenUrl)],
+    ['an EC jwk off the curve', makeProof({ ...key, jwk: { ...key.jwk, y: key.jwk.x } }, tokenUrl)]
   ]
   for (const [what, proof] of refusals) {
     const res = await clientCredentials(app, await proof)
