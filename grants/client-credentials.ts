@@ -10,7 +10,7 @@ export const clientCredentials: Grant = {
     return await fastify.authenticateClient(request, credentials)
   },
 
-  async handle ({ body, client, fastify }) {
-    return await fastify.tokens.issueForClient(client, requestedTokens(body))
+  async handle ({ body, client, dpopKey, fastify }) {
+    return await fastify.tokens.issueForClient(client, requestedTokens(body, dpopKey))
   }
 }

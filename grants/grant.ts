@@ -25,6 +25,11 @@ export interface Grant {
    * (enabled or not: the dispatcher checks that, once for every grant).
    */
   identifyClient: (context: GrantContext) => Promise<Client>
-  /** Issues the tokens to the client, which may use this grant. */
-  handle: (context: GrantContext & { client: Client }) => Promise<TokenResponse>
+  /**
+   * Issues the tokens to the client, which may use this grant. `dpopKey`:
+   * the thumbprint of the key of the request's DPoP proof, checked by the
+   * dispatcher; the grant passes it along (requestedTokens), and the tokens
+   * are bound to it.
+   */
+  handle: (context: GrantContext & { client: Client, dpopKey: string | undefined }) => Promise<TokenResponse>
 }

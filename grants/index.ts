@@ -24,7 +24,9 @@ function requireGrantAllowed (client: Client, grantType: string): void {
 
 /**
  * POST /oauth/token: the grant named by grant_type, for a client that is
- * authenticated, enabled, registered for that grant and within its rate limit.
+ * authenticated, enabled, registered for that grant and within its rate limit;
+ * with a DPoP proof (RFC 9449), checked here for every grant, the tokens are
+ * bound to its key.
  */
 export async function grantTokens (context: Omit<GrantContext, 'credentials'>): Promise<TokenResponse> {
   const { request, body, reply, fastify } = context
@@ -37,5 +39,8 @@ export async function grantTokens (context: Omit<GrantContext, 'credentials'>): 
   const client = requireEnabled(await grant.identifyClient({ ...context, credentials }))
   requireGrantAllowed(client, grant.type)
   await fastify.limitTokenRequests(request, reply, client)
-  return await grant.handle({ ...context, credentials, client })
+  // After the rate limit: a proof is recorded as used, and only clients
+  // within their limit may write such markers.
+  const dpopKey = await fastify.dpop.proveTokenRequest(request, reply, client)
+  return await grant.handle({ ...context, credentials, client, dpopKey })
 }

@@ -28,7 +28,7 @@ export const refreshToken: Grant = {
     return owner
   },
 
-  async handle ({ body, client, fastify }) {
-    return await fastify.tokens.refresh(refreshTokenOf(body), client, requestedTokens(body))
+  async handle ({ body, client, dpopKey, fastify }) {
+    return await fastify.tokens.refresh(refreshTokenOf(body), client, requestedTokens(body, dpopKey))
   }
 }

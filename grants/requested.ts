@@ -19,10 +19,11 @@ function parseAudience (body: TokenRequestBody): string | undefined {
 }
 
 /**
- * The scope and audience a token request asks for. Parsed only once the
- * client is known: a caller with bad credentials learns that (401) before
- * anything about its scope or audience.
+ * The scope and audience a token request asks for, and the DPoP key the
+ * tokens are bound to (GrantContext.dpopKey). Parsed only once the client is
+ * known: a caller with bad credentials learns that (401) before anything
+ * about its scope or audience.
  */
-export function requestedTokens (body: TokenRequestBody): TokenRequest {
-  return { scope: parseScope(body.scope), audience: parseAudience(body) }
+export function requestedTokens (body: TokenRequestBody, dpopKey: string | undefined): TokenRequest {
+  return { scope: parseScope(body.scope), audience: parseAudience(body), jkt: dpopKey }
 }

@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify'
 import { invalidRequest } from '../plugins/errors.ts'
 import type { AccessTokenClaims } from '../plugins/keys.ts'
+import { boundKey } from '../plugins/dpop.ts'
 import type { Client } from '../storage/clients.ts'
 import type { TokenRequestBody } from '../schemas/oauth.ts'
 import { ACCESS_TOKEN_TYPE_ID } from '../tokens/issuance.ts'
@@ -62,6 +63,18 @@ function requireMayExchange (client: Client, subject: AccessTokenClaims): void {
 }
 
 /**
+ * A DPoP-bound token (RFC 9449 §6.1) is presented by the holder of its key
+ * only: the request's proof must be made with that key, as for a refresh of a
+ * bound session. Otherwise whoever copied a bound token could trade it for a
+ * bearer one here.
+ */
+function requireHolder (role: Role, claims: AccessTokenClaims, dpopKey: string | undefined): void {
+  const jkt = boundKey(claims)
+  if (jkt === undefined || jkt === dpopKey) return
+  throw invalidRequest(`the ${role}_token is bound to a DPoP key (cnf.jkt): the request needs a DPoP proof made with that key`)
+}
+
+/**
  * RFC 8693: a client presents an access token of ours (the subject's) and
  * gets a narrower one for the same subject, issued to itself; with an actor
  * token, the actor is recorded in the act claim. The actor token needs only
@@ -75,16 +88,18 @@ export const tokenExchange: Grant = {
     return await fastify.authenticateClient(request, credentials)
   },
 
-  async handle ({ body, client, fastify }) {
+  async handle ({ body, client, dpopKey, fastify }) {
     const subjectToken = subjectTokenOf(body)
     const actorToken = actorTokenOf(body)
     if (body.requested_token_type !== undefined && body.requested_token_type !== ACCESS_TOKEN_TYPE_ID) {
       throw invalidRequest(`requested_token_type must be ${ACCESS_TOKEN_TYPE_ID}, the only type this service issues by exchange`)
     }
-    const requested = requestedTokens(body)
+    const requested = requestedTokens(body, dpopKey)
     const subject = await validClaims(fastify, 'subject', subjectToken)
     requireMayExchange(client, subject)
+    requireHolder('subject', subject, dpopKey)
     const actor = actorToken === undefined ? undefined : await validClaims(fastify, 'actor', actorToken)
+    if (actor !== undefined) requireHolder('actor', actor, dpopKey)
     return await fastify.tokens.exchange(subject, actor, client, requested)
   }
 }

@@ -5,6 +5,7 @@
 // or disabling it, ends its administration at once, not at token expiry.
 import fp from 'fastify-plugin'
 import type { FastifyRequest } from 'fastify'
+import { boundKey } from '../dpop/proof.ts'
 import { OAuthError } from './errors.ts'
 
 /** Whoever made an admin request: recorded with every change. */
@@ -45,6 +46,9 @@ export default fp(async (fastify) => {
     if (match?.[1] === undefined) throw unauthorized('the Authorization header is not a bearer token', 'invalid_request')
     const check = await tokens.verify(match[1])
     if (!check.valid) throw unauthorized('the access token is not valid', 'invalid_token')
+    // RFC 9449 §7.2: a DPoP-bound token is worth nothing without its proof,
+    // and this API takes bearer tokens only.
+    if (boundKey(check.claims) !== undefined) throw unauthorized('a DPoP-bound token is not a bearer token; the admin API takes bearer tokens only', 'invalid_token')
     const { client_id: clientId, jti, scope } = check.claims
     if (typeof clientId !== 'string') throw unauthorized('the access token is not valid', 'invalid_token')
     const granted = typeof scope === 'string' ? scope.split(' ') : []

@@ -32,14 +32,14 @@ export interface OperationDocs {
  * (token, revoke, introspect): the body limit, the form media type, no
  * caching, RFC 6749 §3.2 parameters, and the schemas with every error status.
  */
-export function formEndpointOptions<Body extends TSchema, Ok extends TSchema> (fastify: FastifyInstance, body: Body, ok: Ok, docs: OperationDocs) {
+export function formEndpointOptions<Body extends TSchema, Ok extends TSchema> (fastify: FastifyInstance, body: Body, ok: Ok, docs: OperationDocs, headers?: TSchema) {
   return {
     bodyLimit: fastify.config.bodyLimit,
     preParsing: fastify.requireMediaType('application/x-www-form-urlencoded'),
     // RFC 6749 §5.1: no caching, errors included (they may concern credentials).
     onRequest: fastify.noStore,
     preValidation: fastify.normalizeFormParameters,
-    schema: { ...docs, body, response: { 200: ok, ...clientErrorResponses } }
+    schema: { ...docs, body, ...(headers === undefined ? {} : { headers }), response: { 200: ok, ...clientErrorResponses } }
   }
 }
 

@@ -65,6 +65,10 @@ export interface Settings {
   /** random bytes in a refresh token */
   refreshTokenBytes: number
   refreshTokenClientAuth: 'required' | 'optional'
+  /** how old a DPoP proof may be (its iat), seconds */
+  dpopProofMaxAge: number
+  /** DPoP proofs at the token endpoint must carry a server nonce (RFC 9449 §8) */
+  dpopNonceRequired: boolean
   /** how long a client record may be served from the Redis cache, seconds */
   clientCacheTtl: number
   /** how long a verified client secret is remembered in process, seconds (0: never) */
@@ -155,6 +159,8 @@ export const EnvSchema = Type.Object({
   REFRESH_TOKEN_EXPIRY: duration('604800s'),
   REFRESH_TOKEN_LENGTH: Type.Integer({ minimum: 16, maximum: 256, default: 32 }),
   REFRESH_TOKEN_CLIENT_AUTH: Type.Enum(['required', 'optional'], { default: 'required' }),
+  DPOP_PROOF_MAX_AGE: duration('60s'),
+  DPOP_NONCE_REQUIRED: Type.Boolean({ default: false }),
   CLIENT_CACHE_TTL: duration('30s'),
   SECRET_CACHE_TTL: duration('300s'),
   BCRYPT_WORKERS: Type.Integer({ minimum: 0, maximum: 64, default: 1 }),
@@ -210,6 +216,13 @@ export function parseDurationMs (variable: string, value: string, options: { all
 }
 
 type EnvSource = Record<string, string | undefined>
+
+/** A DPoP proof is a short-lived credential: a window of hours would make it a bearer token. */
+function parseProofMaxAge (value: string): number {
+  const seconds = parseDuration('DPOP_PROOF_MAX_AGE', value)
+  if (seconds > 3600) throw new ConfigError('DPOP_PROOF_MAX_AGE', 'must be at most 3600s')
+  return seconds
+}
 
 function parseScopes (variable: string, value: string): string[] {
   const scopes = value.split(/[\s,]+/).filter((scope) => scope !== '')
@@ -421,6 +434,8 @@ function settingsFromEnv (raw: Env, cwd: string): Settings {
     refreshTokenTtl: parseDuration('REFRESH_TOKEN_EXPIRY', raw.REFRESH_TOKEN_EXPIRY),
     refreshTokenBytes: raw.REFRESH_TOKEN_LENGTH,
     refreshTokenClientAuth: raw.REFRESH_TOKEN_CLIENT_AUTH,
+    dpopProofMaxAge: parseProofMaxAge(raw.DPOP_PROOF_MAX_AGE),
+    dpopNonceRequired: raw.DPOP_NONCE_REQUIRED,
     clientCacheTtl: parseDuration('CLIENT_CACHE_TTL', raw.CLIENT_CACHE_TTL),
     secretCacheTtl: parseDuration('SECRET_CACHE_TTL', raw.SECRET_CACHE_TTL, { allowZero: true }),
     bcryptWorkers: raw.BCRYPT_WORKERS,

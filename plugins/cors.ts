@@ -16,8 +16,8 @@ const PUBLIC_CORS: FastifyCorsOptions = {
   // DPoP (RFC 9449 §4.1) for proof-of-possession clients.
   allowedHeaders: ['Authorization', 'Content-Type', 'DPoP'],
   // What a client reads of an answer: when to retry, the authentication
-  // challenge, and its rate limit.
-  exposedHeaders: ['Retry-After', 'WWW-Authenticate', 'X-RateLimit-Limit', 'X-RateLimit-Remaining', 'X-RateLimit-Reset'],
+  // challenge, its rate limit, and the DPoP server nonce (RFC 9449 §8).
+  exposedHeaders: ['Retry-After', 'WWW-Authenticate', 'X-RateLimit-Limit', 'X-RateLimit-Remaining', 'X-RateLimit-Reset', 'DPoP-Nonce'],
   maxAge: 600
 }
 

@@ -20,6 +20,8 @@ export class OAuthError extends Error {
 
 export const invalidRequest = (description: string): OAuthError => new OAuthError(400, 'invalid_request', description)
 export const invalidGrant = (description: string): OAuthError => new OAuthError(400, 'invalid_grant', description)
+/** RFC 9449 §5: a DPoP proof that is missing where one is needed, or that fails a check. */
+export const invalidDpopProof = (description: string): OAuthError => new OAuthError(400, 'invalid_dpop_proof', description)
 
 /** The dependencies the service names in errors, logs and health answers. */
 export type DependencyName = 'postgresql' | 'redis'

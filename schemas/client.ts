@@ -31,7 +31,9 @@ const fields = {
   jwks_uri: Type.Union([Type.String({ maxLength: 2048 }), Type.Null()]),
   grant_types: Type.Array(Type.Unsafe<string>({ type: 'string', enum: [...GRANT_TYPES] }), { minItems: 1, uniqueItems: true }),
   /** token exchange: clients whose access tokens this one may exchange (its own always) */
-  may_exchange: list(Type.String({ pattern: CLIENT_ID_PATTERN }))
+  may_exchange: list(Type.String({ pattern: CLIENT_ID_PATTERN })),
+  /** RFC 9449 §5.2: every token request must carry a DPoP proof, so every token is bound to a key */
+  dpop_bound_access_tokens: Type.Boolean()
 }
 
 /** The settings a create may give and a patch may change, each optional. */
@@ -43,7 +45,8 @@ const optionalSettings = {
   claims: Type.Optional(fields.claims),
   jwks_uri: Type.Optional(fields.jwks_uri),
   grant_types: Type.Optional(fields.grant_types),
-  may_exchange: Type.Optional(fields.may_exchange)
+  may_exchange: Type.Optional(fields.may_exchange),
+  dpop_bound_access_tokens: Type.Optional(fields.dpop_bound_access_tokens)
 }
 
 /**
@@ -85,6 +88,7 @@ export const EXAMPLE_CLIENT = {
   jwks_uri: null,
   grant_types: ['client_credentials', 'refresh_token'],
   may_exchange: [],
+  dpop_bound_access_tokens: false,
   authentication: ['client_secret'],
   previous_secret_expires_at: null,
   created_at: '2026-01-05T09:30:00.000Z',
@@ -105,6 +109,7 @@ export const ClientView = Type.Object({
   grant_types: Type.Array(Type.String()),
   /** token exchange: the clients whose access tokens it may exchange, besides its own */
   may_exchange: Type.Array(Type.String()),
+  dpop_bound_access_tokens: Type.Boolean(),
   /** how it may authenticate: client_secret (basic or post), private_key_jwt */
   authentication: Type.Array(Type.Union([Type.Literal('client_secret'), Type.Literal('private_key_jwt')])),
   /** until when the secret before the last rotation still works; null: it does not */
@@ -205,7 +210,8 @@ export function clientChangesFrom (patch: ClientPatchBody): ClientChanges {
     claims: patch.claims,
     jwksUri: patch.jwks_uri,
     grantTypes: patch.grant_types,
-    mayExchange: patch.may_exchange
+    mayExchange: patch.may_exchange,
+    dpopBoundAccessTokens: patch.dpop_bound_access_tokens
   }
   return Object.fromEntries(Object.entries(changes).filter(([, value]) => value !== undefined))
 }
@@ -231,7 +237,8 @@ export function newClientFrom (create: ClientCreateBody): { client: NewClient, s
     claims: create.claims ?? {},
     jwksUri: create.jwks_uri ?? null,
     ...(create.grant_types === undefined ? {} : { grantTypes: create.grant_types }),
-    ...(create.may_exchange === undefined ? {} : { mayExchange: create.may_exchange })
+    ...(create.may_exchange === undefined ? {} : { mayExchange: create.may_exchange }),
+    ...(create.dpop_bound_access_tokens === undefined ? {} : { dpopBoundAccessTokens: create.dpop_bound_access_tokens })
   }
   return { client, secret }
 }
@@ -256,6 +263,7 @@ export function clientView (record: ClientRecord, now: number = Date.now()): Cli
     jwks_uri: record.jwksUri,
     grant_types: record.grantTypes,
     may_exchange: record.mayExchange,
+    dpop_bound_access_tokens: record.dpopBoundAccessTokens,
     authentication: [...(record.secretHash !== null ? ['client_secret' as const] : []),
       ...(record.jwksUri !== null || record.jwks !== null ? ['private_key_jwt' as const] : [])],
     previous_secret_expires_at: graceEnd(record, now),

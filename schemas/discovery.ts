@@ -24,7 +24,8 @@ export const discoveryDocument = Type.Object({
   access_token_signing_alg_values_supported: strings,
   response_types_supported: strings,
   subject_types_supported: strings,
-  id_token_signing_alg_values_supported: strings
+  id_token_signing_alg_values_supported: strings,
+  dpop_signing_alg_values_supported: strings
 }, {
   description: 'The metadata; cacheable (Cache-Control: public, max-age=JWKS_MAX_AGE)',
   examples: [{
@@ -43,6 +44,7 @@ export const discoveryDocument = Type.Object({
     access_token_signing_alg_values_supported: ['RS256'],
     response_types_supported: [],
     subject_types_supported: ['public'],
-    id_token_signing_alg_values_supported: ['RS256']
+    id_token_signing_alg_values_supported: ['RS256'],
+    dpop_signing_alg_values_supported: ['ES256', 'EdDSA', 'RS256']
   }]
 })

@@ -67,6 +67,14 @@ export const tokenRequest = Type.Object({
 
 export type TokenRequestBody = Static<typeof tokenRequest>
 
+/** Longest DPoP proof looked at (dpop/proof.ts MAX_PROOF_LENGTH): one with a 4096-bit RSA key is about 2.5 KB. */
+export const MAX_DPOP_PROOF_LENGTH = 8192
+
+/** POST /oauth/token headers besides the credentials: a DPoP proof (RFC 9449 §4.1), once. */
+export const tokenRequestHeaders = Type.Object({
+  dpop: Type.Optional(Type.String({ maxLength: MAX_DPOP_PROOF_LENGTH, description: 'A DPoP proof JWT (RFC 9449 §4.2): the tokens are then bound to its key' }))
+})
+
 export const tokenResponse = Type.Object({
   access_token: Type.String(),
   token_type: Type.String(),
@@ -100,7 +108,12 @@ export type TokenParameterBody = Static<typeof tokenParameterRequest>
 export const verifyRequest = Type.Object({
   token: Type.String(),
   // The audience the caller expects (its own identifier); default JWT_AUDIENCE.
-  audience: Type.Optional(Type.String({ minLength: 1, maxLength: 2048 }))
+  audience: Type.Optional(Type.String({ minLength: 1, maxLength: 2048 })),
+  // RFC 9449 §7: the DPoP proof the resource server received with the token,
+  // and the method and absolute URL of that request; all three or none.
+  dpop: Type.Optional(Type.String({ minLength: 1, maxLength: MAX_DPOP_PROOF_LENGTH })),
+  method: Type.Optional(Type.String({ pattern: '^[A-Z]{1,16}$' })),
+  url: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 }))
 }, { examples: [{ token: EXAMPLE_TOKENS.accessToken, audience: 'https://api.example.com' }] })
 
 export const verifyResponse = Type.Object({
@@ -155,7 +168,9 @@ export const introspectionResponse = Type.Object({
   sid: Type.Optional(Type.String()),
   scope: Type.Optional(Type.String()),
   /** RFC 8693 §4.1: who acts for the subject, in a token issued by a token exchange */
-  act: Type.Optional(Type.Object({}, { additionalProperties: true }))
+  act: Type.Optional(Type.Object({}, { additionalProperties: true })),
+  // RFC 9449 §6.2: the key a DPoP-bound token is bound to.
+  cnf: Type.Optional(Type.Object({ jkt: Type.String() }))
 }, {
   description: 'RFC 7662 §2.2: the token\'s claims when it is active and the caller\'s, else only `active: false`',
   examples: [{ active: true, token_type: 'Bearer', ...EXAMPLE_CLAIMS }, { active: false }]

@@ -14,9 +14,11 @@ export const CLIENT_CHANGES_CHANNEL = 'clients:changed'
  * The shared-cache key of a client record (before the Redis key prefix).
  * v4: records are sealed (storage/record-seal.ts) and carry the client's
  * grant types. v5: they carry the previous secret's hash and the end of its
- * grace period. v6: they carry the clients whose tokens it may exchange.
- * Instances of an older release keep reading their own entries during a
- * rolling update, and nothing of theirs is read here.
+ * grace period. v6: they carry the clients whose tokens it may exchange and
+ * dpop_bound_access_tokens (RFC 9449 §5.2), so that a record without it is
+ * never read as a client free to skip DPoP. Instances of an older release
+ * keep reading their own entries during a rolling update, and nothing of
+ * theirs is read here.
  */
 export const clientCacheKey = (clientId: string): string => `client:v6:${clientId}`
 

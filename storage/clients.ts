@@ -34,7 +34,9 @@ export interface Client {
   /** the grant types it may use (grants/index.ts) */
   grantTypes: string[]
   /** token exchange: the clients whose access tokens it may exchange, besides its own */
-  mayExchange: string[]
+  mayExchange: string[],
+  /** every token request must carry a DPoP proof (RFC 9449 §5.2 dpop_bound_access_tokens) */
+  dpopBoundAccessTokens: boolean
 }
 
 /** A client as stored, with the times of its creation and last change. */
@@ -57,7 +59,9 @@ export interface ClientChanges {
   /** on insert, default: the column's (client_credentials and refresh_token) */
   grantTypes?: string[]
   /** on insert, default: the column's (none) */
-  mayExchange?: string[]
+  mayExchange?: string[],
+  /** on insert, default: the column's (false) */
+  dpopBoundAccessTokens?: boolean
 }
 
 /** A client to register; every field but the id has the table's default. */
@@ -106,12 +110,13 @@ export interface ClientRow {
   jwks_uri: string | null
   jwks: { keys: JsonWebKey[] } | null
   grant_types: string[]
-  may_exchange: string[]
+  may_exchange: string[],
+  dpop_bound_access_tokens: boolean
   created_at: Date | string
   updated_at: Date | string
 }
 
-export const CLIENT_COLUMNS = 'client_id, client_secret_hash, previous_secret_hash, previous_secret_expires_at, rate_limit, name, status, scopes, default_scopes, audiences, claims, jwks_uri, jwks, grant_types, may_exchange, created_at, updated_at'
+export const CLIENT_COLUMNS = 'client_id, client_secret_hash, previous_secret_hash, previous_secret_expires_at, rate_limit, name, status, scopes, default_scopes, audiences, claims, jwks_uri, jwks, grant_types, may_exchange, dpop_bound_access_tokens, created_at, updated_at'
 
 /** bcrypt reads only the first 72 bytes; a longer secret would be truncated silently. */
 export const MAX_SECRET_BYTES = 72
@@ -142,7 +147,8 @@ export function clientFromRow (row: ClientRow): Client {
     jwksUri: row.jwks_uri,
     jwks: row.jwks,
     grantTypes: row.grant_types,
-    mayExchange: row.may_exchange
+    mayExchange: row.may_exchange,
+    dpopBoundAccessTokens: row.dpop_bound_access_tokens
   }
 }
 
@@ -199,7 +205,8 @@ function newRow (client: NewClient, hash: string | null): { columns: string[], v
     jwks: jsonOrNull(client.jwks)
   }
   if (client.grantTypes !== undefined) row.grant_types = client.grantTypes
-  if (client.mayExchange !== undefined) row.may_exchange = client.mayExchange
+  if (client.mayExchange !== undefined) row.may_exchange = client.mayExchange,
+  if (client.dpopBoundAccessTokens !== undefined) row.dpop_bound_access_tokens = client.dpopBoundAccessTokens
   return { columns: Object.keys(row), values: Object.values(row) }
 }
 
@@ -222,7 +229,8 @@ const auditedFields = (alias: string): string => `jsonb_build_object(
   'scopes', to_jsonb(${alias}.scopes), 'default_scopes', to_jsonb(${alias}.default_scopes),
   'audiences', to_jsonb(${alias}.audiences), 'rate_limit', ${alias}.rate_limit, 'claims', ${alias}.claims,
   'jwks_uri', ${alias}.jwks_uri, 'grant_types', to_jsonb(${alias}.grant_types),
-  'may_exchange', to_jsonb(${alias}.may_exchange))`
+  'may_exchange', to_jsonb(${alias}.may_exchange),
+  'dpop_bound_access_tokens', ${alias}.dpop_bound_access_tokens)`
 
 /** The column of each field `update` may change, and how its value is sent. */
 const CHANGE_COLUMNS: Record<keyof ClientChanges, { column: string, cast: string, encode?: (value: unknown) => unknown }> = {
@@ -234,7 +242,8 @@ const CHANGE_COLUMNS: Record<keyof ClientChanges, { column: string, cast: string
   claims: { column: 'claims', cast: 'jsonb', encode: (value) => JSON.stringify(value) },
   jwksUri: { column: 'jwks_uri', cast: 'text' },
   grantTypes: { column: 'grant_types', cast: 'text[]' },
-  mayExchange: { column: 'may_exchange', cast: 'text[]' }
+  mayExchange: { column: 'may_exchange', cast: 'text[]' },
+  dpopBoundAccessTokens: { column: 'dpop_bound_access_tokens', cast: 'boolean' }
 }
 
 /**

@@ -74,18 +74,24 @@ export function recordSeal (loadSecret: () => Promise<Buffer>, log: RecordSealLo
   }
 }
 
-/** Reads the shared secret; a database without it has not been migrated. */
-export async function readRecordSecret (db: Queryable): Promise<Buffer> {
+/**
+ * Reads a secret the instances share (service_secrets, made by the migration
+ * named): a database without it has not been migrated.
+ */
+export async function readServiceSecret (db: Queryable, name: string, migration: string): Promise<Buffer> {
   let rows: Array<{ secret: Buffer | Uint8Array }>
   try {
-    rows = (await db.query<{ secret: Buffer | Uint8Array }>('SELECT secret FROM service_secrets WHERE name = $1', [RECORD_SECRET_NAME])).rows
+    rows = (await db.query<{ secret: Buffer | Uint8Array }>('SELECT secret FROM service_secrets WHERE name = $1', [name])).rows
   } catch (err) {
     if ((err as { code?: string }).code === '42P01') rows = []
     else throw err
   }
   const secret = rows[0]?.secret
   if (secret === undefined) {
-    throw new Error('the database has no record-signing secret (migration 004): run the migrations (npm run migrate, or MIGRATE_ON_START=true)')
+    throw new Error(`the database has no ${name} secret (migration ${migration}): run the migrations (npm run migrate, or MIGRATE_ON_START=true)`)
   }
   return Buffer.from(secret)
 }
+
+/** Reads the secret that seals Redis records. */
+export const readRecordSecret = async (db: Queryable): Promise<Buffer> => await readServiceSecret(db, RECORD_SECRET_NAME, '004')

@@ -21,6 +21,8 @@ export interface RefreshTokenRecord {
   /** seconds since epoch */
   iat: number
   exp: number
+  /** RFC 7638 thumbprint of the DPoP key the session is bound to (RFC 9449 §5); absent for bearer tokens */
+  jkt?: string
   /** set when the token has been exchanged; presenting it again revokes the session */
   used?: boolean
 }
@@ -34,6 +36,8 @@ export interface ExchangeRequest {
   audience: string
   /** the audiences the client may still use */
   allowedAudiences: string[]
+  /** thumbprint of the key of the request's DPoP proof, if it has one: a bound session needs its own */
+  jkt?: string
   /** how long a revoked session stays revoked, seconds */
   sessionTtl: number
 }
@@ -47,10 +51,11 @@ export interface ExchangeRequest {
  *   scope    a scope beyond the session's was asked for; the token stays usable
  *   target   another audience than the session's was asked for; the token stays usable
  *   lost     the client may no longer use the session's audience; the token is left as it is
+ *   key      the session is bound to a DPoP key the request did not prove; the token and its session are left as they are
  *   ok       the token is marked used, and its record returned
  */
 export type ExchangeOutcome =
-  | { status: 'missing' | 'foreign' | 'revoked' | 'reused' | 'scope' | 'target' | 'lost' }
+  | { status: 'missing' | 'foreign' | 'revoked' | 'reused' | 'scope' | 'target' | 'lost' | 'key' }
   | { status: 'ok', record: RefreshTokenRecord }
 
 export interface RefreshTokens {
@@ -77,6 +82,16 @@ interface RefreshTokenRows {
   delete: (hash: string) => Promise<void>
 }
 
+/**
+ * Whether the request lacks the DPoP key the token is bound to. Judged before
+ * anything else, used or not: whoever holds a bound token without its key
+ * learns nothing of it, cannot spend it, and cannot end its session by
+ * presenting it again (the token alone is worthless, so reuse detection has
+ * nothing to stop).
+ */
+export const lacksBoundKey = (record: RefreshTokenRecord, request: ExchangeRequest): boolean =>
+  record.jkt !== undefined && record.jkt !== request.jkt
+
 /** The refusals of an exchange that depend on the record and the request only. */
 export function judgeExchange (record: RefreshTokenRecord, request: ExchangeRequest): 'scope' | 'target' | 'lost' | undefined {
   if (request.scope !== '') {
@@ -102,6 +117,7 @@ function refreshTokens (rows: RefreshTokenRows, revocations: Revocations): Refre
       const { record } = stored
       if (record.client_id !== request.clientId) return { status: 'foreign' }
       if (await revocations.isSessionRevoked(record.sid)) return { status: 'revoked' }
+      if (lacksBoundKey(record, request)) return { status: 'key' }
       if (!stored.used) {
         const refused = judgeExchange(record, request)
         if (refused !== undefined) return { status: refused }
@@ -182,8 +198,8 @@ export function sqlRefreshTokens (db: Queryable, revocations: Revocations, guard
   }
   return refreshTokens({
     async put (hash, record) {
-      await guard('postgresql', db.query(`INSERT INTO refresh_tokens (token_hash, client_id, sid, record, expires_at)
-        VALUES ($1, $2, $3, $4, to_timestamp($5))`, [hash, record.client_id, record.sid, recordText(record), record.exp]))
+      await guard('postgresql', db.query(`INSERT INTO refresh_tokens (token_hash, client_id, sid, record, expires_at, jkt)
+        VALUES ($1, $2, $3, $4, to_timestamp($5), $6)`, [hash, record.client_id, record.sid, recordText(record), record.exp, record.jkt ?? null]))
     },
     read,
     async markUsed (hash) {

@@ -1,6 +1,8 @@
 // The admin API through HTTP, as automation calls it: a bearer token of this
 // service with the admin scope, JSON in and out, every error answered.
+import { generateKeyPairSync, randomUUID } from 'node:crypto'
 import { test, type Test } from 'tap'
+import { SignJWT } from 'jose'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { basicAuth, build, form, FORM, injectAdmin, insertClient, sql, tokenRequest, type TestApp } from './helper.ts'
 
@@ -73,6 +75,19 @@ test('without a valid admin token: 401 with a Bearer challenge; with a token lac
   t.equal((await admin.call('GET', '/admin/clients')).statusCode, 200, 'the admin token: 200')
   t.equal((await app.inject({ method: 'GET', url: '/admin/clients', headers: { authorization: `Bearer ${admin.token}` } })).statusCode, 404,
     'never on the public listener, even with the token')
+})
+
+test('a DPoP-bound admin token is not accepted as a bearer token', async (t) => {
+  const admin = await setup(t)
+  const { privateKey, publicKey } = generateKeyPairSync('ed25519')
+  const htu = `${admin.config.publicUrl}/oauth/token`
+  const proof = await new SignJWT({ jti: randomUUID(), htm: 'POST', htu, iat: Math.floor(Date.now() / 1000) })
+    .setProtectedHeader({ alg: 'EdDSA', typ: 'dpop+jwt', jwk: publicKey.export({ format: 'jwk' }) as Record<string, string> }).sign(privateKey)
+  const bound = await tokenRequest(admin.app, { grant_type: 'client_credentials', scope: ADMIN_SCOPE }, { authorization: basicAuth(ADMIN_ID, ADMIN_SECRET), dpop: proof })
+  t.equal(bound.json().token_type, 'DPoP', 'a bound token with the admin scope')
+  const res = await admin.call('GET', '/admin/clients', undefined, { authorization: `Bearer ${String(bound.json().access_token)}` })
+  t.equal(res.statusCode, 401, 'refused as a bearer token')
+  t.equal(res.json().error, 'invalid_token')
 })
 
 test('revoking the token, disabling the admin client or taking its scope away ends its access at once', async (t) => {
@@ -169,6 +184,24 @@ test('update, enable and disable apply at once, on this instance and on another 
 
   t.equal((await admin.call('PATCH', '/admin/clients/reports', {})).statusCode, 400, 'an empty change: 400')
   t.equal((await admin.call('PATCH', '/admin/clients/reports', { client_id: 'renamed' })).statusCode, 400, 'the id cannot change: 400')
+})
+
+test('dpop_bound_access_tokens: set on create, read back, changed by a patch, and enforced at once', async (t) => {
+  const admin = await setup(t)
+  const created = await admin.call('POST', '/admin/clients', { client_id: 'holder', name: 'holder', dpop_bound_access_tokens: true })
+  t.equal(created.statusCode, 201, created.body)
+  t.equal(created.json().dpop_bound_access_tokens, true, 'as given')
+  const secret = created.json().client_secret
+  t.equal((await admin.call('GET', '/admin/clients/holder')).json().dpop_bound_access_tokens, true, 'read back')
+  const refused = await clientToken(admin.app, 'holder', secret)
+  t.equal(refused.statusCode, 400, 'a token request without a proof: 400')
+  t.equal(refused.json().error, 'invalid_dpop_proof')
+
+  const patched = await admin.call('PATCH', '/admin/clients/holder', { dpop_bound_access_tokens: false })
+  t.equal(patched.json().dpop_bound_access_tokens, false, 'patched')
+  t.equal((await clientToken(admin.app, 'holder', secret)).statusCode, 200, 'bearer tokens again, at once')
+  t.equal((await admin.call('POST', '/admin/clients', { client_id: 'other', name: 'x' })).json().dpop_bound_access_tokens, false, 'the default: false')
+  t.equal((await admin.call('PATCH', '/admin/clients/holder', { dpop_bound_access_tokens: 'yes' })).statusCode, 400, 'not a boolean: 400')
 })
 
 /** The status of `request` once it is `status`, or the last one after 2 s (a notice travels through Redis). */

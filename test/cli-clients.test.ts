@@ -13,7 +13,7 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 const ISO_TIME = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/
 const BCRYPT_HASH = /\$2[aby]\$\d\d\$/
 /** The fields of a client as `clients show --json` and `clients list --json` print them. */
-const VIEW_FIELDS = ['audiences', 'authentication', 'claims', 'client_id', 'created_at', 'default_scopes', 'grant_types', 'jwks_uri', 'may_exchange', 'name', 'previous_secret_expires_at', 'rate_limit', 'scopes', 'status', 'updated_at']
+const VIEW_FIELDS = ['audiences', 'authentication', 'claims', 'client_id', 'created_at', 'default_scopes', 'dpop_bound_access_tokens', 'grant_types', 'jwks_uri', 'may_exchange', 'name', 'previous_secret_expires_at', 'rate_limit', 'scopes', 'status', 'updated_at']
 
 const needsServers = !backends.postgres
   ? 'needs a PostgreSQL server (none answers)'
@@ -290,6 +290,28 @@ test('PostgreSQL: rotate-secret --grace keeps the old secret working until the t
   succeeded(t, res, 'clients rotate-secret --grace none')
   t.equal(parsed(t, res, 'rotate-secret --grace none').previous_secret_expires_at, null, 'no grace period')
   assertTokenError(t, await answersWithin(app, basic('svc-grace', newSecret), 401), 401, 'invalid_client', 'the previous secret at once')
+})
+
+test('PostgreSQL: --require-dpop on create, --no-require-dpop and --require-dpop on update; the app follows at once', { skip: needsServers }, async (t) => {
+  const { app, databaseUrl, redisPrefix } = await build(t)
+  const cwd = t.testdir({})
+  const env = { DATABASE_URL: databaseUrl, REDIS_URL: TEST_REDIS_URL, REDIS_KEY_PREFIX: redisPrefix }
+  let res = await cli(t, ['clients', 'create', '--name', 'dpop', '--id', 'svc-dpop', '--require-dpop', '--json'], { env, cwd })
+  succeeded(t, res, 'clients create --require-dpop')
+  const created = parsed(t, res, 'clients create --json')
+  t.equal(created.dpop_bound_access_tokens, true, 'created requiring DPoP')
+  const secret = String(created.client_secret)
+  assertTokenError(t, await tokenRequest(app, CLIENT_CREDENTIALS, basic('svc-dpop', secret)), 400, 'invalid_dpop_proof', 'a token request without a proof')
+
+  res = await cli(t, ['clients', 'update', 'svc-dpop', '--no-require-dpop'], { env, cwd })
+  succeeded(t, res, 'clients update --no-require-dpop')
+  t.match(res.stdout, /^dpop_bound_access_tokens:\s+false$/m, 'update prints the setting')
+  t.equal((await answersWithin(app, basic('svc-dpop', secret), 200)).statusCode, 200, 'bearer tokens again, at once')
+  res = await cli(t, ['clients', 'update', 'svc-dpop', '--require-dpop', '--json'], { env, cwd })
+  t.equal(parsed(t, res, 'clients update --require-dpop').dpop_bound_access_tokens, true, 'required again')
+  t.equal((await answersWithin(app, basic('svc-dpop', secret), 400)).statusCode, 400, 'and enforced at once')
+  t.match(failed(t, await cli(t, ['clients', 'update', 'svc-dpop', '--require-dpop', '--no-require-dpop'], { env, cwd }), 2, 'both'), /contradict/)
+  t.match(failed(t, await cli(t, ['clients', 'create', '--name', 'x', '--no-require-dpop'], { env, cwd }), 2, '--no-require-dpop on create'), /unknown option/)
 })
 
 test('PostgreSQL: update and rotate-secret refuse bad input with exit 2, and a rule against the stored client with exit 1', { skip: needsServers }, async (t) => {

@@ -24,6 +24,7 @@ const RECORD: ClientRecord = {
   jwks: null,
   grantTypes: ['client_credentials'],
   mayExchange: ['svc-portal'],
+  dpopBoundAccessTokens: true,
   createdAt: new Date(),
   updatedAt: new Date()
 }
@@ -44,6 +45,8 @@ test('newClientFrom: defaults, a generated id and secret, and each rule', async 
   t.notOk('grantTypes' in client, 'no grant types: the table\'s default')
   t.notOk('mayExchange' in client, 'no may_exchange: the table\'s default')
   t.strictSame(newClientFrom({ name: 'n', may_exchange: ['svc-portal'] }).client.mayExchange, ['svc-portal'])
+  t.notOk('dpopBoundAccessTokens' in client, 'no DPoP requirement: the table\'s default')
+  t.equal(newClientFrom({ name: 'n', dpop_bound_access_tokens: true }).client.dpopBoundAccessTokens, true)
   t.equal(newClientFrom({ name: 'n', client_secret: 'a-given-secret-0123' }).secret, 'a-given-secret-0123')
   const refused: Array<[unknown, RegExp]> = [
     [{ name: '' }, /^name: /],
@@ -60,6 +63,7 @@ test('newClientFrom: defaults, a generated id and secret, and each rule', async 
     [{ name: 'n', claims: { act: { sub: 'x' } } }, /"act" is a registered claim/],
     [{ name: 'n', claims: { may_act: { sub: 'x' } } }, /"may_act" is a registered claim/],
     [{ name: 'n', rate_limit: 0 }, /^rate_limit/],
+    [{ name: 'n', dpop_bound_access_tokens: 'yes' }, /^dpop_bound_access_tokens/],
     [{ name: 'n', client_secret: 'short' }, /shorter than 16 bytes/],
     [{ name: 'n', client_secret: 'é'.repeat(40) }, /80 bytes; at most 72/],
     [{ name: 'n', unknown: 1 }, /additional properties/]
@@ -76,6 +80,7 @@ test('clientChangesFrom: only the fields given, at least one, the same rules', a
   t.strictSame(clientChangesFrom({ default_scopes: [], jwks_uri: null, grant_types: ['refresh_token', 'client_credentials'] }),
     { defaultScopes: [], jwksUri: null, grantTypes: ['refresh_token', 'client_credentials'] })
   t.strictSame(clientChangesFrom({ may_exchange: [] }), { mayExchange: [] }, 'an empty may_exchange is a change')
+  t.strictSame(clientChangesFrom({ dpop_bound_access_tokens: false }), { dpopBoundAccessTokens: false })
   t.throws(() => clientChangesFrom({}), { message: 'give at least one field to change' })
   t.throws(() => clientChangesFrom({ claims: { scope: 'admin' } }), InvalidClientError)
   t.throws(() => clientChangesFrom({ client_id: 'other' } as ClientPatchBody), InvalidClientError, 'the id never changes')
@@ -84,6 +89,7 @@ test('clientChangesFrom: only the fields given, at least one, the same rules', a
 test('clientView and clientEventView: what the schemas declare, never a secret or a hash', async (t) => {
   const view = clientView(RECORD)
   t.ok(Value.Check(ClientView, view), 'a valid ClientView')
+  t.equal(view.dpop_bound_access_tokens, true, 'the DPoP requirement is shown')
   t.notMatch(JSON.stringify(view), /\$2b\$/, 'no hash')
   t.equal(view.previous_secret_expires_at, RECORD.previousSecretExpiresAt?.toISOString(), 'the grace period\'s end while it runs')
   t.strictSame(view.may_exchange, ['svc-portal'], 'may_exchange as stored')

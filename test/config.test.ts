@@ -46,6 +46,8 @@ test('defaults', async (t) => {
   t.equal(config.refreshTokenTtl, 604800)
   t.equal(config.refreshTokenBytes, 32)
   t.equal(config.refreshTokenClientAuth, 'required')
+  t.equal(config.dpopProofMaxAge, 60, 'a DPoP proof may be a minute old')
+  t.equal(config.dpopNonceRequired, false, 'DPoP nonces are not required')
   t.equal(config.port, 8080)
   t.equal(config.databaseUrl, 'postgres://postgres@127.0.0.1:5432/postgres')
   t.equal(config.redisUrl, 'redis://127.0.0.1:6379')
@@ -258,6 +260,15 @@ test('out-of-range or invalid settings name their variable', async (t) => {
     t.equal(err.variable, name, `${name}=${value}: variable`)
     t.ok(err.message.startsWith(`${name}: `), `${name}=${value}: message starts with the name (${err.message})`)
   }
+})
+
+test('DPoP settings: the proof age as a duration of at most an hour, nonces on or off', async (t) => {
+  const config = loadConfig(minimalEnv({ DPOP_PROOF_MAX_AGE: '2m', DPOP_NONCE_REQUIRED: 'true' }))
+  t.equal(config.dpopProofMaxAge, 120)
+  t.equal(config.dpopNonceRequired, true)
+  t.equal(configError(minimalEnv({ DPOP_PROOF_MAX_AGE: '2h' })).message, 'DPOP_PROOF_MAX_AGE: must be at most 3600s')
+  t.equal(configError(minimalEnv({ DPOP_PROOF_MAX_AGE: '0' })).variable, 'DPOP_PROOF_MAX_AGE')
+  t.equal(configError(minimalEnv({ DPOP_NONCE_REQUIRED: 'maybe' })).variable, 'DPOP_NONCE_REQUIRED')
 })
 
 test('the admin listener: loopback port 9090 by default, never the public port, a scope of RFC 6749 syntax', async (t) => {

@@ -38,6 +38,7 @@ test('a cross-origin token request gets its answer readable by the page, errors 
   t.equal(ok.headers['access-control-allow-origin'], '*')
   t.equal(ok.headers['access-control-allow-credentials'], undefined)
   t.match(ok.headers['access-control-expose-headers'], /Retry-After/)
+  t.match(ok.headers['access-control-expose-headers'], /\bDPoP-Nonce\b/, 'a page can read a DPoP server nonce (RFC 9449 §8)')
 
   const refused = await app.inject({
     method: 'POST',

@@ -4,7 +4,7 @@
 // Bearer authorization, custom headers, cookies, the token parameters of
 // revoke, introspect and verify. Then the whole log is searched for each of
 // them, and for a 400-character client id, which may appear cut to 128.
-import { randomBytes } from 'node:crypto'
+import { createHash, generateKeyPairSync, randomBytes, randomUUID, sign } from 'node:crypto'
 import { test, type Test } from 'tap'
 import { basicAuth, createDatabase, createRedisPrefix, embeddedDir, freePort, insertClient, pollUntil, ServerProcess, testEnv, waitForHealth } from './helper.ts'
 
@@ -71,8 +71,25 @@ async function issueAll (t: Test, send: Send, { clientId, secret }: Marks): Prom
   return { basic, posted, refreshed }
 }
 
+/** DPoP proofs (RFC 9449): one for the token endpoint at `tokenUrl`, one refused there (another htu), one presented with `token` to verify. */
+interface Proofs { accepted: string, refused: string, presented: string }
+
+function dpopProofs (tokenUrl: string, token: string): Proofs {
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' })
+  const part = (value: object): string => Buffer.from(JSON.stringify(value)).toString('base64url')
+  const proof = (claims: Record<string, unknown>): string => {
+    const input = `${part({ typ: 'dpop+jwt', alg: 'ES256', jwk: publicKey.export({ format: 'jwk' }) })}.${part({ jti: randomUUID(), htm: 'POST', iat: Math.floor(Date.now() / 1000), ...claims })}`
+    return `${input}.${sign('sha256', Buffer.from(input), { key: privateKey, dsaEncoding: 'ieee-p1363' }).toString('base64url')}`
+  }
+  return {
+    accepted: proof({ htu: tokenUrl }),
+    refused: proof({ htu: 'https://elsewhere.example/oauth/token' }),
+    presented: proof({ htm: 'GET', htu: 'https://api.example/orders', ath: createHash('sha256').update(token).digest('base64url') })
+  }
+}
+
 /** Requests with a secret or a token in every place a client might put one. */
-function requestsCarrying (send: Send, marks: Marks, { basic, posted, refreshed }: Issued): Array<[string, Promise<Response>]> {
+function requestsCarrying (send: Send, marks: Marks, { basic, posted, refreshed }: Issued, proofs: Proofs): Array<[string, Promise<Response>]> {
   const { clientId, secret, wrongSecret, headerSecret, cookieSecret } = marks
   const authorization = basicAuth(clientId, secret)
   return [
@@ -123,7 +140,14 @@ function requestsCarrying (send: Send, marks: Marks, { basic, posted, refreshed 
       })
     })],
     ['a used refresh token again (reuse detection)', send('/oauth/token', { headers: { authorization, 'content-type': FORM }, body: form({ grant_type: 'refresh_token', refresh_token: basic.refresh_token }) })],
-    ['verify a revoked token', send('/oauth/verify', { headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: posted.access_token }) })]
+    ['verify a revoked token', send('/oauth/verify', { headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: posted.access_token }) })],
+    // DPoP proofs, accepted and refused, in the header and in a JSON body.
+    ['a DPoP proof', send('/oauth/token', { headers: { authorization, 'content-type': FORM, dpop: proofs.accepted }, body: form({ grant_type: 'client_credentials' }) })],
+    ['a refused DPoP proof', send('/oauth/token', { headers: { authorization, 'content-type': FORM, dpop: proofs.refused }, body: form({ grant_type: 'client_credentials' }) })],
+    ['a DPoP proof at verify', send('/oauth/verify', {
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ token: refreshed.access_token, dpop: proofs.presented, method: 'GET', url: 'https://api.example/orders' })
+    })]
   ]
 }
 
@@ -141,7 +165,7 @@ async function logUntil (server: ServerProcess, lastPath: string): Promise<Array
 const loggedUrl = (line: Record<string, unknown>): string | undefined => (line.req as { url?: string } | undefined)?.url
 
 /** Every secret and token of the run, by name, as they could appear in the log. */
-function secretsOf (marks: Marks, { basic, posted, refreshed }: Issued): Array<[string, string]> {
+function secretsOf (marks: Marks, { basic, posted, refreshed }: Issued, proofs: Proofs): Array<[string, string]> {
   const { clientId, secret, wrongSecret, headerSecret, cookieSecret } = marks
   const basicValue = (id: string, value: string): string => basicAuth(id, value).slice('Basic '.length)
   return [
@@ -158,7 +182,11 @@ function secretsOf (marks: Marks, { basic, posted, refreshed }: Issued): Array<[
     ['the posted refresh token', posted.refresh_token],
     ['the refreshed access token', refreshed.access_token],
     ['the refreshed refresh token', refreshed.refresh_token],
-    ['the signature of an access token', basic.access_token.split('.')[2] ?? basic.access_token]
+    ['the signature of an access token', basic.access_token.split('.')[2] ?? basic.access_token],
+    ['a DPoP proof', proofs.accepted],
+    ['a refused DPoP proof', proofs.refused],
+    ['a DPoP proof sent to verify', proofs.presented],
+    ['the signature of a DPoP proof', proofs.accepted.split('.')[2] ?? proofs.accepted]
   ]
 }
 
@@ -184,7 +212,8 @@ test('secrets and tokens sent anywhere in a request never reach the log, and cli
     await fetch(`${base}${path}`, { method: init.method ?? 'POST', headers: init.headers, body: init.body, signal: AbortSignal.timeout(20_000) })
   const { basic, posted, refreshed } = await issueAll(t, send, marks)
 
-  const attempts = requestsCarrying(send, marks, { basic, posted, refreshed })
+  const proofs = dpopProofs(`http://localhost:${port}/oauth/token`, refreshed.access_token)
+  const attempts = requestsCarrying(send, marks, { basic, posted, refreshed }, proofs)
   for (const [what, pending] of attempts) {
     const res = await pending
     await res.arrayBuffer()
@@ -207,7 +236,7 @@ test('secrets and tokens sent anywhere in a request never reach the log, and cli
   t.ok(log.some((line) => loggedUrl(line) === '/oauth/token'), 'requests are logged with their path')
   t.strictSame(log.filter((line) => loggedUrl(line)?.includes('?') === true).map(loggedUrl), [], 'no logged URL has a query string')
 
-  const secrets = secretsOf(marks, { basic, posted, refreshed })
+  const secrets = secretsOf(marks, { basic, posted, refreshed }, proofs)
   for (const [what, value] of secrets) {
     t.notOk(server.stdout.includes(value), `${what} is not in the log`)
     t.notOk(server.stderr.includes(value), `${what} is not on stderr`)

@@ -95,6 +95,7 @@ test('a client record sealed with a time in the future is kept no longer than CL
     mayExchange: [],
     previousSecretHash: null,
     previousSecretExpiresAt: null,
+    dpopBoundAccessTokens: false,
     readAt: Date.now() + 86_400_000
   })
   const mac = createHmac('sha256', Buffer.from(row?.secret ?? '')).update('client:v6:svc-future').update('\0').update(record).digest('base64url')

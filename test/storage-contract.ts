@@ -96,6 +96,20 @@ function refreshTokenCases (t: Test, store: Store): void {
     t.strictSame(await store.refreshTokens.exchange(hash, request({ scope: 'read', audience: 'api' })), { status: 'ok', record }, 'a narrower scope is fine')
   })
 
+  t.test('a token bound to a DPoP key: refused without that key, and left usable', async (t) => {
+    const { hash, record } = await stored(store, { jkt: 'key-a' })
+    t.strictSame(await store.refreshTokens.get(hash), record, 'the record keeps its key')
+    t.strictSame(await store.refreshTokens.exchange(hash, request()), { status: 'key' }, 'no key')
+    t.strictSame(await store.refreshTokens.exchange(hash, request({ jkt: 'key-b' })), { status: 'key' }, 'another key')
+    t.strictSame(await store.refreshTokens.get(hash), record, 'still unused')
+    t.equal(await store.revocations.isSessionRevoked(record.sid), false, 'the session stands')
+    t.strictSame(await store.refreshTokens.exchange(hash, request({ jkt: 'key-a' })), { status: 'ok', record }, 'its own key')
+    t.strictSame(await store.refreshTokens.exchange(hash, request({ jkt: 'key-b' })), { status: 'key' }, 'used: another key is still only refused')
+    t.equal(await store.revocations.isSessionRevoked(record.sid), false, 'and the session stands')
+    t.strictSame(await store.refreshTokens.exchange(hash, request({ jkt: 'key-a' })), { status: 'reused' }, 'used, with its key: reuse')
+    t.equal(await store.revocations.isSessionRevoked(record.sid), true, 'which ends the session')
+  })
+
   t.test('revoke a refresh token: missing, foreign, revoked', async (t) => {
     const { hash, record } = await stored(store)
     t.equal(await store.refreshTokens.revoke(newHash(), 'svc-a', 3600), 'missing')

@@ -1,12 +1,13 @@
 // Inspecting tokens: verification (signature, claims, revocations), RFC 7662
 // introspection and RFC 7009 revocation.
 import { OAuthError } from '../plugins/errors.ts'
+import { boundKey } from '../dpop/proof.ts'
 import type { AccessTokenClaims, TokenCheck } from '../plugins/keys.ts'
 import { refreshTokenHash, sessionRevocationTtl, type TokenDependencies } from './session.ts'
 
 export type Introspection = { active: false } | {
   active: true
-  token_type: 'Bearer' | 'refresh_token'
+  token_type: 'Bearer' | 'DPoP' | 'refresh_token'
   client_id: string
   sub: string
   iss: string
@@ -18,6 +19,8 @@ export type Introspection = { active: false } | {
   scope?: string
   /** RFC 8693 §4.1: who acts for the subject (a token issued by token exchange) */
   act?: Record<string, unknown>
+  /** RFC 9449 §6.2: the key a bound token is bound to */
+  cnf?: { jkt: string }
 }
 
 export interface TokenInspection {
@@ -45,9 +48,10 @@ function looksLikeJwt (token: string): boolean {
 
 /** RFC 7662 §2.2 metadata of an active access token, from its verified claims. */
 function activeAccessToken (claims: AccessTokenClaims, clientId: string): Introspection {
+  const jkt = boundKey(claims)
   return {
     active: true,
-    token_type: 'Bearer',
+    token_type: jkt === undefined ? 'Bearer' : 'DPoP',
     client_id: clientId,
     sub: claims.sub,
     iss: claims.iss,
@@ -57,7 +61,8 @@ function activeAccessToken (claims: AccessTokenClaims, clientId: string): Intros
     jti: claims.jti,
     ...(typeof claims.sid === 'string' ? { sid: claims.sid } : {}),
     ...(typeof claims.scope === 'string' ? { scope: claims.scope } : {}),
-    ...(typeof claims.act === 'object' && claims.act !== null ? { act: claims.act as Record<string, unknown> } : {})
+    ...(typeof claims.act === 'object' && claims.act !== null ? { act: claims.act as Record<string, unknown> } : {}),
+    ...(jkt === undefined ? {} : { cnf: { jkt } })
   }
 }
 
@@ -91,7 +96,8 @@ export function tokenInspection ({ config, keys, store, stats }: TokenDependenci
         exp: record.exp,
         iat: record.iat,
         sid: record.sid,
-        ...(record.scope === '' ? {} : { scope: record.scope })
+        ...(record.scope === '' ? {} : { scope: record.scope }),
+        ...(record.jkt === undefined ? {} : { cnf: { jkt: record.jkt } })
       }
     },
 

@@ -4,13 +4,14 @@
 import { randomBytes, randomUUID } from 'node:crypto'
 import type { RefreshTokenRecord } from '../storage/refresh-tokens.ts'
 import type { Client } from '../storage/clients.ts'
-import { invalidGrant, invalidRequest, OAuthError } from '../plugins/errors.ts'
+import { invalidDpopProof, invalidGrant, invalidRequest, OAuthError } from '../plugins/errors.ts'
 import type { AccessTokenClaims } from '../plugins/keys.ts'
 import { refreshTokenHash, sessionRevocationTtl, type TokenDependencies } from './session.ts'
 
 export interface TokenResponse {
   access_token: string
-  token_type: 'Bearer'
+  /** DPoP when the access token is bound to the key of the request's proof (RFC 9449 §5) */
+  token_type: 'Bearer' | 'DPoP'
   expires_in: number
   /** every grant but token exchange */
   refresh_token?: string
@@ -32,6 +33,12 @@ export interface TokenRequest {
   scope?: string[]
   /** requested audience; undefined for the default */
   audience?: string
+  /**
+   * RFC 7638 thumbprint of the key of the request's DPoP proof (plugins/dpop.ts),
+   * undefined without one: the tokens are bound to it, and a bound session
+   * is refreshed only with it. Not optional, so that no grant forgets it.
+   */
+  jkt: string | undefined
 }
 
 /** Claims a client's custom claims can never set: RFC 7519 §4.1, RFC 9068 §2.2, and ours. */
@@ -93,6 +100,8 @@ interface AccessGrant {
   exp: number
   /** RFC 8693 §4.1 chain of actors */
   act?: Record<string, unknown>
+  /** RFC 9449 §6.1: the thumbprint of the key the token is bound to */
+  jkt?: string
 }
 
 /** The claims of an access token issued to `client`, issued at `now`. */
@@ -109,7 +118,8 @@ function accessClaims (config: TokenDependencies['config'], client: Client, gran
     client_id: client.id,
     ...(grant.sid === undefined ? {} : { sid: grant.sid }),
     ...(grant.scope === '' ? {} : { scope: grant.scope }),
-    ...(grant.act === undefined ? {} : { act: grant.act })
+    ...(grant.act === undefined ? {} : { act: grant.act }),
+    ...(grant.jkt === undefined ? {} : { cnf: { jkt: grant.jkt } })
   }
 }
 
@@ -123,13 +133,15 @@ async function issueTokens ({ config, keys, store }: TokenDependencies, client: 
   const now = Math.floor(Date.now() / 1000)
   const refreshToken = randomBytes(config.refreshTokenBytes).toString('base64url')
   const record: RefreshTokenRecord = { client_id: client.id, sid: session.sid, scope: session.scope, aud: session.aud, iat: now, exp: now + config.refreshTokenTtl }
-  const grant = { sub: client.id, aud: session.aud, sid: session.sid, scope: accessScope, exp: now + config.accessTokenTtl }
+  // RFC 9449 §5, §6.1: the access token names the key, the session remembers it.
+  if (requested.jkt !== undefined) record.jkt = requested.jkt
+  const grant = { sub: client.id, aud: session.aud, sid: session.sid, scope: accessScope, exp: now + config.accessTokenTtl, jkt: requested.jkt }
   const accessToken = keys.sign(accessClaims(config, client, grant, now))
   // Stored before it is handed out: a token the client holds always exists.
   await store.refreshTokens.put(refreshTokenHash(refreshToken), record)
   return {
     access_token: accessToken,
-    token_type: 'Bearer',
+    token_type: requested.jkt === undefined ? 'Bearer' : 'DPoP',
     expires_in: config.accessTokenTtl,
     refresh_token: refreshToken,
     ...scopeIfChanged(requested, accessScope)
@@ -180,9 +192,12 @@ export function tokenIssuance (dependencies: TokenDependencies): TokenIssuance {
         scope: requested?.join(' ') ?? '',
         audience: request.audience ?? '',
         allowedAudiences: [config.audience, ...client.audiences],
+        jkt: request.jkt,
         sessionTtl: sessionRevocationTtl(config)
       })
       const status = outcome.status
+      // invalid_dpop_proof, not invalid_grant: the token is still good, with its key.
+      if (status === 'key') throw invalidDpopProof(request.jkt === undefined ? 'the refresh token is bound to a DPoP key: send a proof of it' : 'the DPoP proof is not made with the key the refresh token is bound to')
       if (status === 'scope') throw new OAuthError(400, 'invalid_scope', 'a refresh may narrow the scope, never widen it')
       if (status === 'target') throw new OAuthError(400, 'invalid_target', 'a refresh keeps the audience of its session')
       if (status === 'lost') throw invalidGrant('the client may no longer obtain tokens for this session\'s audience; request a new grant')
@@ -211,11 +226,11 @@ export function tokenIssuance (dependencies: TokenDependencies): TokenIssuance {
       // It never outlives a token it was made from.
       const exp = Math.min(now + config.accessTokenTtl, subject.exp, actor?.exp ?? Infinity)
       const sid = typeof subject.sid === 'string' ? subject.sid : undefined
-      const claims = accessClaims(config, client, { sub: subject.sub, aud, sid, scope, exp, act }, now)
+      const claims = accessClaims(config, client, { sub: subject.sub, aud, sid, scope, exp, act, jkt: request.jkt }, now)
       return {
         access_token: dependencies.keys.sign(claims),
         issued_token_type: ACCESS_TOKEN_TYPE_ID,
-        token_type: 'Bearer',
+        token_type: request.jkt === undefined ? 'Bearer' : 'DPoP',
         expires_in: exp - now,
         ...scopeIfChanged(request, scope)
       }

@@ -131,6 +131,14 @@ function claimsOption (text: string | undefined, command: string): Record<string
   return claims as Record<string, unknown>
 }
 
+/** --require-dpop: true; --no-require-dpop (update only): false; neither: unchanged. */
+function requireDpopOption (values: Record<string, unknown>, command: string): boolean | undefined {
+  const on = values['require-dpop'] === true
+  const off = values['no-require-dpop'] === true
+  if (on && off) throw usage('--require-dpop and --no-require-dpop contradict each other', command)
+  return on ? true : off ? false : undefined
+}
+
 /** The client settings given as options, in the schema's fields; those not given are absent. */
 function settingsFrom (values: Record<string, unknown>, names: SettingOptions, command: string): ClientPatchBody {
   const jwksUri = values['jwks-uri'] as string | undefined
@@ -144,7 +152,8 @@ function settingsFrom (values: Record<string, unknown>, names: SettingOptions, c
     jwks_uri: jwksUri === 'none' ? null : jwksUri,
     // --grant-types <list> and --grant-type <type>... add up.
     grant_types: listItems(values['grant-types'], values['grant-type']),
-    may_exchange: listItems(values['may-exchange'])
+    may_exchange: listItems(values['may-exchange']),
+    dpop_bound_access_tokens: requireDpopOption(values, command)
   }
   return Object.fromEntries(Object.entries(settings).filter(([, value]) => value !== undefined)) as ClientPatchBody
 }
@@ -311,7 +320,9 @@ the client's JWK Set (private_key_jwt), or "none". --grant-types (a list) and
 refresh_token, urn:ietf:params:oauth:grant-type:token-exchange); a new client
 gets client_credentials and refresh_token. --may-exchange (repeatable, or a list):
 the clients whose access tokens it may exchange (token exchange), besides its
-own, which it always may; "" lists none.`
+own, which it always may; "" lists none. --require-dpop: every token request
+must carry a DPoP proof (RFC 9449), so that every token is bound to the
+client's key (dpop_bound_access_tokens).`
 
 const UPDATE_SETTINGS = {
   name: { type: 'string' },
@@ -323,13 +334,15 @@ const UPDATE_SETTINGS = {
   'jwks-uri': { type: 'string' },
   'grant-types': { type: 'string' },
   'grant-type': { type: 'string', multiple: true },
-  'may-exchange': { type: 'string', multiple: true }
+  'may-exchange': { type: 'string', multiple: true },
+  'require-dpop': { type: 'boolean' },
+  'no-require-dpop': { type: 'boolean' }
 } as const
 
 export const clientsCommands: CommandTable = {
   'clients create': {
     summary: 'register a client and print its generated secret (shown once)',
-    usage: 'clients create --name <name> [--id <client_id>] [--scope <scope>]... [--default-scope <scope>]... [--audience <aud>]... [--rate-limit <n>] [--claims <json>] [--jwks-uri <url>] [--grant-types <list>] [--grant-type <type>]... [--may-exchange <client_id>]... [--secret-stdin] [--json]',
+    usage: 'clients create --name <name> [--id <client_id>] [--scope <scope>]... [--default-scope <scope>]... [--audience <aud>]... [--rate-limit <n>] [--claims <json>] [--jwks-uri <url>] [--grant-types <list>] [--grant-type <type>]... [--may-exchange <client_id>]... [--require-dpop] [--secret-stdin] [--json]',
     help: `Registers a client that authenticates with a secret. Without --id, the id is a
 random UUID. The secret is generated (32 random bytes, base64url) and printed
 once; only its bcrypt hash is stored. --secret-stdin reads the secret from
@@ -351,6 +364,7 @@ ${SETTINGS_HELP}`,
       'grant-types': { type: 'string' },
       'grant-type': { type: 'string', multiple: true },
       'may-exchange': { type: 'string', multiple: true },
+      'require-dpop': { type: 'boolean' },
       'secret-stdin': { type: 'boolean' },
       ...JSON_OPTION
     },
@@ -373,7 +387,7 @@ secret before its last rotation still works. Secrets and their hashes are never 
   },
   'clients update': {
     summary: 'change a client\'s settings (only those given)',
-    usage: 'clients update <client_id> [--name <name>] [--scopes <list>] [--default-scopes <list>] [--audiences <list>] [--rate-limit <n>] [--claims <json>] [--jwks-uri <url>] [--grant-types <list>] [--grant-type <type>]... [--may-exchange <client_id>]... [--json]',
+    usage: 'clients update <client_id> [--name <name>] [--scopes <list>] [--default-scopes <list>] [--audiences <list>] [--rate-limit <n>] [--claims <json>] [--jwks-uri <url>] [--grant-types <list>] [--grant-type <type>]... [--may-exchange <client_id>]... [--require-dpop | --no-require-dpop] [--json]',
     help: `Changes the settings given and leaves the others as they are; prints the
 client. A list replaces the stored one whole (space- or comma-separated; ""
 empties it); so do the repeatable --grant-type and --may-exchange, whose

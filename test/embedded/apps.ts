@@ -66,11 +66,11 @@ export async function migratedDataDir (t: Test, content: Record<string, string> 
   return dir
 }
 
-/** The app as the server builds it, on `dir` with nothing but DATA_DIR set. */
-export async function start (t: Test, dir: string, stream?: Writable): Promise<FastifyInstance> {
+/** The app as the server builds it, on `dir` with nothing but DATA_DIR set (and `settings`, when given). */
+export async function start (t: Test, dir: string, stream?: Writable, settings: Record<string, string> = {}): Promise<FastifyInstance> {
   const apps = openApps.get(t)
   if (apps === undefined) throw new Error('call testDataDir(t) first')
-  const env = { DATA_DIR: dir, LOG_LEVEL: 'silent' }
+  const env = { ...settings, DATA_DIR: dir, LOG_LEVEL: 'silent' }
   const config = loadConfig(env, { dataDirKey: ensureDataDirSigningKey(env) })
   const app = Fastify({ ...options, logger: stream === undefined ? false : { level: 'info', stream } })
   apps.add(app)

@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { grantTokens } from '../../../grants/index.ts'
 import { formEndpointOptions } from '../../../plugins/body.ts'
-import { tokenRequest, tokenResponse } from '../../../schemas/oauth.ts'
+import { tokenRequest, tokenRequestHeaders, tokenResponse } from '../../../schemas/oauth.ts'
 
 // RFC 6749 §3.2: the grant named by grant_type (grants/index.ts) answers.
 const tokenRoute: FastifyPluginAsyncTypebox = async (fastify) => {
@@ -18,8 +18,11 @@ const tokenRoute: FastifyPluginAsyncTypebox = async (fastify) => {
       'The client authenticates with exactly one method: HTTP Basic (client_secret_basic, RFC 6749 §2.3.1), ' +
       '`client_id` and `client_secret` in the form (client_secret_post), or a signed `client_assertion` (private_key_jwt, RFC 7523 §2.2). ' +
       'A parameter sent without a value counts as omitted (RFC 6749 §3.1).\n\n' +
+      'With a `DPoP` header (RFC 9449 §5), the tokens are bound to the key of its proof: the access token carries `cnf.jkt` and ' +
+      '`token_type` is `DPoP`; a refresh of such a session needs a proof of the same key. A refused proof is `invalid_dpop_proof`; ' +
+      'when DPOP_NONCE_REQUIRED is on, a proof without a current server nonce is `use_dpop_nonce`, with one in the `DPoP-Nonce` header.\n\n' +
       'To try it here: Authorize with the client id and secret (clientSecretBasic), then Execute with the form as it is.'
-  }), async (request, reply) => {
+  }, tokenRequestHeaders), async (request, reply) => {
     return await grantTokens({ request, body: request.body, reply, fastify })
   })
 }

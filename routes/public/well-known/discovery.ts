@@ -2,6 +2,7 @@ import type { FastifyPluginAsync } from 'fastify'
 import { AUTH_METHODS_SUPPORTED } from '../../../client-auth/index.ts'
 import { GRANT_TYPES } from '../../../grants/index.ts'
 import { ASSERTION_ALGORITHMS } from '../../../plugins/client-assertions.ts'
+import { DPOP_ALGORITHMS } from '../../../plugins/dpop.ts'
 import { discoveryDocument } from '../../../schemas/discovery.ts'
 import { errorResponses } from '../../../schemas/oauth.ts'
 
@@ -53,7 +54,9 @@ const discoveryRoute: FastifyPluginAsync = async (fastify) => {
     // ID tokens and has no authorization endpoint, so no response types.
     response_types_supported: [],
     subject_types_supported: ['public'],
-    id_token_signing_alg_values_supported: [keys.algorithm]
+    id_token_signing_alg_values_supported: [keys.algorithm],
+    // RFC 9449 §5.1: the algorithms a DPoP proof may be signed with.
+    dpop_signing_alg_values_supported: DPOP_ALGORITHMS
   })
 
   for (const { url, ...docs } of DISCOVERY_OPERATIONS) {
