@@ -34,7 +34,7 @@ export interface Client {
   /** the grant types it may use (grants/index.ts) */
   grantTypes: string[]
   /** token exchange: the clients whose access tokens it may exchange, besides its own */
-  mayExchange: string[],
+  mayExchange: string[]
   /** every token request must carry a DPoP proof (RFC 9449 §5.2 dpop_bound_access_tokens) */
   dpopBoundAccessTokens: boolean
 }
@@ -59,7 +59,7 @@ export interface ClientChanges {
   /** on insert, default: the column's (client_credentials and refresh_token) */
   grantTypes?: string[]
   /** on insert, default: the column's (none) */
-  mayExchange?: string[],
+  mayExchange?: string[]
   /** on insert, default: the column's (false) */
   dpopBoundAccessTokens?: boolean
 }
@@ -110,7 +110,7 @@ export interface ClientRow {
   jwks_uri: string | null
   jwks: { keys: JsonWebKey[] } | null
   grant_types: string[]
-  may_exchange: string[],
+  may_exchange: string[]
   dpop_bound_access_tokens: boolean
   created_at: Date | string
   updated_at: Date | string
@@ -205,7 +205,7 @@ function newRow (client: NewClient, hash: string | null): { columns: string[], v
     jwks: jsonOrNull(client.jwks)
   }
   if (client.grantTypes !== undefined) row.grant_types = client.grantTypes
-  if (client.mayExchange !== undefined) row.may_exchange = client.mayExchange,
+  if (client.mayExchange !== undefined) row.may_exchange = client.mayExchange
   if (client.dpopBoundAccessTokens !== undefined) row.dpop_bound_access_tokens = client.dpopBoundAccessTokens
   return { columns: Object.keys(row), values: Object.values(row) }
 }

@@ -2,9 +2,11 @@
 // end to end through /oauth/token: the narrowed token's claims, the chain of
 // actors, each refusal with its RFC code, may_exchange, and revocation of
 // the subject's session reaching the exchanged token.
+import { generateKeyPairSync, randomUUID, type KeyObject } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
+import { calculateJwkThumbprint, SignJWT } from 'jose'
 import {
   assertOAuthError, basicAuth, build, decodeJwt, FORM, form, generateRsaKeyPair, insertClient, issueTokens, signRs256, sql, tokenRequest
 } from './helper.ts'
@@ -220,4 +222,46 @@ test('embedded backends: a token exchange and the session\'s revocation', async 
   await app.inject({ method: 'POST', url: '/oauth/revoke', headers: { ...FORM, authorization: user.authorization }, payload: form({ token: subject.refresh_token }) })
   const after = await app.inject({ method: 'POST', url: '/oauth/verify', payload: { token: body.access_token } })
   t.strictSame(after.json(), { valid: false, error: 'revoked' })
+})
+
+interface ProofKey { privateKey: KeyObject, jwk: Record<string, string>, jkt: string }
+
+async function proofKey (): Promise<ProofKey> {
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' })
+  const jwk = publicKey.export({ format: 'jwk' }) as Record<string, string>
+  return { privateKey, jwk, jkt: await calculateJwkThumbprint(jwk) }
+}
+
+/** A DPoP proof for a token request, signed by jose (RFC 9449 §4.2). */
+async function proof (key: ProofKey, htu: string): Promise<string> {
+  return await new SignJWT({ jti: randomUUID(), htm: 'POST', htu, iat: Math.floor(Date.now() / 1000) })
+    .setProtectedHeader({ alg: 'ES256', typ: 'dpop+jwt', jwk: key.jwk })
+    .sign(key.privateKey)
+}
+
+test('DPoP: an exchange with a proof is bound to its key; a bound subject or actor token needs a proof of its own key', async (t) => {
+  const { app, subject } = await scene(t)
+  const htu = `${app.config.publicUrl}/oauth/token`
+  const [holder, other] = await Promise.all([proofKey(), proofKey()])
+  const withProof = async (clientId: string, fields: Record<string, string>, key?: ProofKey): Promise<LightMyRequestResponse> =>
+    await tokenRequest(app, { grant_type: TOKEN_EXCHANGE, ...fields }, {
+      authorization: basicAuth(clientId, SECRET), ...(key === undefined ? {} : { dpop: await proof(key, htu) })
+    })
+
+  const bound = exchanged(t, await withProof('svc-gateway', asSubject(subject.access_token), other), 'a bearer subject token, exchanged with a proof')
+  t.equal(bound.body.token_type, 'DPoP', 'token_type DPoP (RFC 9449 §5)')
+  t.strictSame(bound.claims.cnf, { jkt: other.jkt }, 'cnf.jkt: the thumbprint of the proof\'s key')
+
+  const boundSubject = await tokenRequest(app, { grant_type: 'client_credentials' }, { authorization: basicAuth('svc-user', SECRET), dpop: await proof(holder, htu) })
+  t.equal(boundSubject.json().token_type, 'DPoP')
+  const boundToken = String(boundSubject.json().access_token)
+  t.match(refused(t, await withProof('svc-gateway', asSubject(boundToken)), 'invalid_request', 'a bound subject token without a proof', [boundToken]), /subject_token is bound to a DPoP key/)
+  refused(t, await withProof('svc-gateway', asSubject(boundToken), other), 'invalid_request', 'a bound subject token with a proof of another key', [boundToken])
+  const held = exchanged(t, await withProof('svc-gateway', asSubject(boundToken), holder), 'a bound subject token with a proof of its key')
+  t.equal(held.body.token_type, 'DPoP')
+  t.strictSame(held.claims.cnf, { jkt: holder.jkt }, 'and the token issued stays bound to that key')
+
+  const actorToken = String((await tokenRequest(app, { grant_type: 'client_credentials' }, { authorization: basicAuth('svc-agent', SECRET), dpop: await proof(holder, htu) })).json().access_token)
+  t.match(refused(t, await withProof('svc-gateway', { ...asSubject(subject.access_token), ...asActor(actorToken) }, other), 'invalid_request', 'a bound actor token with a proof of another key', [actorToken]), /actor_token is bound to a DPoP key/)
+  exchanged(t, await withProof('svc-gateway', { ...asSubject(subject.access_token), ...asActor(actorToken) }, holder), 'a bound actor token with a proof of its key')
 })
