@@ -30,6 +30,7 @@ COPY schemas ./schemas
 COPY workers ./workers
 COPY cli ./cli
 COPY signing-keys ./signing-keys
+COPY dpop ./dpop
 RUN npm run build
 
 FROM node:${NODE_VERSION}-slim AS runtime

@@ -234,14 +234,28 @@ test('refresh of a bound session: its key only, and the token survives a wrong k
   assertDpopError(t, reused, 'invalid_grant', 'the used token, even with the key')
 })
 
-test('refresh of an unbound session with a proof binds it from then on', async (t) => {
+test('a session keeps the binding it began with: a proof on the refresh of a bearer session binds that access token only', async (t) => {
   const { app, tokenUrl } = await setup(t)
-  const bearer = (await clientCredentials(app)).json()
   const key = proofKey()
   const jkt = await thumbprintOf(key)
-  const bound = assertBound(t, await refresh(app, bearer.refresh_token, await makeProof(key, tokenUrl)), jkt, 'the refresh with a proof')
-  assertDpopError(t, await refresh(app, bound.refresh_token), 'invalid_dpop_proof', 'its successor needs the key')
-  assertBound(t, await refresh(app, bound.refresh_token, await makeProof(key, tokenUrl)), jkt, 'with it')
+  const session = (await clientCredentials(app)).json()
+  const bound = assertBound(t, await refresh(app, session.refresh_token, await makeProof(key, tokenUrl)), jkt, 'the refresh with a proof')
+  const next = await refresh(app, bound.refresh_token)
+  t.equal(next.statusCode, 200, 'its successor is refreshed without a proof: the session is a bearer one')
+  t.equal(next.json().token_type, 'Bearer')
+  t.notOk('cnf' in decodeJwt(next.json().access_token).payload, 'and that access token is not bound')
+
+  // A thief who refreshes a stolen bearer refresh token with a key of its
+  // own does not take the session out of reuse detection: when the client
+  // presents the token the thief used, the session is revoked, the thief's
+  // tokens with it.
+  const stolen = (await clientCredentials(app)).json()
+  const thief = proofKey()
+  const taken = assertBound(t, await refresh(app, stolen.refresh_token, await makeProof(thief, tokenUrl)), await thumbprintOf(thief), 'the thief\'s refresh')
+  assertDpopError(t, await refresh(app, stolen.refresh_token), 'invalid_grant', 'the client presents the used token: reuse')
+  assertDpopError(t, await refresh(app, taken.refresh_token, await makeProof(thief, tokenUrl)), 'invalid_grant', 'the thief\'s refresh token is dead')
+  const verified = await app.inject({ method: 'POST', url: '/oauth/verify', payload: { token: taken.access_token } })
+  t.strictSame(verified.json(), { valid: false, error: 'revoked' }, 'and so is the thief\'s access token')
 })
 
 /** POST /oauth/verify with a JSON body. */

@@ -1,9 +1,13 @@
 // DPoP (RFC 9449) with a third-party client over real HTTP: oauth4webapi
 // signs the proofs, follows the server's nonce, obtains and refreshes a bound
-// token; jose checks that the token is bound to the key oauth4webapi used.
+// token; jose checks that the token is bound to the key oauth4webapi used,
+// and a resource server built on jose checks what oauth4webapi presents.
+import { createHash } from 'node:crypto'
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { test } from 'tap'
 import * as oauth4 from 'oauth4webapi'
-import { calculateJwkThumbprint, decodeJwt, exportJWK } from 'jose'
+import { calculateJwkThumbprint, createRemoteJWKSet, decodeJwt, EmbeddedJWK, exportJWK, jwtVerify, type JWK } from 'jose'
 import { build, freePort, insertClient, type TestContext } from './helper.ts'
 
 /** The service listening on loopback, its issuer (and so its public URL) being its own address. */
@@ -69,3 +73,62 @@ for (const nonceRequired of [false, true]) {
     t.strictSame(decodeJwt(again.access_token).cnf, { jkt }, 'the right key still refreshes it')
   })
 }
+
+/**
+ * A resource server built on jose alone: it validates the access token with
+ * the published keys, the proof with the key the proof carries (RFC 9449
+ * §4.3, §7.1), and that the token's cnf.jkt is that key's thumbprint; then it
+ * asks /oauth/verify for the same verdict. Answers 200 with both verdicts, or
+ * 401 with the reason.
+ */
+async function resourceServer (t: TestContext, issuer: URL): Promise<URL> {
+  const keys = createRemoteJWKSet(new URL('/.well-known/jwks.json', issuer))
+  const server = createServer((request, response) => {
+    const answer = (status: number, body: Record<string, unknown>): void => {
+      response.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body))
+    }
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}${request.url ?? '/'}`
+    checkDpopRequest(request.method ?? '', url, request.headers.authorization, request.headers.dpop, issuer, keys)
+      .then((body) => answer(200, body), (err: unknown) => answer(401, { error: (err as Error).message }))
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(async () => await new Promise((resolve) => server.close(resolve)))
+  return new URL(`http://127.0.0.1:${(server.address() as AddressInfo).port}/orders/42`)
+}
+
+async function checkDpopRequest (method: string, url: string, authorization: string | undefined, proof: string | string[] | undefined,
+  issuer: URL, keys: ReturnType<typeof createRemoteJWKSet>): Promise<Record<string, unknown>> {
+  const token = /^DPoP (\S+)$/.exec(authorization ?? '')?.[1]
+  if (token === undefined || typeof proof !== 'string') throw new Error('no DPoP token and proof')
+  const { payload: claims } = await jwtVerify(token, keys, { issuer: issuer.href.replace(/\/$/, ''), typ: 'at+jwt' })
+  const { payload, protectedHeader } = await jwtVerify(proof, EmbeddedJWK, { typ: 'dpop+jwt', algorithms: ['ES256'] })
+  if (payload.htm !== method || payload.htu !== url) throw new Error('htm or htu')
+  if (payload.ath !== createHash('sha256').update(token).digest('base64url')) throw new Error('ath')
+  const jkt = await calculateJwkThumbprint(protectedHeader.jwk as JWK)
+  if ((claims.cnf as { jkt?: string } | undefined)?.jkt !== jkt) throw new Error('cnf.jkt is not the proof key')
+  const verified = await fetch(new URL('/oauth/verify', issuer), {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token, dpop: proof, method, url })
+  })
+  return { sub: claims.sub, jkt, verify: await verified.json() }
+}
+
+test('a resource server on jose accepts what oauth4webapi presents with its key, and refuses another key', async (t) => {
+  const { issuer, databaseUrl } = await serve(t)
+  await insertClient(databaseUrl, { id: 'dpop-resource', secret: 'dpop resource secret' })
+  const as = await oauth4.processDiscoveryResponse(issuer, await oauth4.discoveryRequest(issuer, { ...options, algorithm: 'oauth2' }))
+  const client: oauth4.Client = { client_id: 'dpop-resource' }
+  const clientAuth = oauth4.ClientSecretBasic('dpop resource secret')
+  const DPoP = oauth4.DPoP(client, await oauth4.generateKeyPair('ES256'))
+  const granted = await oauth4.processClientCredentialsResponse(as, client,
+    await oauth4.clientCredentialsGrantRequest(as, client, clientAuth, {}, { ...options, DPoP }))
+  const resource = await resourceServer(t, issuer)
+
+  const accepted = await oauth4.protectedResourceRequest(granted.access_token, 'GET', resource, undefined, undefined, { ...options, DPoP })
+  t.equal(accepted.status, 200, 'the token and a proof of its key: accepted')
+  t.match(await accepted.json(), { sub: 'dpop-resource', verify: { valid: true, claims: { cnf: {} } } }, 'jose and /oauth/verify agree')
+
+  const thief = oauth4.DPoP(client, await oauth4.generateKeyPair('ES256'))
+  const refused = await oauth4.protectedResourceRequest(granted.access_token, 'GET', resource, undefined, undefined, { ...options, DPoP: thief })
+  t.equal(refused.status, 401, 'the token with a proof of another key: refused')
+  t.strictSame(await refused.json(), { error: 'cnf.jkt is not the proof key' })
+})

@@ -128,13 +128,29 @@ function scopeIfChanged (requested: TokenRequest, granted: string): { scope?: st
   return (requested.scope?.join(' ') ?? '') === granted ? {} : { scope: granted }
 }
 
+/** What a session's refresh tokens carry from one to the next. */
+interface Session {
+  sid: string
+  scope: string
+  aud: string
+  /**
+   * The DPoP key the session is bound to, fixed when it begins: a proof on
+   * the refresh of a bearer session binds that access token only. Binding the
+   * session then would let a thief who refreshes a stolen bearer token with a
+   * key of its own escape reuse detection (a used bound token presented
+   * without its key is refused before it counts as reused).
+   */
+  jkt?: string
+}
+
 /** A session's next pair of tokens: the refresh token is stored before either is handed out. */
-async function issueTokens ({ config, keys, store }: TokenDependencies, client: Client, session: { sid: string, scope: string, aud: string }, accessScope: string, requested: TokenRequest): Promise<TokenResponse> {
+async function issueTokens ({ config, keys, store }: TokenDependencies, client: Client, session: Session, accessScope: string, requested: TokenRequest): Promise<TokenResponse> {
   const now = Math.floor(Date.now() / 1000)
   const refreshToken = randomBytes(config.refreshTokenBytes).toString('base64url')
   const record: RefreshTokenRecord = { client_id: client.id, sid: session.sid, scope: session.scope, aud: session.aud, iat: now, exp: now + config.refreshTokenTtl }
-  // RFC 9449 §5, §6.1: the access token names the key, the session remembers it.
-  if (requested.jkt !== undefined) record.jkt = requested.jkt
+  // RFC 9449 §6.1: the access token names the key of the request's proof;
+  // the session keeps the key it began with (see Session.jkt).
+  if (session.jkt !== undefined) record.jkt = session.jkt
   const grant = { sub: client.id, aud: session.aud, sid: session.sid, scope: accessScope, exp: now + config.accessTokenTtl, jkt: requested.jkt }
   const accessToken = keys.sign(accessClaims(config, client, grant, now))
   // Stored before it is handed out: a token the client holds always exists.
@@ -181,7 +197,7 @@ export function tokenIssuance (dependencies: TokenDependencies): TokenIssuance {
     async issueForClient (client, request) {
       const scope = grantScope(client, request.scope, request.scope === undefined ? client.defaultScopes : client.scopes).join(' ')
       const aud = grantAudience(config, client, request.audience)
-      return await issueTokens(dependencies, client, { sid: randomUUID(), scope, aud }, scope, request)
+      return await issueTokens(dependencies, client, { sid: randomUUID(), scope, aud, jkt: request.jkt }, scope, request)
     },
 
     async refresh (refreshToken, client, request) {
@@ -207,7 +223,7 @@ export function tokenIssuance (dependencies: TokenDependencies): TokenIssuance {
       }
       if (outcome.status !== 'ok') throw invalidGrant(INVALID_REFRESH_TOKEN)
       const record = outcome.record
-      const session = { sid: record.sid, scope: record.scope, aud: record.aud }
+      const session = { sid: record.sid, scope: record.scope, aud: record.aud, jkt: record.jkt }
       const accessScope = requested ?? grantScope(client, undefined, record.scope.split(' ').filter((scope) => scope !== ''))
       return await issueTokens(dependencies, client, session, accessScope.join(' '), request)
     },

@@ -100,7 +100,7 @@ export function relativeLinks (markdown: string): string[] {
   return targets
 }
 
-const SOURCE_FOLDERS = ['test', 'migrations', 'schemas', 'plugins', 'storage', 'routes', 'grants', 'client-auth', 'tokens', 'cli', 'signing-keys', 'workers', 'bench', 'docs']
+const SOURCE_FOLDERS = ['test', 'migrations', 'schemas', 'plugins', 'storage', 'routes', 'grants', 'client-auth', 'tokens', 'cli', 'signing-keys', 'dpop', 'workers', 'bench', 'docs']
 const SOURCE_PATH = new RegExp(`^(?:${SOURCE_FOLDERS.join('|')})/[\\w./*-]+\\.(?:ts|sql|lua|md|json)$`)
 
 /** The files of the repository a page names in code spans (`test/keys.test.ts`), `*` standing for any name part. */
