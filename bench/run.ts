@@ -167,7 +167,7 @@ try {
   servers.push(ceilings)
   rmSync(ceilingsFile) // it holds the private key, and was read at start
 
-  // Issued now, it outlives the run (ACCESS_TOKEN_TTL, an hour by default).
+  // Issued now, it outlives the run (JWT_EXPIRY, an hour by default).
   const plans = chosenPlans(scenarioPlans(pool, { htu: ceilingConfig.dpopUrl, subject: await subjectToken(service.url, basic) }))
   const scenarios: ScenarioResult[] = []
   for (const plan of plans) {
