@@ -3,11 +3,13 @@
 // and library, and nothing else (no client lookup, no Redis, no hooks).
 // Reads its settings (a JSON `Ceilings`) from the file BENCH_CEILINGS and
 // listens on BENCH_PORT.
-import { randomBytes, randomUUID } from 'node:crypto'
+import { createPublicKey, randomBytes, randomUUID, type JsonWebKey } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { parse as parseForm } from 'node:querystring'
 import Fastify from 'fastify'
 import { createSigner, createVerifier } from 'fast-jwt'
+import { comparableUrl, IAT_FUTURE_ALLOWANCE_SECONDS } from '../dpop/proof.ts'
+import { jwkThumbprint } from '../plugins/keys.ts'
 
 /** A response of the service, captured once, to be sent again byte for byte. */
 export interface CapturedDocument {
@@ -25,6 +27,8 @@ export interface Ceilings {
   refreshTokenBytes: number
   jwks: CapturedDocument
   discovery: CapturedDocument
+  /** the URL DPoP proofs must name as htu: the service's token endpoint, whatever this server's own URL */
+  dpopUrl: string
 }
 
 const REQUIRED_CLAIMS = ['iss', 'sub', 'aud', 'exp', 'iat', 'jti']
@@ -44,6 +48,45 @@ function verifiedClaims (token: string): Record<string, unknown> | undefined {
   }
 }
 
+const dpopUrl = comparableUrl(settings.dpopUrl)
+// How old a proof's iat may be: the service's default DPOP_PROOF_MAX_AGE, which the benchmark keeps.
+const PROOF_MAX_AGE = 60
+
+function decodeSegment (segment: string | undefined): Record<string, unknown> {
+  return JSON.parse(Buffer.from(segment ?? '', 'base64url').toString('utf8')) as Record<string, unknown>
+}
+
+/**
+ * The checks of a DPoP proof of an ES256 key that no service can skip: the
+ * signature with the key of its jwk header (fast-jwt, as the service
+ * verifies), htm, htu and iat; the key's RFC 7638 thumbprint, or undefined
+ * when the proof does not hold. No single-use record: that needs shared state.
+ */
+function proofThumbprint (proof: unknown): string | undefined {
+  if (typeof proof !== 'string') return undefined
+  try {
+    const header = decodeSegment(proof.split('.')[0])
+    if (header.typ !== 'dpop+jwt' || header.alg !== 'ES256') return undefined
+    const jwk = header.jwk as JsonWebKey
+    const key = createPublicKey({ key: { kty: jwk.kty, crv: jwk.crv, x: jwk.x, y: jwk.y }, format: 'jwk' })
+    const verifyProof = createVerifier({ key: key.export({ type: 'spki', format: 'pem' }).toString(), algorithms: ['ES256'], ignoreExpiration: true, ignoreNotBefore: true })
+    const claims = verifyProof(proof) as Record<string, unknown>
+    const now = Date.now() / 1000
+    const iat = claims.iat
+    if (typeof claims.jti !== 'string' || claims.htm !== 'POST' || typeof claims.htu !== 'string' || comparableUrl(claims.htu) !== dpopUrl) return undefined
+    if (typeof iat !== 'number' || iat < now - PROOF_MAX_AGE || iat > now + IAT_FUTURE_ALLOWANCE_SECONDS) return undefined
+    return jwkThumbprint(jwk)
+  } catch {
+    return undefined
+  }
+}
+
+/** An access token of the service's shape, signed now, with `claims` over the sample's. */
+function signedNow (claims: Record<string, unknown>, ttl: number = settings.accessTokenTtl): string {
+  const now = Math.floor(Date.now() / 1000)
+  return sign({ ...sampleClaims, sid: randomUUID(), ...claims, iat: now, exp: now + ttl, jti: randomUUID() })
+}
+
 const app = Fastify({ logger: false })
 app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (request, body, done) => {
   done(null, parseForm(body as string))
@@ -51,13 +94,37 @@ app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string
 
 // client_credentials and refresh_token: one signature, and a response of the same shape.
 app.post('/token', async () => {
-  const now = Math.floor(Date.now() / 1000)
-  const claims = { ...sampleClaims, iat: now, exp: now + settings.accessTokenTtl, jti: randomUUID(), sid: randomUUID() }
   return {
-    access_token: sign(claims),
+    access_token: signedNow({}),
     token_type: 'Bearer',
     expires_in: settings.accessTokenTtl,
     refresh_token: randomBytes(settings.refreshTokenBytes).toString('base64url')
+  }
+})
+
+// client_credentials with a DPoP proof: the proof's checks, then the /token work with cnf.jkt.
+app.post('/token-dpop', async (request, reply) => {
+  const jkt = proofThumbprint(request.headers.dpop)
+  if (jkt === undefined) return await reply.code(400).send({ error: 'invalid_dpop_proof' })
+  return {
+    access_token: signedNow({ cnf: { jkt } }),
+    token_type: 'DPoP',
+    expires_in: settings.accessTokenTtl,
+    refresh_token: randomBytes(settings.refreshTokenBytes).toString('base64url')
+  }
+})
+
+// Token exchange: the subject token verified as /verify does, then one signature as /token.
+app.post<{ Body: { subject_token?: string } }>('/exchange', async (request, reply) => {
+  const subject = verifiedClaims(request.body.subject_token ?? '')
+  if (subject === undefined) return await reply.code(400).send({ error: 'invalid_request' })
+  const ttl = Math.min(settings.accessTokenTtl, Number(subject.exp) - Math.floor(Date.now() / 1000))
+  const { sub, aud, scope, sid } = subject
+  return {
+    access_token: signedNow({ sub, aud, scope, sid, client_id: sampleClaims.client_id }, ttl),
+    issued_token_type: 'urn:ietf:params:oauth:token-type:access_token',
+    token_type: 'Bearer',
+    expires_in: ttl
   }
 })
 

@@ -1,6 +1,7 @@
 // The load generator, run as a process of its own so that its CPU is not the
 // service's. Reads one scenario (JSON) from BENCH_SCENARIO, drives it with
 // autocannon, and prints one JSON line with the figures.
+import { generateKeyPairSync, randomUUID, sign } from 'node:crypto'
 import { readFileSync, writeFileSync } from 'node:fs'
 import autocannon from 'autocannon'
 
@@ -13,9 +14,9 @@ export interface Scenario {
   amount?: number
   /** requests per second over all connections (a fixed-rate run); unset: as fast as answered */
   overallRate?: number
-  kind: 'get' | 'form' | 'verify' | 'introspect' | 'refresh' | 'wrong-secrets'
+  kind: 'get' | 'form' | 'dpop' | 'verify' | 'introspect' | 'refresh' | 'wrong-secrets'
   path: string
-  /** form body for 'form' */
+  /** form body for 'form' and 'dpop' */
   body?: string
   headers?: Record<string, string>
   /** file with a JSON array of tokens for 'verify', 'introspect' and 'refresh' */
@@ -24,6 +25,8 @@ export interface Scenario {
   clientId?: string
   /** 'refresh': where to write the refresh tokens still unused at the end, for the next run */
   tokensOut?: string
+  /** 'dpop': the htu of the proofs, the token endpoint as the service names it */
+  htu?: string
 }
 
 export interface LoadResult {
@@ -39,6 +42,22 @@ export interface LoadResult {
 }
 
 const FORM = 'application/x-www-form-urlencoded'
+
+/**
+ * A maker of DPoP proofs (RFC 9449 §4.2) for POST `htu`, signed with an ES256
+ * key of this process: the header is the same for every proof, the claims
+ * are new each time (a jti of their own, iat now), as a client makes them.
+ */
+function proofMaker (htu: string): () => string {
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' })
+  const { kty, crv, x, y } = publicKey.export({ format: 'jwk' })
+  const part = (value: unknown): string => Buffer.from(JSON.stringify(value)).toString('base64url')
+  const header = part({ typ: 'dpop+jwt', alg: 'ES256', jwk: { kty, crv, x, y } })
+  return () => {
+    const input = `${header}.${part({ jti: randomUUID(), htm: 'POST', htu, iat: Math.floor(Date.now() / 1000) })}`
+    return `${input}.${sign('sha256', Buffer.from(input), { key: privateKey, dsaEncoding: 'ieee-p1363' }).toString('base64url')}`
+  }
+}
 
 /** 'refresh': the tokens not sent yet, written out when the run ends. */
 let unusedRefreshTokens = (): string[] => []
@@ -57,6 +76,16 @@ function requestsFor (scenario: Scenario): autocannon.Request[] {
       return [{ method: 'GET', path: scenario.path, headers }]
     case 'form':
       return [{ method: 'POST', path: scenario.path, headers: { ...headers, 'content-type': FORM }, body: scenario.body ?? '' }]
+    case 'dpop': {
+      // A fresh proof per request: the service accepts each proof once.
+      const proof = proofMaker(scenario.htu ?? '')
+      return [{
+        method: 'POST',
+        path: scenario.path,
+        body: scenario.body ?? '',
+        setupRequest: (request) => ({ ...request, headers: { ...headers, 'content-type': FORM, dpop: proof() } })
+      }]
+    }
     case 'verify':
       // Each request a different token, drawn in turn from the whole pool.
       return [{

@@ -94,7 +94,7 @@ export async function measureScenario (plan: ScenarioPlan, servers: { service: S
     const service = await runLoadOn(servers.service, onService)
     rounds.ceiling.push(ceiling)
     rounds.service.push(service)
-    log(`  ${plan.name}, round ${round}: ceiling ${Math.round(ceiling.rps)} req/s (cpu ${ceiling.serverCpu}, load ${ceiling.cpu}), ` +
+    log(`  ${plan.name}, round ${round}: ceiling ${Math.round(ceiling.rps)} req/s (cpu ${ceiling.serverCpu}, load ${ceiling.cpu}, failures ${failures(ceiling)}), ` +
       `service ${Math.round(service.rps)} req/s (cpu ${service.serverCpu}, load ${service.cpu}, p99 ${service.p99} ms, failures ${failures(service)})`)
   }
   const service = spread(rounds.service.map((result) => result.rps))

@@ -27,15 +27,18 @@ function decodeSegment (token: string, index: number): Record<string, unknown> {
   return JSON.parse(Buffer.from(token.split('.')[index] ?? '', 'base64url').toString('utf8')) as Record<string, unknown>
 }
 
+/** One client_credentials grant of the client that `basic` authenticates. */
+async function clientCredentials (url: string, basic: string): Promise<TokenResponse> {
+  const res = await fetch(`${url}/oauth/token`, { method: 'POST', headers: { authorization: basic, 'content-type': 'application/x-www-form-urlencoded' }, body: 'grant_type=client_credentials' })
+  if (!res.ok) throw new Error(`client_credentials: ${res.status} ${await res.text()}`)
+  return await res.json() as TokenResponse
+}
+
 /** POOL_SIZE client_credentials grants, BATCH at a time: distinct access and refresh tokens, in two JSON files. */
 export async function tokenPool (url: string, basic: string, work: string): Promise<TokenPool> {
   const responses: TokenResponse[] = []
   while (responses.length < POOL_SIZE) {
-    responses.push(...await Promise.all(Array.from({ length: BATCH }, async () => {
-      const res = await fetch(`${url}/oauth/token`, { method: 'POST', headers: { authorization: basic, 'content-type': 'application/x-www-form-urlencoded' }, body: 'grant_type=client_credentials' })
-      if (!res.ok) throw new Error(`token pool: ${res.status} ${await res.text()}`)
-      return await res.json() as TokenResponse
-    })))
+    responses.push(...await Promise.all(Array.from({ length: BATCH }, async () => await clientCredentials(url, basic))))
   }
   const accessFile = join(work, 'access.json')
   const refreshFile = join(work, 'refresh.json')
@@ -62,7 +65,21 @@ async function capture (url: string): Promise<CapturedDocument> {
   return { body: await res.text(), headers }
 }
 
+/** The token endpoint as the service's discovery names it (PUBLIC_URL/oauth/token): the htu of DPoP proofs. */
+export function tokenEndpoint (discovery: CapturedDocument): string {
+  return String((JSON.parse(discovery.body) as { token_endpoint?: unknown }).token_endpoint)
+}
+
+/**
+ * An access token of the bench client, of a session of its own (the refresh
+ * scenario never touches it), as the subject of token exchanges.
+ */
+export async function subjectToken (url: string, basic: string): Promise<string> {
+  return (await clientCredentials(url, basic)).access_token
+}
+
 export async function ceilingSettings (url: string, keyPair: { privateKey: KeyObject, publicKey: KeyObject }, pool: TokenPool): Promise<Ceilings> {
+  const discovery = await capture(`${url}/.well-known/openid-configuration`)
   return {
     privateKeyPem: keyPair.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
     publicKeyPem: keyPair.publicKey.export({ type: 'spki', format: 'pem' }).toString(),
@@ -71,6 +88,7 @@ export async function ceilingSettings (url: string, keyPair: { privateKey: KeyOb
     accessTokenTtl: pool.sample.expiresIn,
     refreshTokenBytes: pool.sample.refreshTokenBytes,
     jwks: await capture(`${url}/.well-known/jwks.json`),
-    discovery: await capture(`${url}/.well-known/openid-configuration`)
+    discovery,
+    dpopUrl: tokenEndpoint(discovery)
   }
 }
