@@ -86,6 +86,11 @@ export const tokenResponse = Type.Object({
 }, {
   description: 'Issued (RFC 6749 §5.1): a JWT access token (RFC 9068) and a single-use refresh token; ' +
     'for a token exchange (RFC 8693 §2.2.1), the access token and its issued_token_type, without a refresh token. Not to be cached',
+  // Documented response headers (the API document only; the serializer reads none).
+  headers: {
+    'Cache-Control': { type: 'string', description: 'no-store (RFC 6749 §5.1)' },
+    'DPoP-Nonce': { type: 'string', description: 'With DPOP_NONCE_REQUIRED=true, after a request with a DPoP proof: the server nonce for the next proof (RFC 9449 §8)' }
+  },
   examples: [
     { access_token: EXAMPLE_TOKENS.accessToken, token_type: 'Bearer', expires_in: 900, refresh_token: EXAMPLE_TOKENS.refreshToken, scope: 'orders:read' },
     { access_token: EXAMPLE_TOKENS.accessToken, issued_token_type: 'urn:ietf:params:oauth:token-type:access_token', token_type: 'Bearer', expires_in: 600 }

@@ -13,7 +13,7 @@ interface Operation {
   tags?: string[]
   security?: Array<Record<string, string[]>>
   requestBody?: { content: Record<string, { schema: { required?: string[], properties?: Record<string, unknown> } }> }
-  responses: Record<string, { description: string, content?: Record<string, { schema: { $ref?: string }, example?: unknown, examples?: unknown }> }>
+  responses: Record<string, { description: string, headers?: Record<string, unknown>, content?: Record<string, { schema: { $ref?: string }, example?: unknown, examples?: unknown }> }>
 }
 
 type FormSchema = { required?: string[], properties?: Record<string, { enum?: string[], example?: unknown }> }
@@ -50,6 +50,8 @@ test('GET /docs/json: an OpenAPI 3 document of the routes and their schemas', as
   t.ok(token?.properties?.grant_type !== undefined && token.properties.client_assertion !== undefined, 'with its parameters')
   t.strictSame(doc.paths['/oauth/token']?.post?.security, [{ clientSecretBasic: [] }, {}], 'Basic, or credentials in the form')
   t.match(doc.paths['/oauth/token']?.post?.responses, { 200: {}, 401: {}, 429: {}, 503: {} })
+  t.strictSame(Object.keys(doc.paths['/oauth/token']?.post?.responses?.[200]?.headers ?? {}), ['Cache-Control', 'DPoP-Nonce'], 'the token answer\'s headers are documented')
+  t.notOk('headers' in (doc.paths['/oauth/token']?.post?.responses?.[200]?.content?.['application/json']?.schema ?? {}), 'and are not a member of the body\'s schema')
 
   for (const path of ['/oauth/revoke', '/oauth/introspect']) {
     t.strictSame(form(path)?.required, ['token'], `${path} takes a form with a token`)
