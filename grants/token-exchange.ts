@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify'
 import { invalidRequest } from '../plugins/errors.ts'
 import type { AccessTokenClaims } from '../plugins/keys.ts'
-import { boundKey } from '../plugins/dpop.ts'
+import { boundKey } from '../dpop/proof.ts'
 import type { Client } from '../storage/clients.ts'
 import type { TokenRequestBody } from '../schemas/oauth.ts'
 import { ACCESS_TOKEN_TYPE_ID } from '../tokens/issuance.ts'

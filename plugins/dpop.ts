@@ -12,7 +12,7 @@ import { isCurrentNonce, makeNonce } from '../dpop/nonce.ts'
 import { guard, invalidDpopProof, OAuthError } from './errors.ts'
 import type { AccessTokenClaims } from './keys.ts'
 
-export { boundKey, DPOP_ALGORITHMS, type DpopRejection } from '../dpop/proof.ts'
+export { DPOP_ALGORITHMS } from '../dpop/proof.ts'
 
 /** The response header that hands a client a server nonce (RFC 9449 §8.1). */
 export const DPOP_NONCE_HEADER = 'dpop-nonce'

@@ -3,7 +3,7 @@
 import { OAuthError } from '../plugins/errors.ts'
 import { boundKey } from '../dpop/proof.ts'
 import type { AccessTokenClaims, TokenCheck } from '../plugins/keys.ts'
-import { refreshTokenHash, sessionRevocationTtl, type TokenDependencies } from './session.ts'
+import { isClaimSet, refreshTokenHash, sessionRevocationTtl, type TokenDependencies } from './session.ts'
 
 export type Introspection = { active: false } | {
   active: true
@@ -61,7 +61,7 @@ function activeAccessToken (claims: AccessTokenClaims, clientId: string): Intros
     jti: claims.jti,
     ...(typeof claims.sid === 'string' ? { sid: claims.sid } : {}),
     ...(typeof claims.scope === 'string' ? { scope: claims.scope } : {}),
-    ...(typeof claims.act === 'object' && claims.act !== null ? { act: claims.act as Record<string, unknown> } : {}),
+    ...(isClaimSet(claims.act) ? { act: claims.act } : {}),
     ...(jkt === undefined ? {} : { cnf: { jkt } })
   }
 }

@@ -6,7 +6,8 @@ import type { RefreshTokenRecord } from '../storage/refresh-tokens.ts'
 import type { Client } from '../storage/clients.ts'
 import { invalidDpopProof, invalidGrant, invalidRequest, OAuthError } from '../plugins/errors.ts'
 import type { AccessTokenClaims } from '../plugins/keys.ts'
-import { refreshTokenHash, sessionRevocationTtl, type TokenDependencies } from './session.ts'
+import { scopesOf } from '../schemas/scope.ts'
+import { isClaimSet, refreshTokenHash, sessionRevocationTtl, type TokenDependencies } from './session.ts'
 
 export interface TokenResponse {
   access_token: string
@@ -164,9 +165,6 @@ async function issueTokens ({ config, keys, store }: TokenDependencies, client: 
   }
 }
 
-const isClaimSet = (value: unknown): value is Record<string, unknown> =>
-  typeof value === 'object' && value !== null && !Array.isArray(value)
-
 /** How many actors an act claim names, itself and those nested in it. */
 function chainLength (act: Record<string, unknown>): number {
   let length = 0
@@ -224,7 +222,7 @@ export function tokenIssuance (dependencies: TokenDependencies): TokenIssuance {
       if (outcome.status !== 'ok') throw invalidGrant(INVALID_REFRESH_TOKEN)
       const record = outcome.record
       const session = { sid: record.sid, scope: record.scope, aud: record.aud, jkt: record.jkt }
-      const accessScope = requested ?? grantScope(client, undefined, record.scope.split(' ').filter((scope) => scope !== ''))
+      const accessScope = requested ?? grantScope(client, undefined, scopesOf(record.scope))
       return await issueTokens(dependencies, client, session, accessScope.join(' '), request)
     },
 
@@ -234,7 +232,7 @@ export function tokenIssuance (dependencies: TokenDependencies): TokenIssuance {
 
     async exchange (subject, actor, client, request) {
       // Narrower, never wider: within the subject's scope and the client's.
-      const subjectScope = typeof subject.scope === 'string' ? subject.scope.split(' ').filter((scope) => scope !== '') : []
+      const subjectScope = scopesOf(subject.scope)
       const scope = grantScope(client, request.scope, subjectScope, 'this client and the subject_token').join(' ')
       const aud = grantAudience(config, client, request.audience)
       const act = actorChain(subject, actor)

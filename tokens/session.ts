@@ -25,6 +25,10 @@ export interface TokenDependencies {
   stats: TokenStats
 }
 
+/** A JSON object claim (act, cnf): not null, not an array. */
+export const isClaimSet = (value: unknown): value is Record<string, unknown> =>
+  typeof value === 'object' && value !== null && !Array.isArray(value)
+
 /** Refresh tokens are kept under their hash: a copy of the store holds no usable token. */
 export const refreshTokenHash = (token: string): string => createHash('sha256').update(token).digest('base64url')
 
