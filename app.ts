@@ -9,6 +9,10 @@ import { LOG_SERIALIZERS, REDACTED_PATHS, RequestLogController, requestIdGenerat
 export interface AppOptions {
   /** A configuration already loaded; without it the config plugin reads the environment. */
   config?: Config
+  /** milliseconds since the epoch (default Date.now): what the signing keys' life cycle runs on; tests give their own */
+  clock?: () => number
+  /** how often stored signing keys are looked at, milliseconds (default 1000); 0: only when a change is made here */
+  keyPollMs?: number
 }
 
 /**

@@ -8,6 +8,7 @@ import { parse as parseDotenv } from 'dotenv'
 import { Type, type Static } from 'typebox'
 import { DEFAULT_SIGNING_ALGORITHM, SIGNING_ALGORITHMS, type SigningAlgorithm } from '../signing-keys/algorithms.ts'
 import { configuredKeys, keyProblem } from '../signing-keys/configured.ts'
+import { keyStoreSettings, type KeyStoreSettings } from '../signing-keys/store-settings.ts'
 import type { AdditionalKey } from '../signing-keys/pem.ts'
 import { BCRYPT_COST } from '../storage/clients.ts'
 import { SCOPE_TOKEN } from '../schemas/scope.ts'
@@ -36,7 +37,7 @@ export interface RedisNode {
 }
 
 /** The validated settings of the service, keys aside: what the CLI needs too. */
-export interface Settings {
+export interface Settings extends KeyStoreSettings {
   /** PostgreSQL server; undefined: the embedded database in dataDir */
   databaseUrl: string | undefined
   /** Redis server; undefined: kept in the database and in process (one instance only) */
@@ -125,9 +126,10 @@ export interface Settings {
 /** The settings with the keys they name: what the service runs on. */
 export interface Config extends Settings {
   /** where the signing key came from; a file path when it lives in the data directory */
-  signingKeySource: { kind: 'environment' } | { kind: 'data-dir', path: string, generated: boolean }
-  privateKey: KeyObject
-  publicKey: KeyObject
+  signingKeySource: { kind: 'environment' } | { kind: 'data-dir', path: string, generated: boolean } | { kind: 'database' }
+  /** KEY_STORE=settings: always; KEY_STORE=database: the key to store on the first start, if one is configured */
+  privateKey: KeyObject | undefined
+  publicKey: KeyObject | undefined
   /** published in the JWKS and accepted for verification, never used to sign */
   additionalKeys: AdditionalKey[]
 }
@@ -151,6 +153,11 @@ export const EnvSchema = Type.Object({
   JWT_ADDITIONAL_PUBLIC_KEYS: Type.Optional(Type.String()),
   JWT_ADDITIONAL_PUBLIC_KEYS_FILE: Type.Optional(Type.String()),
   JWT_ALGORITHM: Type.Enum(SIGNING_ALGORITHMS, { default: DEFAULT_SIGNING_ALGORITHM }),
+  KEY_STORE: Type.Enum(['settings', 'database'], { default: 'settings' }),
+  KEY_ENCRYPTION_KEY: Type.Optional(Type.String({ maxLength: 1024 })),
+  KEY_ENCRYPTION_KEY_FILE: Type.Optional(Type.String()),
+  KEY_PUBLISH_AHEAD: duration('3h'),
+  KEY_ROTATION_INTERVAL: duration('30d'),
   JWT_ISSUER: Type.Optional(Type.String({ minLength: 1 })),
   JWT_AUDIENCE: Type.String({ minLength: 1, default: 'api' }),
   PUBLIC_URL: Type.Optional(Type.String()),
@@ -426,6 +433,7 @@ function settingsFromEnv (raw: Env, cwd: string): Settings {
     dataDir: resolve(cwd, raw.DATA_DIR),
     redisKeyPrefix: raw.REDIS_KEY_PREFIX,
     algorithm: raw.JWT_ALGORITHM,
+    ...keyStoreSettings(raw),
     ...resolveIssuer(raw, publicUrl),
     publicUrl,
     audience: raw.JWT_AUDIENCE,
@@ -495,9 +503,10 @@ export function loadConfig (env: EnvSource = process.env, options: LoadOptions &
  */
 export function ensureDataDirSigningKey (env: EnvSource = process.env, options: LoadOptions = {}): DataDirKey | undefined {
   const raw = readEnv(env, options)
-  const { databaseUrl, dataDir, algorithm } = settingsFromEnv(raw, options.cwd ?? process.cwd())
+  const { databaseUrl, dataDir, algorithm, keyStore } = settingsFromEnv(raw, options.cwd ?? process.cwd())
   const keyConfigured = (raw.JWT_PRIVATE_KEY ?? '') !== '' || (raw.JWT_PRIVATE_KEY_FILE ?? '') !== ''
-  if (databaseUrl !== undefined || keyConfigured) return undefined
+  // Stored keys are made in the database; a key saved earlier is still read (and stored).
+  if (databaseUrl !== undefined || keyConfigured || keyStore === 'database') return undefined
   // Refused before anything is created in it.
   const unsafe = dataDirPermissionProblem(dataDir)
   if (unsafe !== undefined) throw new ConfigError('DATA_DIR', unsafe)

@@ -1,8 +1,11 @@
 import { createHash, type JsonWebKey, type KeyObject } from 'node:crypto'
 import fp from 'fastify-plugin'
+import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
 import { createSigner, createVerifier, TokenError } from 'fast-jwt'
 import { SIGNING_ALGORITHMS, type SigningAlgorithm } from '../signing-keys/algorithms.ts'
 import type { AdditionalKey } from '../signing-keys/pem.ts'
+import { openKeyRing, type KeyRing } from '../signing-keys/ring.ts'
+import { keyPolicy } from '../signing-keys/stored.ts'
 
 export interface PublicJwk {
   kty: string
@@ -95,6 +98,16 @@ function decodeHeader (token: string): Record<string, unknown> | undefined {
   }
 }
 
+/** A published key as metrics and the admin API describe it. */
+export interface KeyInfo {
+  kid: string
+  algorithm: SigningAlgorithm
+  /** stored keys: their state; keys from the settings: 'current' (signing) or 'published' */
+  state: 'current' | 'next' | 'retired' | 'published'
+  /** stored keys only */
+  createdAt?: Date
+}
+
 export interface Keys {
   /** kid of the key that signs new tokens */
   readonly kid: string
@@ -103,6 +116,8 @@ export interface Keys {
   readonly algorithms: SigningAlgorithm[]
   /** The JWKS document, serialized once: the signing key, then the additional keys. */
   readonly jwksBody: string
+  /** Every published key, the signing key first. */
+  readonly inventory: KeyInfo[]
   /** Signs an access token (RFC 9068 header: typ at+jwt, kid); `claims` must carry every registered claim. */
   sign: (claims: AccessTokenClaims) => string
   /**
@@ -204,6 +219,7 @@ export function createKeys (options: {
     algorithm,
     algorithms: [...new Set([...published.values()].map((key) => key.algorithm))],
     jwksBody: JSON.stringify({ keys: jwks }),
+    inventory: [...published.values()].map((key) => ({ kid: key.jwk.kid, algorithm: key.algorithm, state: key === signing ? 'current' : 'published' })),
     sign: (claims) => signer(claims),
     check
   }
@@ -212,11 +228,60 @@ export function createKeys (options: {
 declare module 'fastify' {
   interface FastifyInstance {
     keys: Keys
+    /** KEY_STORE=database: the stored keys as this instance sees them; undefined with keys from the settings */
+    keyRing: KeyRing | undefined
   }
 }
 
-export default fp(async (fastify) => {
+export interface KeysPluginOptions {
+  /** milliseconds since the epoch (default Date.now): the keys' life cycle runs on it */
+  clock?: () => number
+  /** how often the stored keys are looked at (default 1 s); 0: only on refresh() */
+  keyPollMs?: number
+}
+
+function warnGatewayAlgorithm (log: FastifyBaseLogger, algorithm: SigningAlgorithm): void {
+  if (algorithm !== 'RS256') {
+    log.warn({ alg: algorithm }, 'AWS API Gateway HTTP APIs accept RSA signatures only (RS256); REST APIs also accept ES256, and neither accepts EdDSA')
+  }
+}
+
+async function storedKeys (fastify: FastifyInstance, opts: KeysPluginOptions): Promise<KeyRing> {
   const { config } = fastify
+  const clock = opts.clock ?? Date.now
+  const ring = await openKeyRing({
+    db: fastify.db,
+    kek: config.keyEncryptionKey as Buffer,
+    policy: keyPolicy(config),
+    clock,
+    log: fastify.log,
+    issuer: config.issuer,
+    audience: config.audience,
+    additionalKeys: config.additionalKeys,
+    settingsKey: config.privateKey === undefined || config.publicKey === undefined
+      ? undefined
+      : { privateKey: config.privateKey, publicKey: config.publicKey, algorithm: config.algorithm },
+    pollMs: opts.keyPollMs
+  })
+  fastify.addHook('onClose', async () => ring.close())
+  // A process that was paused (a Lambda function between invocations) reads
+  // the keys before it answers, not up to a poll later.
+  fastify.addHook('onRequest', async () => { if (ring.stale()) await ring.refresh() })
+  return ring
+}
+
+export default fp<KeysPluginOptions>(async (fastify, opts) => {
+  const { config } = fastify
+  if (config.keyStore === 'database') {
+    const ring = await storedKeys(fastify, opts)
+    fastify.decorate('keyRing', ring)
+    fastify.decorate('keys', ring.keys)
+    fastify.log.info({ kid: ring.keys.kid, alg: ring.keys.algorithm, published: ring.keys.inventory.length }, 'signing keys read from the database')
+    warnGatewayAlgorithm(fastify.log, ring.keys.algorithm)
+    return
+  }
+  if (config.privateKey === undefined || config.publicKey === undefined) throw new Error('no signing key is configured')
+  fastify.decorate('keyRing', undefined)
   fastify.decorate('keys', createKeys({
     privateKey: config.privateKey,
     publicKey: config.publicKey,
@@ -226,7 +291,5 @@ export default fp(async (fastify) => {
     audience: config.audience
   }))
   fastify.log.info({ kid: fastify.keys.kid, alg: config.algorithm, published: config.additionalKeys.length + 1 }, 'signing key loaded')
-  if (config.algorithm !== 'RS256') {
-    fastify.log.warn({ alg: config.algorithm }, 'AWS API Gateway HTTP APIs accept RSA signatures only (RS256); REST APIs also accept ES256, and neither accepts EdDSA')
-  }
-}, { name: 'keys', dependencies: ['config'] })
+  warnGatewayAlgorithm(fastify.log, config.algorithm)
+}, { name: 'keys', dependencies: ['config', 'postgres', 'migrations'] })

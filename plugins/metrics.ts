@@ -256,7 +256,7 @@ function collectTokenEvents (fastify: FastifyInstance, registry: Registry): void
 }
 
 /** Constant series that say what runs: the build and the signing key. */
-function describeInstance (fastify: FastifyInstance, registry: Registry): void {
+function describeInstance (fastify: FastifyInstance, registry: Registry, clock: () => number): void {
   const build = new Gauge({
     name: 'session_service_build_info',
     help: 'Always 1; its labels are the service version and the Node.js version',
@@ -264,16 +264,34 @@ function describeInstance (fastify: FastifyInstance, registry: Registry): void {
     registers: [registry]
   })
   build.set({ version: serviceVersion(), node_version: process.versions.node }, 1)
-  const signingKey = new Gauge({
+  const { keys } = fastify
+  // Read at each scrape: stored keys rotate while the instance runs.
+  new Gauge({ // eslint-disable-line no-new
     name: 'session_service_signing_key_info',
     help: 'Always 1; its labels are the key id (kid, RFC 7638 thumbprint) and algorithm of the key that signs new tokens',
     labelNames: ['kid', 'alg'] as const,
-    registers: [registry]
+    registers: [registry],
+    collect () {
+      this.reset()
+      this.set({ kid: keys.kid, alg: keys.algorithm }, 1)
+    }
   })
-  signingKey.set({ kid: fastify.keys.kid, alg: fastify.keys.algorithm }, 1)
+  new Gauge({ // eslint-disable-line no-new
+    name: 'session_service_signing_key_age_seconds',
+    help: 'Age of each stored signing key (KEY_STORE=database) since it was made, by kid, algorithm and state (next, current, retired)',
+    labelNames: ['kid', 'alg', 'state'] as const,
+    registers: [registry],
+    collect () {
+      this.reset()
+      const now = clock()
+      for (const key of keys.inventory) {
+        if (key.createdAt !== undefined) this.set({ kid: key.kid, alg: key.algorithm, state: key.state }, Math.max(0, (now - key.createdAt.getTime()) / 1000))
+      }
+    }
+  })
 }
 
-export default fp(async (fastify) => {
+export default fp<{ clock?: () => number }>(async (fastify, opts) => {
   // A registry of this instance, not prom-client's global one: several apps
   // in one process (the tests) would otherwise register the same names twice.
   const registry = new Registry()
@@ -306,7 +324,7 @@ export default fp(async (fastify) => {
   collectClientCache(fastify.clients.cacheStats, registry)
   collectDependencies(fastify, registry)
   collectTokenEvents(fastify, registry)
-  describeInstance(fastify, registry)
+  describeInstance(fastify, registry, opts.clock ?? Date.now)
 
   // Plain text for Prometheus; hidden from the API docs and from the latency
   // histogram, since it is not part of the API.

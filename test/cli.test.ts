@@ -82,7 +82,7 @@ for (const algorithm of ['RS256', 'ES256', 'EdDSA'] as const) {
     const privatePem = readFileSync(privatePath, 'utf8')
     let config: ReturnType<typeof loadConfig> | undefined
     t.doesNotThrow(() => { config = loadConfig({ DATABASE_URL: 'postgres://x@127.0.0.1/x', JWT_PRIVATE_KEY_FILE: privatePath, JWT_ALGORITHM: algorithm }) }, 'the service accepts private.pem as its signing key')
-    t.equal(config === undefined ? undefined : publicJwk(config.publicKey, algorithm).kid, printed.kid, 'and publishes it under the kid printed')
+    t.equal(config?.publicKey === undefined ? undefined : publicJwk(config.publicKey, algorithm).kid, printed.kid, 'and publishes it under the kid printed')
 
     res = await cli(t, ['keys', 'generate', '--algorithm', algorithm, '--out', out], { cwd })
     t.match(failed(t, res, 1, 'a second keys generate into the same folder'), /private\.pem exists/, 'it refuses to overwrite')

@@ -27,10 +27,12 @@ function configError (env: Record<string, string>): ConfigError {
 }
 
 function spki (key: Config['publicKey']): string {
+  if (key === undefined) throw new Error('no public key')
   return key.export({ type: 'spki', format: 'der' }).toString('base64')
 }
 
 function pkcs8 (key: Config['privateKey']): string {
+  if (key === undefined) throw new Error('no private key')
   return key.export({ type: 'pkcs8', format: 'der' }).toString('base64')
 }
 
@@ -135,7 +137,7 @@ test('without DATABASE_URL and REDIS_URL: the embedded mode, with a key generate
   t.same(first.signingKeySource, { kind: 'data-dir', path: join(dataDir, 'signing-key.pem'), generated: true })
   t.equal(statSync(dataDir).mode & 0o777, 0o700, 'the data directory is owner-only')
   t.equal(statSync(join(dataDir, 'signing-key.pem')).mode & 0o777, 0o600, 'the key file is owner-only')
-  t.equal(first.privateKey.asymmetricKeyDetails?.modulusLength, 2048, 'an RSA 2048 key for RS256')
+  t.equal(first.privateKey?.asymmetricKeyDetails?.modulusLength, 2048, 'an RSA 2048 key for RS256')
 
   const second = startConfig({ DATA_DIR: dataDir })
   t.same(second.signingKeySource, { kind: 'data-dir', path: join(dataDir, 'signing-key.pem'), generated: false }, 'reused, not generated again')
@@ -145,7 +147,7 @@ test('without DATABASE_URL and REDIS_URL: the embedded mode, with a key generate
   t.match(err.message, /ES256 needs an EC P-256 key/, 'a saved key of another algorithm is refused, not replaced')
 
   const es = startConfig({ DATA_DIR: join(dataDir, 'es'), JWT_ALGORITHM: 'ES256' })
-  t.equal(es.privateKey.asymmetricKeyDetails?.namedCurve, 'prime256v1', 'ES256 gets a P-256 key')
+  t.equal(es.privateKey?.asymmetricKeyDetails?.namedCurve, 'prime256v1', 'ES256 gets a P-256 key')
   const configured = startConfig({ DATA_DIR: join(dataDir, 'configured'), JWT_PRIVATE_KEY: testKeys.privateKey })
   t.same(configured.signingKeySource, { kind: 'environment' }, 'a configured key wins')
   t.notOk(existsSync(join(dataDir, 'configured', 'signing-key.pem')), 'and nothing is written')

@@ -19,6 +19,9 @@ export interface BuildOptions {
   redisPrefix?: string
   /** Test defaults to leave out, so that the service's own default applies. */
   unset?: string[]
+  /** The app's clock and the stored keys' poll (app.ts AppOptions). */
+  clock?: () => number
+  keyPollMs?: number
 }
 
 export interface TestApp {
@@ -59,7 +62,7 @@ async function buildWith (t: TestContext, buildOptions: BuildOptions, logger: Fa
   for (const name of buildOptions.unset ?? []) Reflect.deleteProperty(env, name)
   const config = loadConfig(env)
   const instance = Fastify({ ...options, logger })
-  await instance.register(app, { config })
+  await instance.register(app, { config, clock: buildOptions.clock, keyPollMs: buildOptions.keyPollMs })
   t.teardown(async () => await instance.close())
   trackEmbedded(instance, databaseUrl)
   await instance.ready()

@@ -33,7 +33,7 @@ const discoveryRoute: FastifyPluginAsync = async (fastify) => {
   // cacheable, so no request header (Host, X-Forwarded-*) may change what it
   // publishes.
   const base = config.publicUrl
-  const document = JSON.stringify({
+  const documentFor = (): string => JSON.stringify({
     issuer: config.issuer,
     token_endpoint: `${base}/oauth/token`,
     jwks_uri: `${base}/.well-known/jwks.json`,
@@ -58,6 +58,13 @@ const discoveryRoute: FastifyPluginAsync = async (fastify) => {
     // RFC 9449 §5.1: the algorithms a DPoP proof may be signed with.
     dpop_signing_alg_values_supported: DPOP_ALGORITHMS
   })
+  // Serialized again only when the published keys change (stored keys
+  // rotate): their algorithms are the one part that may.
+  let shown = { algorithms: keys.algorithms, document: documentFor() }
+  const currentDocument = (): string => {
+    if (shown.algorithms !== keys.algorithms) shown = { algorithms: keys.algorithms, document: documentFor() }
+    return shown.document
+  }
 
   for (const { url, ...docs } of DISCOVERY_OPERATIONS) {
     // The schema documents the answer; a string with a JSON content type is
@@ -66,7 +73,7 @@ const discoveryRoute: FastifyPluginAsync = async (fastify) => {
       return reply
         .header('cache-control', `public, max-age=${config.jwksMaxAge}`)
         .type('application/json; charset=utf-8')
-        .send(document)
+        .send(currentDocument())
     })
   }
 }

@@ -1,0 +1,177 @@
+// This instance's view of the keys kept in the database: it publishes every
+// stored key and signs with the current one. Every POLL_MS it takes the
+// steps that are due (when no other instance holds the keys' lock) and reads
+// the keys again; a change made anywhere (another instance, the CLI, the
+// admin API) is seen within that time. The view is swapped whole, so the
+// JWKS, the discovery document and the signing key change together.
+import { createPublicKey, type KeyObject } from 'node:crypto'
+import { ConfigError } from '../plugins/config.ts'
+import { DependencyError } from '../plugins/errors.ts'
+import { createKeys, type Keys, type KeyInfo } from '../plugins/keys.ts'
+import type { Database } from '../storage/database.ts'
+import type { SigningAlgorithm } from './algorithms.ts'
+import { KeyDecryptionError, openPrivateKey } from './encryption.ts'
+import type { AdditionalKey } from './pem.ts'
+import { ensureSigningKey, readSealedKeys, REMOVAL_MARGIN_MS, scheduledStep, type KeyPolicy, type SealedKey } from './stored.ts'
+
+/** How often an instance looks at the stored keys, milliseconds. */
+export const POLL_MS = 1000
+
+export interface KeyRingLog {
+  info: (fields: object, message: string) => void
+  warn: (fields: object, message: string) => void
+  error: (fields: object, message: string) => void
+}
+
+export interface KeyRingOptions {
+  db: Database
+  kek: Buffer
+  policy: KeyPolicy
+  /** milliseconds since the epoch: Date.now, or a test's clock */
+  clock: () => number
+  log: KeyRingLog
+  issuer: string
+  audience: string
+  /** public keys from the settings, published besides the stored ones */
+  additionalKeys: AdditionalKey[]
+  /** the settings' signing key: stored on the first start in this mode, else published while it is not stored */
+  settingsKey: { privateKey: KeyObject, publicKey: KeyObject, algorithm: SigningAlgorithm } | undefined
+  /** look at the stored keys every this many milliseconds; 0: only when refresh() is called (tests) */
+  pollMs?: number
+}
+
+export interface KeyRing {
+  /** the keys as they are now; a stable object whose reads follow every change */
+  readonly keys: Keys
+  /** whether the view is older than a few polls (the process was paused) */
+  stale: () => boolean
+  /** takes the due steps and reads the keys again (what each poll does) */
+  refresh: () => Promise<void>
+  close: () => void
+}
+
+/** The view's identity: what a change of state or schedule changes. */
+const fingerprint = (keys: SealedKey[]): string =>
+  keys.map((key) => `${key.kid}:${key.state}:${key.activateAfter?.getTime() ?? ''}:${key.removeAfter?.getTime() ?? ''}`).join(',')
+
+function lostKeyError (err: KeyDecryptionError): ConfigError {
+  return new ConfigError('KEY_ENCRYPTION_KEY', `does not decrypt the signing key ${err.kid} stored in the database; give the key-encryption key the keys were stored with (no new key is made while stored keys exist)`)
+}
+
+export async function openKeyRing (options: KeyRingOptions): Promise<KeyRing> {
+  const { db, kek, policy, clock, log } = options
+  const privateKeys = new Map<string, KeyObject>()
+  let shownFingerprint = ''
+  let view: Keys | undefined
+  let viewedAt = 0
+
+  // Private keys are opened once per kid; a key that does not open stops
+  // the start, and later keeps the previous view.
+  function build (stored: SealedKey[]): Keys {
+    const current = stored.find((key) => key.state === 'current')
+    if (current === undefined) throw new Error('no current signing key is stored')
+    for (const key of stored) {
+      if (!privateKeys.has(key.kid)) privateKeys.set(key.kid, openPrivateKey(kek, key.kid, key.sealed))
+    }
+    for (const kid of privateKeys.keys()) if (!stored.some((key) => key.kid === kid)) privateKeys.delete(kid)
+    const privateKey = privateKeys.get(current.kid) as KeyObject
+    const others: AdditionalKey[] = stored.filter((key) => key !== current)
+      .map((key) => ({ publicKey: createPublicKey(privateKeys.get(key.kid) as KeyObject), algorithm: key.algorithm }))
+    const settingsKey = options.settingsKey
+    const extra = settingsKey === undefined ? [] : [{ publicKey: settingsKey.publicKey, algorithm: settingsKey.algorithm }]
+    const keys = createKeys({
+      privateKey,
+      publicKey: createPublicKey(privateKey),
+      algorithm: current.algorithm,
+      additionalKeys: [...others, ...extra, ...options.additionalKeys],
+      issuer: options.issuer,
+      audience: options.audience
+    })
+    const states = new Map(stored.map((key) => [key.kid, key]))
+    const inventory: KeyInfo[] = keys.inventory.map((info) => {
+      const key = states.get(info.kid)
+      return key === undefined ? info : { ...info, state: key.state, createdAt: key.createdAt }
+    })
+    return { ...keys, inventory }
+  }
+
+  async function load (): Promise<void> {
+    const stored = await readSealedKeys(db)
+    const mark = fingerprint(stored)
+    if (mark !== shownFingerprint || view === undefined) {
+      const before = view?.kid
+      view = build(stored)
+      shownFingerprint = mark
+      if (before !== undefined && before !== view.kid) log.info({ kid: view.kid, previous: before }, 'signing with the new current key')
+    }
+    viewedAt = clock()
+  }
+
+  const imported = options.settingsKey
+  const first = await ensureSigningKey(db, kek, policy, clock(), imported)
+  if (first !== undefined) {
+    log.info({ kid: first.kid }, first.action === 'imported'
+      ? 'stored the configured signing key in the database: it keeps signing, and the settings may drop it'
+      : 'no signing key was stored: made one, and it signs from now')
+  }
+  try {
+    await scheduledStep(db, kek, policy, clock())
+    await load()
+  } catch (err) {
+    if (err instanceof KeyDecryptionError) throw lostKeyError(err)
+    throw err
+  }
+
+  let failing = false
+  const refresh = async (): Promise<void> => {
+    try {
+      await scheduledStep(db, kek, policy, clock())
+      await load()
+      if (failing) log.info({}, 'the stored signing keys are read again')
+      failing = false
+    } catch (err) {
+      // Said once per run of failures; the previous view serves meanwhile.
+      if (!failing) {
+        const message = err instanceof KeyDecryptionError ? lostKeyError(err).message : (err as Error).message
+        log.error({ cause: message }, 'could not read the stored signing keys; the previous view serves until they are read')
+      }
+      failing = true
+    }
+  }
+
+  // One look at a time: a slow database does not pile them up.
+  let running: Promise<void> | undefined
+  const look = async (): Promise<void> => {
+    running ??= refresh().finally(() => { running = undefined })
+    await running
+  }
+  const pollMs = options.pollMs ?? POLL_MS
+  const timer = pollMs > 0 ? setInterval(() => { look().catch(() => {}) }, pollMs) : undefined
+  timer?.unref()
+
+  const currentView = (): Keys => view as Keys
+  const keys: Keys = {
+    get kid () { return currentView().kid },
+    get algorithm () { return currentView().algorithm },
+    get algorithms () { return currentView().algorithms },
+    get jwksBody () { return currentView().jwksBody },
+    get inventory () { return currentView().inventory },
+    // A view older than the removal margin may sign with a key the others
+    // have retired and that leaves the JWKS before the token expires.
+    sign: (claims) => {
+      if (clock() - viewedAt > REMOVAL_MARGIN_MS) throw new DependencyError('postgresql', new Error('the stored signing keys have not been read for too long'))
+      return currentView().sign(claims)
+    },
+    check: (token, checkOptions) => currentView().check(token, checkOptions)
+  }
+  return {
+    keys,
+    // A look that started before the caller's change may have missed it: wait for it, then look again.
+    refresh: async () => {
+      await running
+      await look()
+    },
+    stale: () => clock() - viewedAt > Math.max(5 * pollMs, 5000),
+    close: () => { if (timer !== undefined) clearInterval(timer) }
+  }
+}
