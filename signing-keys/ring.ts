@@ -43,7 +43,7 @@ export interface KeyRingOptions {
 export interface KeyRing {
   /** the keys as they are now; a stable object whose reads follow every change */
   readonly keys: Keys
-  /** whether the view is older than a few polls (the process was paused) */
+  /** whether the keys were last looked at longer ago than a few polls (the process was paused) */
   stale: () => boolean
   /** takes the due steps and reads the keys again (what each poll does) */
   refresh: () => Promise<void>
@@ -123,7 +123,9 @@ export async function openKeyRing (options: KeyRingOptions): Promise<KeyRing> {
   }
 
   let failing = false
+  let attemptedAt = clock()
   const refresh = async (): Promise<void> => {
+    attemptedAt = clock()
     try {
       await scheduledStep(db, kek, policy, clock())
       await load()
@@ -171,7 +173,9 @@ export async function openKeyRing (options: KeyRingOptions): Promise<KeyRing> {
       await running
       await look()
     },
-    stale: () => clock() - viewedAt > Math.max(5 * pollMs, 5000),
+    // By the last attempt, not the last success: while the database is
+    // down, requests are not held up by a look each.
+    stale: () => clock() - attemptedAt > Math.max(5 * pollMs, 5000),
     close: () => { if (timer !== undefined) clearInterval(timer) }
   }
 }

@@ -67,7 +67,7 @@ export async function migratedDataDir (t: Test, content: Record<string, string> 
 }
 
 /** The app as the server builds it, on `dir` with nothing but DATA_DIR set (and `settings`, when given). */
-export async function start (t: Test, dir: string, stream?: Writable, settings: Record<string, string> = {}): Promise<FastifyInstance> {
+export async function start (t: Test, dir: string, stream?: Writable, settings: Record<string, string> = {}, appOptions: { clock?: () => number, keyPollMs?: number } = {}): Promise<FastifyInstance> {
   const apps = openApps.get(t)
   if (apps === undefined) throw new Error('call testDataDir(t) first')
   const env = { ...settings, DATA_DIR: dir, LOG_LEVEL: 'silent' }
@@ -75,7 +75,7 @@ export async function start (t: Test, dir: string, stream?: Writable, settings: 
   const app = Fastify({ ...options, logger: stream === undefined ? false : { level: 'info', stream } })
   apps.add(app)
   app.addHook('onClose', async () => { apps.delete(app) })
-  await app.register(serviceApp, { config })
+  await app.register(serviceApp, { config, ...appOptions })
   await app.ready()
   return app
 }
