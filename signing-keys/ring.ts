@@ -7,7 +7,7 @@
 import { createPublicKey, type KeyObject } from 'node:crypto'
 import { ConfigError } from '../plugins/config.ts'
 import { DependencyError } from '../plugins/errors.ts'
-import { createKeys, type Keys, type KeyInfo } from '../plugins/keys.ts'
+import { createKeys, publicJwk, type Keys, type KeyInfo } from '../plugins/keys.ts'
 import type { Database } from '../storage/database.ts'
 import type { SigningAlgorithm } from './algorithms.ts'
 import { KeyDecryptionError, openPrivateKey } from './encryption.ts'
@@ -43,6 +43,8 @@ export interface KeyRingOptions {
 export interface KeyRing {
   /** the keys as they are now; a stable object whose reads follow every change */
   readonly keys: Keys
+  /** whether this instance signs: false once its view is older than the removal margin */
+  signing: () => boolean
   /** whether the keys were last looked at longer ago than a few polls (the process was paused) */
   stale: () => boolean
   /** takes the due steps and reads the keys again (what each poll does) */
@@ -122,6 +124,13 @@ export async function openKeyRing (options: KeyRingOptions): Promise<KeyRing> {
     throw err
   }
 
+  if (imported !== undefined) {
+    const kid = publicJwk(imported.publicKey, imported.algorithm).kid
+    if (!privateKeys.has(kid)) {
+      log.warn({ kid }, 'the configured signing key (JWT_PRIVATE_KEY) is not a stored key: it is published so that its tokens stay valid, but the stored keys sign; remove it from the settings once its tokens have expired')
+    }
+  }
+
   let failing = false
   let attemptedAt = clock()
   const refresh = async (): Promise<void> => {
@@ -152,6 +161,7 @@ export async function openKeyRing (options: KeyRingOptions): Promise<KeyRing> {
   timer?.unref()
 
   const currentView = (): Keys => view as Keys
+  const signing = (): boolean => clock() - viewedAt <= REMOVAL_MARGIN_MS
   const keys: Keys = {
     get kid () { return currentView().kid },
     get algorithm () { return currentView().algorithm },
@@ -161,7 +171,7 @@ export async function openKeyRing (options: KeyRingOptions): Promise<KeyRing> {
     // A view older than the removal margin may sign with a key the others
     // have retired and that leaves the JWKS before the token expires.
     sign: (claims) => {
-      if (clock() - viewedAt > REMOVAL_MARGIN_MS) throw new DependencyError('postgresql', new Error('the stored signing keys have not been read for too long'))
+      if (!signing()) throw new DependencyError('postgresql', new Error('the stored signing keys have not been read for too long'))
       return currentView().sign(claims)
     },
     check: (token, checkOptions) => currentView().check(token, checkOptions)
@@ -175,6 +185,7 @@ export async function openKeyRing (options: KeyRingOptions): Promise<KeyRing> {
     },
     // By the last attempt, not the last success: while the database is
     // down, requests are not held up by a look each.
+    signing,
     stale: () => clock() - attemptedAt > Math.max(5 * pollMs, 5000),
     close: () => { if (timer !== undefined) clearInterval(timer) }
   }

@@ -7,11 +7,12 @@ import { randomBytes } from 'node:crypto'
 import t from 'tap'
 import { compactVerify, importJWK, type JWK } from 'jose'
 import type { FastifyInstance } from 'fastify'
-import { build } from './helpers/app.ts'
+import { build, buildLogged } from './helpers/app.ts'
 import { createDatabase, insertClient, sql } from './helpers/databases.ts'
-import { issueTokens } from './helpers/http.ts'
-import { decodeJwt } from './helpers/jwt.ts'
-import { createClient, migratedDataDir, start, testDataDir } from './embedded/apps.ts'
+import { injectAdmin, issueTokens } from './helpers/http.ts'
+import { needs } from './helpers/servers.ts'
+import { decodeJwt, generateRsaKeyPair } from './helpers/jwt.ts'
+import { createClient, migratedDataDir, start, testDataDir, WARN } from './embedded/apps.ts'
 
 const MINUTE = 60_000
 const HOUR = 60 * MINUTE
@@ -84,7 +85,8 @@ class Observations {
   }
 }
 
-t.test('two instances rotate through two days on a controlled clock: a caching gateway never refuses a token', async (t) => {
+// Two instances need a database server: the embedded one admits one process.
+t.test('two instances rotate through two days on a controlled clock: a caching gateway never refuses a token', { skip: needs.postgres }, async (t) => {
   let now = Date.now()
   const clock = (): number => now
   const databaseUrl = await createDatabase(t)
@@ -162,10 +164,30 @@ t.test('an instance that cannot read the keys for longer than the removal margin
   const refused = await app.inject({ method: 'POST', url: '/oauth/token', headers: { 'content-type': 'application/x-www-form-urlencoded' }, payload: `grant_type=client_credentials&client_id=svc-rotation&client_secret=${SECRET}` })
   t.equal(refused.statusCode, 503, 'past the margin: 503, not a token signed with a key the others may have removed')
   t.equal((await app.inject('/.well-known/jwks.json')).statusCode, 200, 'the JWKS is still served')
+  const ready = await injectAdmin(app, '/ready')
+  t.equal(ready.statusCode, 503, '/ready says the instance is not ready')
+  t.equal(ready.json().signing_key, 'stale', 'and why')
 
   await sql(databaseUrl, 'ALTER TABLE signing_keys_away RENAME TO signing_keys')
   await app.keyRing?.refresh()
   t.equal((await issueTokens(app, 'svc-rotation', SECRET)).token_type, 'Bearer', 'signing again once the keys are read')
+})
+
+t.test('the settings\' public keys, and a configured key that is not stored, are published beside the stored keys', { skip: needs.postgres }, async (t) => {
+  const databaseUrl = await createDatabase(t)
+  const first = await build(t, { databaseUrl, env: SETTINGS, unset: UNSET })
+  const stored = first.app.keys.kid
+  await first.app.close()
+  const extra = generateRsaKeyPair()
+  const configured = generateRsaKeyPair()
+  const { instance, lines } = await buildLogged(t, {
+    DATABASE_URL: databaseUrl, ...SETTINGS, JWT_PRIVATE_KEY: configured.privateKey, JWT_ADDITIONAL_PUBLIC_KEYS: extra.publicKey
+  }, ['JWT_PUBLIC_KEY'])
+  t.equal(instance.keys.kid, stored, 'the stored key signs')
+  const kids = (await jwksOf(instance)).map((jwk) => jwk.kid)
+  t.equal(kids[0], stored, 'listed first')
+  t.equal(kids.length, 3, 'beside it: the configured key and the additional one')
+  t.ok(lines.some((line) => line.level === WARN && /not a stored key/.test(String(line.msg))), 'a warning says the configured key does not sign')
 })
 
 t.test('embedded database: one instance rotates through a day and a half', async (t) => {

@@ -19,7 +19,7 @@ const unavailableResponse = {
     status: { type: 'string', enum: ['unavailable'] },
     postgresql: dependencyState,
     redis: dependencyState,
-    signing_key: { type: 'string', enum: ['loaded', 'missing'] }
+    signing_key: { type: 'string', enum: ['loaded', 'missing', 'stale'] }
   }
 } as const
 
@@ -60,7 +60,11 @@ const readyRoute: FastifyPluginAsync = async (fastify) => {
     const { postgresql, redis } = await fastify.probeDependencies(CHECK_TIMEOUT_MS, 'readiness check')
     // The keys plugin refuses to boot without a key; checked anyway so that
     // readiness never claims more than it verified.
-    const signingKey = fastify.hasDecorator('keys') && fastify.keys.kid !== '' ? 'loaded' : 'missing'
+    // Stored keys (KEY_STORE=database) that this instance has not read for
+    // longer than the removal margin: it refuses to sign (signing-keys/ring.ts).
+    const signingKey = !fastify.hasDecorator('keys') || fastify.keys.kid === ''
+      ? 'missing'
+      : fastify.keyRing?.signing() === false ? 'stale' : 'loaded'
     if (postgresql === 'up' && (redis === 'up' || redis === 'unused') && signingKey === 'loaded') {
       return reply.code(200).send({ status: 'ready' })
     }
