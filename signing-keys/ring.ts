@@ -60,6 +60,15 @@ function lostKeyError (err: KeyDecryptionError): ConfigError {
   return new ConfigError('KEY_ENCRYPTION_KEY', `does not decrypt the signing key ${err.kid} stored in the database; give the key-encryption key the keys were stored with (no new key is made while stored keys exist)`)
 }
 
+/** Why the start cannot read the stored keys, in one line naming what to fix. */
+function startFailure (err: unknown): Error {
+  if (err instanceof KeyDecryptionError) return lostKeyError(err)
+  if ((err as { code?: unknown }).code === '42P01') {
+    return new ConfigError('KEY_STORE', 'is database, but the database has no signing_keys table: apply the migrations (`session-service migrate`, or MIGRATE_ON_START=true)')
+  }
+  return new Error(`cannot read the stored signing keys (KEY_STORE=database): ${(err as Error).message}`)
+}
+
 export async function openKeyRing (options: KeyRingOptions): Promise<KeyRing> {
   const { db, kek, policy, clock, log } = options
   const privateKeys = new Map<string, KeyObject>()
@@ -110,7 +119,7 @@ export async function openKeyRing (options: KeyRingOptions): Promise<KeyRing> {
   }
 
   const imported = options.settingsKey
-  const first = await ensureSigningKey(db, kek, policy, clock(), imported)
+  const first = await ensureSigningKey(db, kek, policy, clock(), imported).catch((err: unknown) => { throw startFailure(err) })
   if (first !== undefined) {
     log.info({ kid: first.kid }, first.action === 'imported'
       ? 'stored the configured signing key in the database: it keeps signing, and the settings may drop it'
@@ -120,8 +129,7 @@ export async function openKeyRing (options: KeyRingOptions): Promise<KeyRing> {
     await scheduledStep(db, kek, policy, clock())
     await load()
   } catch (err) {
-    if (err instanceof KeyDecryptionError) throw lostKeyError(err)
-    throw err
+    throw startFailure(err)
   }
 
   if (imported !== undefined) {

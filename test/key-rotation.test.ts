@@ -7,7 +7,10 @@ import { randomBytes } from 'node:crypto'
 import t from 'tap'
 import { compactVerify, importJWK, type JWK } from 'jose'
 import type { FastifyInstance } from 'fastify'
-import { build, buildLogged } from './helpers/app.ts'
+import Fastify from 'fastify'
+import serviceApp, { options } from '../app.ts'
+import { loadConfig } from '../plugins/config.ts'
+import { build, buildLogged, testEnv } from './helpers/app.ts'
 import { createDatabase, insertClient, sql } from './helpers/databases.ts'
 import { injectAdmin, issueTokens } from './helpers/http.ts'
 import { needs } from './helpers/servers.ts'
@@ -188,6 +191,16 @@ t.test('the settings\' public keys, and a configured key that is not stored, are
   t.equal(kids[0], stored, 'listed first')
   t.equal(kids.length, 3, 'beside it: the configured key and the additional one')
   t.ok(lines.some((line) => line.level === WARN && /not a stored key/.test(String(line.msg))), 'a warning says the configured key does not sign')
+})
+
+t.test('a database without the signing_keys table stops the start with one line saying what to run', async (t) => {
+  const databaseUrl = await createDatabase(t)
+  await sql(databaseUrl, 'DROP TABLE signing_keys')
+  const config = loadConfig(testEnv(databaseUrl, 'unused:', { ...SETTINGS, MIGRATE_ON_START: 'false' }))
+  const instance = Fastify(options)
+  t.teardown(async () => await instance.close())
+  await t.rejects(async () => { await instance.register(serviceApp, { config }).ready() },
+    { message: /^KEY_STORE: is database, but the database has no signing_keys table: apply the migrations/ })
 })
 
 t.test('embedded database: one instance rotates through a day and a half', async (t) => {
