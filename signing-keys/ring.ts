@@ -43,6 +43,8 @@ export interface KeyRingOptions {
 export interface KeyRing {
   /** the keys as they are now; a stable object whose reads follow every change */
   readonly keys: Keys
+  /** the clock the life cycle runs on (KeyRingOptions.clock): changes made elsewhere, the admin API's, use it too */
+  readonly clock: () => number
   /** whether the view is older than a few polls (the process was paused) */
   stale: () => boolean
   /** takes the due steps and reads the keys again (what each poll does) */
@@ -166,6 +168,7 @@ export async function openKeyRing (options: KeyRingOptions): Promise<KeyRing> {
   }
   return {
     keys,
+    clock,
     // A look that started before the caller's change may have missed it: wait for it, then look again.
     refresh: async () => {
       await running
