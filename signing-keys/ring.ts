@@ -43,6 +43,8 @@ export interface KeyRingOptions {
 export interface KeyRing {
   /** the keys as they are now; a stable object whose reads follow every change */
   readonly keys: Keys
+  /** the clock the life cycle runs on (KeyRingOptions.clock): changes made elsewhere, the admin API's, use it too */
+  readonly clock: () => number
   /** whether this instance signs: false once its view is older than the removal margin */
   signing: () => boolean
   /** whether the keys were last looked at longer ago than a few polls (the process was paused) */
@@ -186,6 +188,7 @@ export async function openKeyRing (options: KeyRingOptions): Promise<KeyRing> {
   }
   return {
     keys,
+    clock,
     // A look that started before the caller's change may have missed it: wait for it, then look again.
     refresh: async () => {
       await running
