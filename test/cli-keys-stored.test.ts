@@ -138,20 +138,21 @@ test('PostgreSQL: rotate --now signs at once and retires the current key; retire
   const keys = await listed(t, run)
   t.match(keys, [{ kid: now, state: 'current' }, { kid: old, state: 'retired', retired_at: ISO_TIME, remove_after: ISO_TIME }], 'list: the new current key, the old one retired')
 
-  res = await run(['keys', 'retire', now])
+  res = await run(['keys', 'retire', '--', now])
   t.match(failed(t, res, 1, 'retire the current key'), new RegExp(`^session-service: ${now} is the signing key; \`keys rotate\` makes another key sign first`), 'refused: rotate instead')
-  res = await run(['keys', 'retire', old])
+  res = await run(['keys', 'retire', '--', old])
   t.match(failed(t, res, 1, 'retire a retired key without --now'), new RegExp(`^session-service: ${old} is retired already and leaves the JWKS at \\S+Z, once its last token has expired; --now removes it at once`), 'refused: it leaves by itself')
   await app.keyRing?.refresh()
   t.ok((await jwksKids(app)).includes(old), 'the refused retirement changed nothing')
 
-  const unknown = 'A'.repeat(43)
-  res = await run(['keys', 'retire', unknown])
+  // A kid may start with "-": written after "--", it is not taken for an option.
+  const unknown = `-${'A'.repeat(42)}`
+  res = await run(['keys', 'retire', '--', unknown])
   t.equal(failed(t, res, 1, 'retire an unknown kid'), `session-service: no signing key ${unknown}`)
   res = await run(['keys', 'retire', 'not-a-kid'])
   t.equal(failed(t, res, 2, 'retire a malformed kid'), 'session-service: a kid is 43 base64url characters, as `keys list` shows (see session-service keys retire --help)')
 
-  res = await run(['keys', 'retire', old, '--now', '--json'])
+  res = await run(['keys', 'retire', '--now', '--json', '--', old])
   t.equal(res.code, 0, 'keys retire --now: exit 0', { stderr: res.stderr })
   t.strictSame(parsed(t, res, 'keys retire --json'), { kid: old, outcome: 'removed', remove_after: null })
   await app.keyRing?.refresh()
@@ -176,9 +177,9 @@ test('PostgreSQL: rotate --now signs at once and retires the current key; retire
 test('PostgreSQL: the commands refuse with KEY_STORE=settings; rotate needs the service\'s KEY_ENCRYPTION_KEY only to make a key', { skip: needs.postgres }, async (t) => {
   const { app, env, run } = await storedKeysService(t)
   const settingsMode = { DATABASE_URL: env.DATABASE_URL ?? '' }
-  for (const args of [['keys', 'list'], ['keys', 'rotate'], ['keys', 'retire', app.keys.kid], ['keys', 'history']]) {
+  for (const args of [['keys', 'list'], ['keys', 'rotate'], ['keys', 'retire', '--', app.keys.kid], ['keys', 'history']]) {
     const res = await run(args, settingsMode)
-    t.equal(failed(t, res, 1, `${args.join(' ')} with KEY_STORE=settings`),
+    t.equal(failed(t, res, 1, `${args.slice(0, 2).join(' ')} with KEY_STORE=settings`),
       `session-service: KEY_STORE is settings: keys come from JWT_PRIVATE_KEY (or the data directory) in this mode, and \`${args.slice(0, 2).join(' ')}\` works on keys kept in the database; set KEY_STORE=database (see the README's section on key rotation)`)
   }
 
@@ -249,7 +250,7 @@ test('embedded, service running: keys rotate --now goes through the control sock
   const token = await issueTokens(service, client.id, client.secret)
   t.equal(decodeJwt(token.access_token).header.kid, rotation.kid, 'the next token is signed with the new key')
 
-  const retire = await cli(t, ['keys', 'retire', String(rotation.kid)], { env, cwd })
+  const retire = await cli(t, ['keys', 'retire', '--', String(rotation.kid)], { env, cwd })
   t.match(failed(t, retire, 1, 'retire the current key through the socket'), /is the signing key; `keys rotate` makes another key sign first/, 'the life cycle\'s refusal, as from a PostgreSQL server')
   const history = await cli(t, ['keys', 'history', '--json'], { env, cwd })
   t.strictSame(parsed<Array<{ action: string, actor: string }>>(t, history, 'keys history').slice(0, 3).map((event) => [event.action, event.actor]),
