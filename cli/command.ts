@@ -27,3 +27,10 @@ export const JSON_OPTION = { json: { type: 'boolean' as const } }
 export function noPositionals (positionals: string[], command: string): void {
   if (positionals.length > 0) throw usage(`unexpected argument "${positionals[0] ?? ''}"`, command)
 }
+
+/** A whole-number option of at least 1 (a page size, an id), or `fallback` when not given. */
+export function wholeNumberOption (text: string | undefined, name: string, fallback: number | undefined, command: string): number | undefined {
+  if (text === undefined) return fallback
+  if (!/^\d{1,15}$/.test(text) || Number(text) < 1) throw usage(`--${name} must be a whole number, at least 1`, command)
+  return Number(text)
+}

@@ -92,8 +92,9 @@ function databaseProblem (err: unknown): CliError {
   if (err instanceof CliError) return err
   const code = (err as { code?: string }).code
   const message = (err as Error).message
-  if (code === '42P01' || /relation "clients" does not exist/.test(message)) {
-    return new CliError(`the database has no clients table: run \`${PROGRAM} migrate\` first`)
+  const table = /relation "(\w+)" does not exist/.exec(message)?.[1]
+  if (code === '42P01' || table !== undefined) {
+    return new CliError(`${table === undefined ? 'a table is missing from the database' : `the database has no ${table} table`}: run \`${PROGRAM} migrate\` first`)
   }
   return new CliError(`database error: ${message}`)
 }

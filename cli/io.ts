@@ -61,6 +61,12 @@ export function output (json: boolean, io: CliIo): Output {
   }
 }
 
+/** Rows of cells in aligned columns, two spaces apart; the first row is the header. */
+export function printTable (out: Output, rows: string[][]): void {
+  const widths = rows[0]?.map((_, column) => Math.max(...rows.map((line) => (line[column] ?? '').length))) ?? []
+  for (const line of rows) out.print(line.map((cell, column) => cell.padEnd(widths[column] ?? 0)).join('  ').trimEnd())
+}
+
 /** The detail of a failed connection or file operation, for a one-line message. */
 export function describeFailure (err: unknown): string {
   const error = err as NodeJS.ErrnoException & { errors?: Error[] }

@@ -425,7 +425,7 @@ function readEnv (env: EnvSource, options: LoadOptions): Env {
   }
 }
 
-function settingsFromEnv (raw: Env, cwd: string): Settings {
+function settingsFromEnv (raw: Env, cwd: string, keyEncryptionKeyRequired = true): Settings {
   const publicUrl = resolvePublicUrl(raw.PUBLIC_URL, raw.JWT_ISSUER, raw.SERVER_PORT)
   return {
     databaseUrl: nonEmpty(raw.DATABASE_URL),
@@ -433,7 +433,7 @@ function settingsFromEnv (raw: Env, cwd: string): Settings {
     dataDir: resolve(cwd, raw.DATA_DIR),
     redisKeyPrefix: raw.REDIS_KEY_PREFIX,
     algorithm: raw.JWT_ALGORITHM,
-    ...keyStoreSettings(raw),
+    ...keyStoreSettings(raw, { keyEncryptionKeyRequired }),
     ...resolveIssuer(raw, publicUrl),
     publicUrl,
     audience: raw.JWT_AUDIENCE,
@@ -476,11 +476,12 @@ function settingsFromEnv (raw: Env, cwd: string): Settings {
 }
 
 /**
- * Validates the settings once, keys aside (the CLI's need). Throws a
+ * Validates the settings once, keys aside (the CLI's need): KEY_ENCRYPTION_KEY
+ * may be missing, for the commands that read no private key. Throws a
  * ConfigError naming the first bad variable.
  */
 export function loadSettings (env: EnvSource = process.env, options: LoadOptions = {}): Settings {
-  return settingsFromEnv(readEnv(env, options), options.cwd ?? process.cwd())
+  return settingsFromEnv(readEnv(env, options), options.cwd ?? process.cwd(), false)
 }
 
 /**

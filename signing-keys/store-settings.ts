@@ -28,7 +28,7 @@ export interface KeyStoreSettings {
 
 const KEK_FORMAT = 'must be 32 random bytes, as 64 hexadecimal digits or in base64 (`openssl rand -base64 32`)'
 
-function readKeyEncryptionKey (raw: KeyStoreEnv): Buffer {
+function readKeyEncryptionKey (raw: KeyStoreEnv, required: boolean): Buffer | undefined {
   const inline = raw.KEY_ENCRYPTION_KEY ?? ''
   const path = raw.KEY_ENCRYPTION_KEY_FILE ?? ''
   if (inline !== '' && path !== '') throw new ConfigError('KEY_ENCRYPTION_KEY', 'set either KEY_ENCRYPTION_KEY or KEY_ENCRYPTION_KEY_FILE, not both')
@@ -43,6 +43,7 @@ function readKeyEncryptionKey (raw: KeyStoreEnv): Buffer {
     }
     return parseKeyEncryptionKey(text) ?? fail('KEY_ENCRYPTION_KEY_FILE', `holds no usable key: it ${KEK_FORMAT}`)
   }
+  if (inline === '' && !required) return undefined
   if (inline === '') throw new ConfigError('KEY_ENCRYPTION_KEY', `is required with KEY_STORE=database (or a path in KEY_ENCRYPTION_KEY_FILE); it ${KEK_FORMAT}`)
   return parseKeyEncryptionKey(inline) ?? fail('KEY_ENCRYPTION_KEY', KEK_FORMAT)
 }
@@ -51,7 +52,11 @@ function fail (variable: string, problem: string): never {
   throw new ConfigError(variable, problem)
 }
 
-export function keyStoreSettings (raw: KeyStoreEnv): KeyStoreSettings {
+/**
+ * `keyEncryptionKeyRequired: false` (the CLI): a missing key-encryption key
+ * is left undefined, for the commands that need none; a bad one is refused.
+ */
+export function keyStoreSettings (raw: KeyStoreEnv, options: { keyEncryptionKeyRequired?: boolean } = {}): KeyStoreSettings {
   const keyPublishAhead = parseDuration('KEY_PUBLISH_AHEAD', raw.KEY_PUBLISH_AHEAD)
   const keyRotationInterval = parseDuration('KEY_ROTATION_INTERVAL', raw.KEY_ROTATION_INTERVAL, { allowZero: true })
   if (raw.KEY_STORE === 'settings') return { keyStore: 'settings', keyEncryptionKey: undefined, keyPublishAhead, keyRotationInterval }
@@ -61,5 +66,5 @@ export function keyStoreSettings (raw: KeyStoreEnv): KeyStoreSettings {
   if (keyRotationInterval !== 0 && keyRotationInterval < keyPublishAhead) {
     throw new ConfigError('KEY_ROTATION_INTERVAL', `must be 0 (no scheduled rotation) or at least KEY_PUBLISH_AHEAD (${keyPublishAhead}s)`)
   }
-  return { keyStore: 'database', keyEncryptionKey: readKeyEncryptionKey(raw), keyPublishAhead, keyRotationInterval }
+  return { keyStore: 'database', keyEncryptionKey: readKeyEncryptionKey(raw, options.keyEncryptionKeyRequired ?? true), keyPublishAhead, keyRotationInterval }
 }

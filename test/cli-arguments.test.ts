@@ -54,7 +54,7 @@ test('a command group without its command lists the commands of the group', asyn
   await refusedWith(t, [
     [['clients'], `session-service: clients needs a command: ${CLIENTS_COMMANDS} (see session-service clients --help)`],
     [['clients', '--json'], `session-service: clients needs a command: ${CLIENTS_COMMANDS} (see session-service clients --help)`],
-    [['keys'], 'session-service: keys needs a command: generate (see session-service keys --help)'],
+    [['keys'], 'session-service: keys needs a command: generate, list, rotate, retire, history (see session-service keys --help)'],
     [['clients', 'frobnicate'], `session-service: unknown command "clients frobnicate"; the clients commands are ${CLIENTS_COMMANDS} (see session-service clients --help)`]
   ])
 })

@@ -2,7 +2,6 @@
 // delete clients, and read their history. Every change is recorded with the
 // operator's name and announced to the running instances. The fields and
 // their rules are those of schemas/client.ts, which the admin API shares.
-import { userInfo } from 'node:os'
 import {
   clientsRepository, ClientExistsError, ClientRuleError, MAX_SECRET_BYTES, SecretTooLongError,
   type ClientEvent, type ClientRecord, type ClientStatus
@@ -12,24 +11,15 @@ import {
   isClientId, MIN_SECRET_BYTES, newClientFrom, type ClientPatchBody
 } from '../../schemas/client.ts'
 import { parseDurationMs } from '../../plugins/config.ts'
+import { cliActor } from '../actor.ts'
 import { announceChange } from '../announce.ts'
-import { JSON_OPTION, noPositionals, type CommandContext, type CommandTable } from '../command.ts'
+import { JSON_OPTION, noPositionals, wholeNumberOption, type CommandContext, type CommandTable } from '../command.ts'
 import { withDatabase } from '../connection.ts'
-import { CliError, readInput, usage, type CliIo, type Output } from '../io.ts'
+import { CliError, printTable, readInput, usage, type CliIo, type Output } from '../io.ts'
 
 const SECRET_SHOWN_ONCE = 'The secret is shown this once; store it now.'
 /** Rows read per query when the CLI lists every client. */
 const LIST_PAGE = 500
-
-/** Who the events of this command name: the operating system's user running it. */
-function cliActor (): string {
-  try {
-    return `cli:${userInfo().username}`
-  } catch {
-    // No passwd entry for this uid (some containers): its number instead.
-    return `cli:uid-${process.getuid?.() ?? 'unknown'}`
-  }
-}
 
 function printFields (out: Output, fields: Record<string, unknown>): void {
   for (const [name, value] of Object.entries(fields)) {
@@ -44,8 +34,7 @@ function printClientTable (out: Output, clients: ClientRecord[]): void {
   const table = [['CLIENT_ID', 'STATUS', 'NAME', 'SCOPES', 'AUDIENCES'],
     ...clients.map((client) => [client.id, client.status, client.name === '' ? '-' : client.name,
       client.scopes.length === 0 ? '-' : client.scopes.join(' '), client.audiences.length === 0 ? '-' : client.audiences.join(' ')])]
-  const widths = table[0]?.map((_, column) => Math.max(...table.map((line) => (line[column] ?? '').length))) ?? []
-  for (const line of table) out.print(line.map((cell, column) => cell.padEnd(widths[column] ?? 0)).join('  ').trimEnd())
+  printTable(out, table)
 }
 
 function clientIdArgument (positionals: string[], command: string): string {
@@ -287,17 +276,11 @@ function eventSummary (event: ClientEvent): string {
     .map((field) => `${field}: ${JSON.stringify(before[field])} -> ${JSON.stringify(after[field])}`).join('; ')
 }
 
-function pageOption (text: string | undefined, name: string, fallback: number | undefined, command: string): number | undefined {
-  if (text === undefined) return fallback
-  if (!/^\d{1,15}$/.test(text) || Number(text) < 1) throw usage(`--${name} must be a whole number, at least 1`, command)
-  return Number(text)
-}
-
 async function listEvents ({ values, positionals, config, out }: CommandContext): Promise<void> {
   const command = 'clients events'
   const id = clientIdArgument(positionals, command)
-  const limit = Math.min(pageOption(values.limit as string | undefined, 'limit', 20, command) ?? 20, 1000)
-  const before = pageOption(values.before as string | undefined, 'before', undefined, command)
+  const limit = Math.min(wholeNumberOption(values.limit as string | undefined, 'limit', 20, command) ?? 20, 1000)
+  const before = wholeNumberOption(values.before as string | undefined, 'before', undefined, command)
   await withDatabase(config, async ({ db }) => {
     const page = await clientsRepository(db).events(id, { limit, before })
     if (out.json) {
