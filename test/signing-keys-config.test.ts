@@ -208,4 +208,3 @@ test('a sealed key does not open with another key, under another kid, or changed
   t.match(err?.message, new RegExp(`^the stored signing key ${KID} does not decrypt with KEY_ENCRYPTION_KEY$`), 'the message names the kid and the setting only')
   t.equal(createPublicKey(openPrivateKey(KEK, KID, sealed)).asymmetricKeyType, 'ec', 'the untouched seal still opens')
 })
-
