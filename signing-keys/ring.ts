@@ -128,8 +128,10 @@ export async function openKeyRing (options: KeyRingOptions): Promise<KeyRing> {
       : 'no signing key was stored: made one, and it signs from now')
   }
   try {
-    await scheduledStep(db, kek, policy, clock())
+    // The stored keys must open before any step: a start with another
+    // key-encryption key would otherwise seal a new key with it.
     await load()
+    if (await scheduledStep(db, kek, policy, clock())) await load()
   } catch (err) {
     throw startFailure(err)
   }
