@@ -11,7 +11,7 @@ export const PROGRAM = 'session-service'
 export const STACK_TRACE = /^\s+at /m
 /** A generated secret: 32 random bytes, base64url. */
 export const GENERATED_SECRET = /^[A-Za-z0-9_-]{43}$/
-export const COMMANDS = ['clients create', 'clients list', 'clients show', 'clients update', 'clients rotate-secret', 'clients events', 'clients disable', 'clients enable', 'clients delete', 'keys generate', 'migrate']
+export const COMMANDS = ['clients create', 'clients list', 'clients show', 'clients update', 'clients rotate-secret', 'clients events', 'clients disable', 'clients enable', 'clients delete', 'keys generate', 'keys list', 'keys rotate', 'keys retire', 'keys history', 'migrate']
 
 export interface CliRun {
   code: number | null
