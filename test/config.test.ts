@@ -2,8 +2,9 @@ import { createPublicKey, generateKeyPairSync } from 'node:crypto'
 import { existsSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'tap'
-import { ConfigError, ensureDataDirSigningKey, loadConfig, loadSettings, type Config } from '../plugins/config.ts'
+import { ensureDataDirSigningKey, loadConfig, loadSettings, type Config } from '../plugins/config.ts'
 import { generateRsaKeyPair, testKeys } from './helper.ts'
+import { configError } from './helpers/config-error.ts'
 
 // The smallest environment loadConfig accepts.
 function minimalEnv (extra: Record<string, string> = {}): Record<string, string> {
@@ -13,17 +14,6 @@ function minimalEnv (extra: Record<string, string> = {}): Record<string, string>
     JWT_PRIVATE_KEY: testKeys.privateKey,
     ...extra
   }
-}
-
-// The ConfigError loadConfig throws for env; anything else fails the test.
-function configError (env: Record<string, string>): ConfigError {
-  try {
-    loadConfig(env)
-  } catch (err) {
-    if (err instanceof ConfigError) return err
-    throw err
-  }
-  throw new Error('loadConfig accepted the environment')
 }
 
 function spki (key: Config['publicKey']): string {

@@ -10,6 +10,7 @@ import { test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { ConfigError, loadConfig } from '../plugins/config.ts'
 import { backends, basicAuth, build, buildLogged, decodeJwt, FORM, form, generateRsaKeyPair, insertClient, issueTokens, jwtSegment, type KeyPair, needs, testEnv, testKeys, tokenRequest, verify } from './helper.ts'
+import { configError as configErrorOf } from './helpers/config-error.ts'
 
 const CLIENT_ID = 'svc-keys'
 const CLIENT_SECRET = 'keys-secret'
@@ -37,15 +38,7 @@ function configFor (env: Record<string, string>): ReturnType<typeof loadConfig> 
   return loadConfig(testEnv('postgres://postgres@127.0.0.1:5432/unused', 'unused:', env))
 }
 
-function configError (env: Record<string, string>): ConfigError {
-  try {
-    configFor(env)
-  } catch (err) {
-    if (err instanceof ConfigError) return err
-    throw err
-  }
-  throw new Error('loadConfig accepted the environment')
-}
+const configError = (env: Record<string, string>): ConfigError => configErrorOf(env, configFor)
 
 /**
  * RFC 7638 §3.2: the required members of the key type, in lexicographic

@@ -7,6 +7,7 @@ import { test, type Test } from 'tap'
 import { ConfigError, loadConfig, loadSettings } from '../plugins/config.ts'
 import { KeyDecryptionError, openPrivateKey, sealPrivateKey } from '../signing-keys/encryption.ts'
 import { testKeys } from './helper.ts'
+import { configError } from './helpers/config-error.ts'
 
 const KEK = randomBytes(32)
 
@@ -19,17 +20,6 @@ const databaseEnv = (extra: Record<string, string> = {}): Record<string, string>
   baseEnv({ KEY_STORE: 'database', KEY_ENCRYPTION_KEY: KEK.toString('base64'), ...extra })
 
 const fileEnv = (path: string): Record<string, string> => databaseEnv({ KEY_ENCRYPTION_KEY: '', KEY_ENCRYPTION_KEY_FILE: path })
-
-// The ConfigError that loading `env` throws; anything else fails the test.
-function configError (env: Record<string, string>): ConfigError {
-  try {
-    loadConfig(env)
-  } catch (err) {
-    if (err instanceof ConfigError) return err
-    throw err
-  }
-  throw new Error('loadConfig accepted the environment')
-}
 
 /** The error names `variable` first, and says nothing of `secrets`. */
 function refused (t: Test, env: Record<string, string>, variable: string, secrets: string[], what: string): ConfigError {

@@ -58,6 +58,10 @@ export const ROUTES: Record<string, RouteSpec> = {
   '/admin/clients/{client_id}/enable': { methods: ['POST'], admin: true },
   '/admin/clients/{client_id}/disable': { methods: ['POST'], admin: true },
   '/admin/clients/{client_id}/events': { methods: GET_HEAD, admin: true },
+  '/admin/keys': { methods: GET_HEAD, admin: true },
+  '/admin/keys/events': { methods: GET_HEAD, admin: true },
+  '/admin/keys/rotate': { methods: ['POST'], admin: true },
+  '/admin/keys/{kid}/retire': { methods: ['POST'], admin: true },
   // README, Discovery: the document comes from configuration alone, so no Host header changes or refuses it.
   '/.well-known/openid-configuration': { methods: GET_HEAD, statuses: [200] },
   '/.well-known/oauth-authorization-server': { methods: GET_HEAD, statuses: [200] },
