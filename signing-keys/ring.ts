@@ -1,8 +1,9 @@
 // This instance's view of the keys kept in the database: it publishes every
-// stored key and signs with the current one. Every POLL_MS it takes the
-// steps that are due (when no other instance holds the keys' lock) and reads
-// the keys again; a change made anywhere (another instance, the CLI, the
-// admin API) is seen within that time. The view is swapped whole, so the
+// stored key and signs with the current one. Every POLL_MS it reads the
+// keys' states (one small query; the sealed keys only when they changed), so
+// a change made anywhere (another instance, the CLI, the admin API) is seen
+// within that time; every STEP_MS it takes the steps that are due, unless
+// another instance holds the keys' lock and takes them. The view is swapped whole, so the
 // JWKS, the discovery document and the signing key change together.
 import { createPublicKey, type KeyObject } from 'node:crypto'
 import { ConfigError } from '../plugins/config.ts'
@@ -12,10 +13,12 @@ import type { Database } from '../storage/database.ts'
 import type { SigningAlgorithm } from './algorithms.ts'
 import { KeyDecryptionError, openPrivateKey } from './encryption.ts'
 import type { AdditionalKey } from './pem.ts'
-import { ensureSigningKey, readSealedKeys, REMOVAL_MARGIN_MS, scheduledStep, type KeyPolicy, type SealedKey } from './stored.ts'
+import { ensureSigningKey, listKeys, readSealedKeys, REMOVAL_MARGIN_MS, scheduledStep, type KeyPolicy, type SealedKey, type StoredKey } from './stored.ts'
 
-/** How often an instance looks at the stored keys, milliseconds. */
-export const POLL_MS = 1000
+/** How often an instance reads the stored keys' states, milliseconds: a change is seen within a second. */
+export const POLL_MS = 500
+/** How often an instance takes the due steps: the schedule's margins are hours, the lock is taken once per step. */
+export const STEP_MS = 5000
 
 export interface KeyRingLog {
   info: (fields: object, message: string) => void
@@ -49,13 +52,13 @@ export interface KeyRing {
   signing: () => boolean
   /** whether the keys were last looked at longer ago than a few polls (the process was paused) */
   stale: () => boolean
-  /** takes the due steps and reads the keys again (what each poll does) */
+  /** takes the due steps now and reads the keys again (tests, the admin API after a change, a paused process) */
   refresh: () => Promise<void>
   close: () => void
 }
 
 /** The view's identity: what a change of state or schedule changes. */
-const fingerprint = (keys: SealedKey[]): string =>
+const fingerprint = (keys: StoredKey[]): string =>
   keys.map((key) => `${key.kid}:${key.state}:${key.activateAfter?.getTime() ?? ''}:${key.removeAfter?.getTime() ?? ''}`).join(',')
 
 function lostKeyError (err: KeyDecryptionError): ConfigError {
@@ -109,12 +112,11 @@ export async function openKeyRing (options: KeyRingOptions): Promise<KeyRing> {
   }
 
   async function load (): Promise<void> {
-    const stored = await readSealedKeys(db)
-    const mark = fingerprint(stored)
-    if (mark !== shownFingerprint || view === undefined) {
+    if (fingerprint(await listKeys(db)) !== shownFingerprint || view === undefined) {
+      const stored = await readSealedKeys(db)
       const before = view?.kid
       view = build(stored)
-      shownFingerprint = mark
+      shownFingerprint = fingerprint(stored)
       if (before !== undefined && before !== view.kid) log.info({ kid: view.kid, previous: before }, 'signing with the new current key')
     }
     viewedAt = clock()
@@ -145,10 +147,14 @@ export async function openKeyRing (options: KeyRingOptions): Promise<KeyRing> {
 
   let failing = false
   let attemptedAt = clock()
-  const refresh = async (): Promise<void> => {
+  let steppedAt = clock()
+  const refresh = async (step: boolean): Promise<void> => {
     attemptedAt = clock()
     try {
-      await scheduledStep(db, kek, policy, clock())
+      if (step || clock() - steppedAt >= STEP_MS) {
+        await scheduledStep(db, kek, policy, clock())
+        steppedAt = clock()
+      }
       await load()
       if (failing) log.info({}, 'the stored signing keys are read again')
       failing = false
@@ -164,12 +170,12 @@ export async function openKeyRing (options: KeyRingOptions): Promise<KeyRing> {
 
   // One look at a time: a slow database does not pile them up.
   let running: Promise<void> | undefined
-  const look = async (): Promise<void> => {
-    running ??= refresh().finally(() => { running = undefined })
+  const look = async (step: boolean): Promise<void> => {
+    running ??= refresh(step).finally(() => { running = undefined })
     await running
   }
   const pollMs = options.pollMs ?? POLL_MS
-  const timer = pollMs > 0 ? setInterval(() => { look().catch(() => {}) }, pollMs) : undefined
+  const timer = pollMs > 0 ? setInterval(() => { look(false).catch(() => {}) }, pollMs) : undefined
   timer?.unref()
 
   const currentView = (): Keys => view as Keys
@@ -194,7 +200,7 @@ export async function openKeyRing (options: KeyRingOptions): Promise<KeyRing> {
     // A look that started before the caller's change may have missed it: wait for it, then look again.
     refresh: async () => {
       await running
-      await look()
+      await look(true)
     },
     // By the last attempt, not the last success: while the database is
     // down, requests are not held up by a look each.

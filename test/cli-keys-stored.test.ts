@@ -20,7 +20,7 @@ const ISO_TIME = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/
 const KID = /^[A-Za-z0-9_-]{43}$/
 const ACTOR = `cli:${userInfo().username}`
 const SECRET = 'stored-keys-client-secret'
-const POLL_NOTE = 'session-service: running instances serve the change within a second (each reads the keys every second)\n'
+const POLL_NOTE = 'session-service: running instances serve the change within a second (each reads the keys twice a second)\n'
 const VIEW_FIELDS = ['activate_after', 'activated_at', 'algorithm', 'created_at', 'kid', 'public_jwk', 'public_key_pem', 'remove_after', 'retired_at', 'state']
 
 interface KeyView {

@@ -4,12 +4,15 @@
 // that caches the JWKS for two hours and never looks again before that, as
 // AWS API Gateway may.
 import { randomBytes } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { compactVerify, importJWK, type JWK } from 'jose'
 import type { FastifyInstance } from 'fastify'
 import Fastify from 'fastify'
 import serviceApp, { options } from '../app.ts'
 import { loadConfig } from '../plugins/config.ts'
+import { POLL_MS } from '../signing-keys/ring.ts'
+import { keyPolicy, rotateKeys } from '../signing-keys/stored.ts'
 import { build, buildLogged, testEnv } from './helpers/app.ts'
 import { createDatabase, insertClient, sql } from './helpers/databases.ts'
 import { injectAdmin, issueTokens } from './helpers/http.ts'
@@ -145,6 +148,33 @@ t.test('two instances rotate through two days on a controlled clock: a caching g
   t.equal(created.length, seen.published.size, 'every key made was published')
   t.ok(events.every((event) => event.actor === 'scheduler'), 'the scheduler took every step')
   for (const action of ['activated', 'retired', 'removed']) t.ok(events.some((event) => event.action === action), `the log has ${action} steps`)
+})
+
+t.test('a change made elsewhere reaches an instance through its own poll, JWKS, discovery and signing key together', { skip: needs.postgres }, async (t) => {
+  const databaseUrl = await createDatabase(t)
+  await insertClient(databaseUrl, { id: 'svc-rotation', secret: SECRET })
+  const a = await build(t, { databaseUrl, env: SETTINGS, unset: UNSET, keyPollMs: 0 })
+  // b polls as the service does (POLL_MS); nothing here asks it to look.
+  const b = await build(t, { databaseUrl, redisPrefix: a.redisPrefix, env: SETTINGS, unset: UNSET })
+  const before = b.app.keys.kid
+  const config = a.config
+  const rotated = await rotateKeys(a.app.db, config.keyEncryptionKey as Buffer, keyPolicy(config), Date.now(), { immediately: true, algorithm: 'ES256', actor: 'test' })
+  const started = Date.now()
+  let seenAfter: number | undefined
+  while (Date.now() - started < 10_000) {
+    const jwks = await jwksOf(b.app)
+    if (jwks[0]?.kid === rotated.kid) {
+      seenAfter = Date.now() - started
+      break
+    }
+    await sleep(20)
+  }
+  t.not(seenAfter, undefined, `b serves the new key first in its JWKS by itself (after ${String(seenAfter)} ms; it reads every ${POLL_MS} ms)`)
+  const discovery = (await b.app.inject('/.well-known/openid-configuration')).json() as { access_token_signing_alg_values_supported: string[] }
+  t.same(discovery.access_token_signing_alg_values_supported, ['ES256', 'RS256'], 'its discovery document names the new algorithm first')
+  const token = (await issueTokens(b.app, 'svc-rotation', SECRET)).access_token
+  t.same([decodeJwt(token).header.kid, decodeJwt(token).header.alg], [rotated.kid, 'ES256'], 'and it signs with the new key')
+  t.ok((await jwksOf(b.app)).some((jwk) => jwk.kid === before), 'the retired key stays published')
 })
 
 t.test('an instance that cannot read the keys for longer than the removal margin stops signing, and recovers', async (t) => {

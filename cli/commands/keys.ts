@@ -160,7 +160,7 @@ async function sealingKey (db: Queryable, config: Settings): Promise<Buffer> {
 
 /** How running instances learn of a change: the embedded service has served it already; instances on a server read the keys every second. */
 function announceKeyChange (config: Settings, connection: Connection, out: Output): void {
-  if (connection.service === undefined && config.databaseUrl !== undefined) out.note('running instances serve the change within a second (each reads the keys every second)')
+  if (connection.service === undefined && config.databaseUrl !== undefined) out.note('running instances serve the change within a second (each reads the keys twice a second)')
 }
 
 function algorithmOption (text: string | undefined, command: string): SigningAlgorithm | undefined {
