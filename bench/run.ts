@@ -20,7 +20,9 @@
 // BENCH_ROUNDS (3), BENCH_MEMORY_REQUESTS (200000; single Redis only),
 // BENCH_PROFILE (scenario names, comma-separated, or 'all': each is profiled
 // with --cpu-prof for one round at the end), BENCH_SCENARIOS (scenario
-// names, comma-separated; default all). A run of some scenarios only skips
+// names, comma-separated; default all), BENCH_KEY_STORE (settings, or
+// database: the service's key is stored in its database at start, as an
+// operator's switch does, and signs from there). A run of some scenarios only skips
 // the burst and memory extras and leaves bench/results.json as it is (a run
 // there stands for all scenarios, measured together): its table goes to
 // stdout only.
@@ -47,6 +49,8 @@ const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 50)
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
 const MEMORY_REQUESTS = Number(process.env.BENCH_MEMORY_REQUESTS ?? 200_000)
 const PROFILE = (process.env.BENCH_PROFILE ?? '').split(',').filter((name) => name !== '')
+const KEY_STORE = process.env.BENCH_KEY_STORE ?? 'settings'
+if (KEY_STORE !== 'settings' && KEY_STORE !== 'database') throw new Error('BENCH_KEY_STORE: settings or database')
 const ONLY = (process.env.BENCH_SCENARIOS ?? '').split(',').map((name) => name.trim()).filter((name) => name !== '')
 const ADMIN_URL = process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 const CLUSTER_NODES = (process.env.BENCH_REDIS_CLUSTER_NODES ?? '').split(',').filter((node) => node !== '')
@@ -99,6 +103,7 @@ function serviceEnvironment (databaseUrl: string, redisPrefix: string, privateKe
     ...(REDIS === 'cluster' ? { REDIS_CLUSTER_NODES: CLUSTER_NODES.join(',') } : {}),
     REDIS_KEY_PREFIX: redisPrefix,
     JWT_PRIVATE_KEY: privateKeyPem,
+    ...(KEY_STORE === 'database' ? { KEY_STORE, KEY_ENCRYPTION_KEY: randomBytes(32).toString('base64') } : {}),
     JWT_ISSUER: 'https://auth.bench.example',
     RATE_LIMIT_DEFAULT: '100000000'
   }

@@ -266,7 +266,15 @@ async function storedKeys (fastify: FastifyInstance, opts: KeysPluginOptions): P
   fastify.addHook('onClose', async () => ring.close())
   // A process that was paused (a Lambda function between invocations) reads
   // the keys before it answers, not up to a poll later.
-  fastify.addHook('onRequest', async () => { if (ring.stale()) await ring.refresh() })
+  // A callback hook, not an async one: the usual case is one comparison and
+  // no promise on every request (the JWKS is served at tens of thousands a second).
+  fastify.addHook('onRequest', (_request, _reply, done) => {
+    if (!ring.stale()) {
+      done()
+      return
+    }
+    ring.refresh().then(() => { done() }, done)
+  })
   return ring
 }
 

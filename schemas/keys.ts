@@ -4,6 +4,7 @@
 // says how they look over HTTP.
 import { Type, type Static } from 'typebox'
 import { SIGNING_ALGORITHMS } from '../signing-keys/algorithms.ts'
+import { KID_PATTERN } from '../signing-keys/kid.ts'
 import type { KeyEvent, RetirementResult, RotationResult, StoredKey } from '../signing-keys/stored.ts'
 import { oauthErrorRef } from './oauth.ts'
 
@@ -20,7 +21,7 @@ const EXAMPLE_KID = 'NjVmYTk2ZDctOGI1My00Y2E0LWE1ZjAtM2U2YjQxNjc0ZGQ'
 const EXAMPLE_NEXT_KID = 'q1Zr0hT8c4Xw9mB2eV6yJ3kL7nP5sD0fG1aH4uI8oE2'
 
 // A kid is an RFC 7638 thumbprint: SHA-256, base64url, 43 characters.
-export const kidParams = Type.Object({ kid: Type.String({ pattern: '^[A-Za-z0-9_-]{1,128}$' }) })
+export const kidParams = Type.Object({ kid: Type.String({ pattern: KID_PATTERN }) })
 
 /** One stored key as operators see it: its public half only. */
 export const KeyView = Type.Object({

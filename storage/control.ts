@@ -6,6 +6,7 @@
 // socket does not carry: the service makes them itself.
 import { createConnection, createServer, type Server, type Socket } from 'node:net'
 import { rmSync } from 'node:fs'
+import { isKid } from '../signing-keys/kid.ts'
 import { isSigningAlgorithm, type SigningAlgorithm } from '../signing-keys/algorithms.ts'
 import { KeyNotFoundError, KeyRuleError, type RetirementResult, type RotationResult } from '../signing-keys/stored.ts'
 import type { Database, Queryable } from './database.ts'
@@ -71,7 +72,6 @@ const FIELDS = {
   'retire-key': { kid: 'string', immediately: 'boolean', actor: 'string' }
 } as const satisfies Record<ControlRequest['op'], Record<string, FieldType>>
 
-const KID = /^[A-Za-z0-9_-]{43}$/
 /** The length bounds of an actor (signing_key_events.actor). */
 const MAX_ACTOR = 255
 
@@ -81,7 +81,7 @@ function keyFieldsProblem (op: string, value: Record<string, unknown>): string |
   const actor = value.actor as string
   if (actor.length === 0 || actor.length > MAX_ACTOR) return `${op}: actor must be 1 to ${MAX_ACTOR} characters`
   if (op === 'rotate-keys' && value.algorithm !== undefined && !isSigningAlgorithm(value.algorithm as string)) return `${op}: algorithm is not a signing algorithm`
-  if (op === 'retire-key' && !KID.test(value.kid as string)) return `${op}: kid must be 43 base64url characters`
+  if (op === 'retire-key' && !isKid(value.kid as string)) return `${op}: kid must be 43 base64url characters`
   return undefined
 }
 

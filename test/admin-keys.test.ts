@@ -151,6 +151,8 @@ test('retire: unknown 404, current 409, retired 409 unless now; now removes it f
   const unknown = await admin.call('POST', '/admin/keys/NoSuchKid0000000000000000000000000000000000/retire', {})
   t.equal(unknown.statusCode, 404)
   t.same(unknown.json(), { error: 'not_found', error_description: 'no signing key NoSuchKid0000000000000000000000000000000000' })
+  const malformed = await admin.call('POST', '/admin/keys/not-a-kid/retire', {})
+  t.equal(malformed.statusCode, 400, 'a kid that is not a thumbprint: 400, before any lookup')
   const current = await admin.call('POST', `/admin/keys/${first}/retire`)
   t.equal(current.statusCode, 409, 'the current key: 409')
   t.match(current.json().error_description, `${first} is the signing key`)
@@ -182,7 +184,7 @@ test('bad requests: 400 with the usual body, and nothing changes', async (t) => 
   }
   const form = await admin.call('POST', '/admin/keys/rotate', 'now=true', { 'content-type': 'application/x-www-form-urlencoded' })
   t.equal(form.statusCode, 400, 'a body that is not JSON: 400')
-  t.equal((await admin.call('POST', '/admin/keys/abc/retire', { never: true })).statusCode, 400, 'retire with an unknown field: 400')
+  t.equal((await admin.call('POST', '/admin/keys/NoSuchKid0000000000000000000000000000000000/retire', { never: true })).statusCode, 400, 'retire with an unknown field: 400')
   t.equal((await admin.call('POST', '/admin/keys/a%20b/retire', {})).statusCode, 400, 'a kid that cannot be one: 400')
   for (const query of ['limit=0', 'limit=501', 'limit=x', 'before=0', 'after=3']) {
     t.equal((await admin.call('GET', `/admin/keys/events?${query}`)).statusCode, 400, `events?${query}: 400`)

@@ -7,6 +7,7 @@ import { createPublicKey, type JsonWebKey } from 'node:crypto'
 import { dirname, join, resolve } from 'node:path'
 import type { Settings } from '../../plugins/config.ts'
 import { publicJwk, type PublicJwk } from '../../plugins/keys.ts'
+import { isKid } from '../../signing-keys/kid.ts'
 import { isSigningAlgorithm, SIGNING_ALGORITHMS, type SigningAlgorithm } from '../../signing-keys/algorithms.ts'
 import { KeyDecryptionError, openPrivateKey } from '../../signing-keys/encryption.ts'
 import { generatePrivateKeyPem } from '../../signing-keys/generate.ts'
@@ -214,12 +215,10 @@ async function rotateStoredKeys ({ values, positionals, config, out }: CommandCo
   })
 }
 
-const KID = /^[A-Za-z0-9_-]{43}$/
-
 function kidArgument (positionals: string[], command: string): string {
   if (positionals.length !== 1) throw usage('give exactly one key id (kid)', command)
   const kid = positionals[0] ?? ''
-  if (!KID.test(kid)) throw usage('a kid is 43 base64url characters, as `keys list` shows', command)
+  if (!isKid(kid)) throw usage('a kid is 43 base64url characters, as `keys list` shows', command)
   return kid
 }
 
