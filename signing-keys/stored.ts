@@ -60,6 +60,13 @@ export function keyPolicy (settings: Pick<Settings, 'keyPublishAhead' | 'keyRota
  */
 export const REMOVAL_MARGIN_MS = 5 * 60_000
 
+/**
+ * Stored keys at most: every one is in the JWKS, which gateways fetch and
+ * cache. The schedule keeps two or three; only rotations at once, one after
+ * another, come near it, and each retired key leaves by itself.
+ */
+export const MAX_STORED_KEYS = 20
+
 /** The actor of the steps the service takes by itself. */
 export const SCHEDULER_ACTOR = 'scheduler'
 
@@ -293,6 +300,9 @@ export async function rotateKeys (db: Database, kek: Buffer, policy: KeyPolicy, 
       throw new KeyRuleError(`the next key ${next.kid} (${next.algorithm}) is waiting to sign; retire it first to rotate to ${options.algorithm}`)
     }
     if (next === undefined) {
+      if (keys.length >= MAX_STORED_KEYS) {
+        throw new KeyRuleError(`${keys.length} keys are stored, the most the JWKS publishes; retired keys leave once their tokens have expired (or retire one at once with now)`)
+      }
       const algorithm = options.algorithm ?? policy.algorithm
       const key = newKey(algorithm)
       const activateAfter = at + policy.publishAheadMs

@@ -12,7 +12,7 @@ import Fastify from 'fastify'
 import serviceApp, { options } from '../app.ts'
 import { loadConfig } from '../plugins/config.ts'
 import { POLL_MS } from '../signing-keys/ring.ts'
-import { keyPolicy, rotateKeys } from '../signing-keys/stored.ts'
+import { keyPolicy, MAX_STORED_KEYS, rotateKeys } from '../signing-keys/stored.ts'
 import { build, buildLogged, testEnv } from './helpers/app.ts'
 import { createDatabase, insertClient, sql } from './helpers/databases.ts'
 import { injectAdmin, issueTokens } from './helpers/http.ts'
@@ -175,6 +175,15 @@ t.test('a change made elsewhere reaches an instance through its own poll, JWKS, 
   const token = (await issueTokens(b.app, 'svc-rotation', SECRET)).access_token
   t.same([decodeJwt(token).header.kid, decodeJwt(token).header.alg], [rotated.kid, 'ES256'], 'and it signs with the new key')
   t.ok((await jwksOf(b.app)).some((jwk) => jwk.kid === before), 'the retired key stays published')
+})
+
+t.test('rotations at once, one after another, stop at the bound of stored keys', async (t) => {
+  const { app, config } = await build(t, { env: SETTINGS, unset: UNSET, keyPollMs: 0 })
+  const rotate = async (): Promise<unknown> => await rotateKeys(app.db, config.keyEncryptionKey as Buffer, keyPolicy(config), Date.now(), { immediately: true, algorithm: 'ES256', actor: 'test' })
+  for (let stored = 1; stored < MAX_STORED_KEYS; stored++) await rotate()
+  await t.rejects(rotate(), { message: `${MAX_STORED_KEYS} keys are stored, the most the JWKS publishes; retired keys leave once their tokens have expired (or retire one at once with now)` })
+  await app.keyRing?.refresh()
+  t.equal((await jwksOf(app)).length, MAX_STORED_KEYS, 'the JWKS holds the bound, no more')
 })
 
 t.test('an instance that cannot read the keys for longer than the removal margin stops signing, and recovers', async (t) => {
