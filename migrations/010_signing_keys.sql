@@ -34,7 +34,7 @@ CREATE UNIQUE INDEX signing_keys_one_next ON signing_keys (state) WHERE state = 
 CREATE TABLE signing_key_events (
   id      bigserial PRIMARY KEY,
   kid     text NOT NULL,
-  action  text NOT NULL CHECK (action IN ('created', 'imported', 'activated', 'retired', 'removed', 'rescheduled')),
+  action  text NOT NULL CHECK (action IN ('created', 'imported', 'activated', 'retired', 'removed', 'rescheduled', 'rewrapped')),
   actor   text NOT NULL CHECK (length(actor) BETWEEN 1 AND 255),
   at      timestamptz NOT NULL,
   details jsonb NOT NULL DEFAULT '{}'

@@ -156,6 +156,8 @@ export const EnvSchema = Type.Object({
   KEY_STORE: Type.Enum(['settings', 'database'], { default: 'settings' }),
   KEY_ENCRYPTION_KEY: Type.Optional(Type.String({ maxLength: 1024 })),
   KEY_ENCRYPTION_KEY_FILE: Type.Optional(Type.String()),
+  KEY_ENCRYPTION_KEY_PREVIOUS: Type.Optional(Type.String({ maxLength: 1024 })),
+  KEY_ENCRYPTION_KEY_PREVIOUS_FILE: Type.Optional(Type.String()),
   KEY_PUBLISH_AHEAD: duration('3h'),
   KEY_ROTATION_INTERVAL: duration('30d'),
   JWT_ISSUER: Type.Optional(Type.String({ minLength: 1 })),

@@ -252,6 +252,7 @@ async function storedKeys (fastify: FastifyInstance, opts: KeysPluginOptions): P
   const ring = await openKeyRing({
     db: fastify.db,
     kek: config.keyEncryptionKey as Buffer,
+    previousKek: config.keyEncryptionKeyPrevious,
     policy: keyPolicy(config),
     clock,
     log: fastify.log,

@@ -109,7 +109,7 @@ export const KeyEventView = Type.Object({
   id: Type.Integer(),
   kid: Type.String(),
   action: Type.Union([Type.Literal('created'), Type.Literal('imported'), Type.Literal('activated'),
-    Type.Literal('retired'), Type.Literal('removed'), Type.Literal('rescheduled')]),
+    Type.Literal('retired'), Type.Literal('removed'), Type.Literal('rescheduled'), Type.Literal('rewrapped')]),
   actor: Type.String(),
   at: dateTime,
   details: Type.Record(Type.String(), Type.Unknown())

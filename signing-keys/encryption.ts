@@ -61,3 +61,18 @@ export function openPrivateKey (kek: Buffer, kid: string, sealed: Buffer): KeyOb
     plain.fill(0)
   }
 }
+
+/**
+ * Opens with the first of `keks` that fits: the current key-encryption key,
+ * then the previous one while it changes. `sealedWith` says which one did.
+ */
+export function openWithAny (keks: Buffer[], kid: string, sealed: Buffer): { privateKey: KeyObject, sealedWith: number } {
+  for (const [index, kek] of keks.entries()) {
+    try {
+      return { privateKey: openPrivateKey(kek, kid, sealed), sealedWith: index }
+    } catch (err) {
+      if (!(err instanceof KeyDecryptionError)) throw err
+    }
+  }
+  throw new KeyDecryptionError(kid)
+}

@@ -11,9 +11,9 @@ import { DependencyError } from '../plugins/errors.ts'
 import { createKeys, publicJwk, type Keys, type KeyInfo } from '../plugins/keys.ts'
 import type { Database } from '../storage/database.ts'
 import type { SigningAlgorithm } from './algorithms.ts'
-import { KeyDecryptionError, openPrivateKey } from './encryption.ts'
+import { KeyDecryptionError, openWithAny } from './encryption.ts'
 import type { AdditionalKey } from './pem.ts'
-import { ensureSigningKey, listKeys, readSealedKeys, REMOVAL_MARGIN_MS, scheduledStep, type KeyPolicy, type SealedKey, type StoredKey } from './stored.ts'
+import { ensureSigningKey, listKeys, readSealedKeys, rewrapKeys, REMOVAL_MARGIN_MS, scheduledStep, type KeyPolicy, type SealedKey, type StoredKey } from './stored.ts'
 
 /** How often an instance reads the stored keys' states, milliseconds: a change is seen within a second. */
 export const POLL_MS = 500
@@ -29,6 +29,8 @@ export interface KeyRingLog {
 export interface KeyRingOptions {
   db: Database
   kek: Buffer
+  /** KEY_ENCRYPTION_KEY_PREVIOUS: keys sealed with it still open, and are sealed again with `kek` */
+  previousKek?: Buffer
   policy: KeyPolicy
   /** milliseconds since the epoch: Date.now, or a test's clock */
   clock: () => number
@@ -76,6 +78,8 @@ function startFailure (err: unknown): Error {
 
 export async function openKeyRing (options: KeyRingOptions): Promise<KeyRing> {
   const { db, kek, policy, clock, log } = options
+  const keks = options.previousKek === undefined ? [kek] : [kek, options.previousKek]
+  let sealedWithPrevious = false
   const privateKeys = new Map<string, KeyObject>()
   let shownFingerprint = ''
   let view: Keys | undefined
@@ -87,7 +91,10 @@ export async function openKeyRing (options: KeyRingOptions): Promise<KeyRing> {
     const current = stored.find((key) => key.state === 'current')
     if (current === undefined) throw new Error('no current signing key is stored')
     for (const key of stored) {
-      if (!privateKeys.has(key.kid)) privateKeys.set(key.kid, openPrivateKey(kek, key.kid, key.sealed))
+      if (privateKeys.has(key.kid)) continue
+      const opened = openWithAny(keks, key.kid, key.sealed)
+      privateKeys.set(key.kid, opened.privateKey)
+      if (opened.sealedWith > 0) sealedWithPrevious = true
     }
     for (const kid of privateKeys.keys()) if (!stored.some((key) => key.kid === kid)) privateKeys.delete(kid)
     const privateKey = privateKeys.get(current.kid) as KeyObject
@@ -120,6 +127,11 @@ export async function openKeyRing (options: KeyRingOptions): Promise<KeyRing> {
       if (before !== undefined && before !== view.kid) log.info({ kid: view.kid, previous: before }, 'signing with the new current key')
     }
     viewedAt = clock()
+    if (sealedWithPrevious && options.previousKek !== undefined) {
+      const kids = await rewrapKeys(db, kek, options.previousKek, clock())
+      sealedWithPrevious = false
+      if (kids.length > 0) log.info({ kids }, 'sealed the stored signing keys again with the current KEY_ENCRYPTION_KEY')
+    }
   }
 
   const imported = options.settingsKey

@@ -8,7 +8,7 @@ import type { Settings } from '../plugins/config.ts'
 import type { Database, Queryable } from '../storage/database.ts'
 import { publicJwk, type PublicJwk } from '../plugins/keys.ts'
 import type { SigningAlgorithm } from './algorithms.ts'
-import { sealPrivateKey } from './encryption.ts'
+import { openWithAny, sealPrivateKey } from './encryption.ts'
 import { generateSigningKeyPair } from './generate.ts'
 
 export type KeyState = 'next' | 'current' | 'retired'
@@ -137,7 +137,7 @@ export async function readSealedKeys (db: Queryable): Promise<SealedKey[]> {
 export interface KeyEvent {
   id: number
   kid: string
-  action: 'created' | 'imported' | 'activated' | 'retired' | 'removed' | 'rescheduled'
+  action: 'created' | 'imported' | 'activated' | 'retired' | 'removed' | 'rescheduled' | 'rewrapped'
   actor: string
   at: Date
   details: Record<string, unknown>
@@ -362,4 +362,25 @@ export async function retireKey (db: Database, kid: string, at: number, options:
   })
   if (result === undefined) throw new Error('the keys lock was not taken')
   return result
+}
+
+/**
+ * While the key-encryption key changes (KEY_ENCRYPTION_KEY_PREVIOUS set):
+ * every stored key sealed with the previous one is sealed again with the
+ * current one, in one transaction. A key that opens with neither changes
+ * nothing and throws KeyDecryptionError. Returns the kids sealed again.
+ */
+export async function rewrapKeys (db: Database, kek: Buffer, previous: Buffer, at: number): Promise<string[]> {
+  const rewrapped = await underKeysLock(db, 'wait', async (tx) => {
+    const done: string[] = []
+    for (const key of await readSealedKeys(tx)) {
+      const opened = openWithAny([kek, previous], key.kid, key.sealed)
+      if (opened.sealedWith === 0) continue
+      await tx.query('UPDATE signing_keys SET private_key = $2 WHERE kid = $1', [key.kid, sealPrivateKey(kek, key.kid, opened.privateKey)])
+      await recordEvent(tx, key.kid, 'rewrapped', SCHEDULER_ACTOR, at)
+      done.push(key.kid)
+    }
+    return done
+  })
+  return rewrapped ?? []
 }

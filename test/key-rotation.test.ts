@@ -12,7 +12,7 @@ import Fastify from 'fastify'
 import serviceApp, { options } from '../app.ts'
 import { loadConfig } from '../plugins/config.ts'
 import { POLL_MS } from '../signing-keys/ring.ts'
-import { keyPolicy, MAX_STORED_KEYS, rotateKeys } from '../signing-keys/stored.ts'
+import { keyPolicy, MAX_STORED_KEYS, retireKey, rotateKeys } from '../signing-keys/stored.ts'
 import { build, buildLogged, testEnv } from './helpers/app.ts'
 import { createDatabase, insertClient, sql } from './helpers/databases.ts'
 import { injectAdmin, issueTokens } from './helpers/http.ts'
@@ -175,6 +175,39 @@ t.test('a change made elsewhere reaches an instance through its own poll, JWKS, 
   const token = (await issueTokens(b.app, 'svc-rotation', SECRET)).access_token
   t.same([decodeJwt(token).header.kid, decodeJwt(token).header.alg], [rotated.kid, 'ES256'], 'and it signs with the new key')
   t.ok((await jwksOf(b.app)).some((jwk) => jwk.kid === before), 'the retired key stays published')
+})
+
+t.test('a new key-encryption key: KEY_ENCRYPTION_KEY_PREVIOUS lets the start seal every key again, after which the old one opens nothing', async (t) => {
+  const databaseUrl = await createDatabase(t)
+  const oldKek = KEK
+  const newKek = randomBytes(32).toString('base64')
+  const first = await build(t, { databaseUrl, env: SETTINGS, unset: UNSET, keyPollMs: 0 })
+  const kid = first.app.keys.kid
+  const next = (await rotateKeys(first.app.db, first.config.keyEncryptionKey as Buffer, keyPolicy(first.config), Date.now(), { immediately: false, actor: 'test' })).kid
+  await first.app.close()
+  const rewrappedKids = async (): Promise<string[]> =>
+    (await sql<{ kid: string }>(databaseUrl, "SELECT kid FROM signing_key_events WHERE action = 'rewrapped' ORDER BY id")).map((row) => row.kid)
+
+  const moving = await build(t, { databaseUrl, env: { ...SETTINGS, KEY_ENCRYPTION_KEY: newKek, KEY_ENCRYPTION_KEY_PREVIOUS: oldKek }, unset: UNSET, keyPollMs: 0 })
+  t.equal(moving.app.keys.kid, kid, 'the same key signs')
+  t.equal((await rewrappedKids()).length, 2, 'both stored keys were sealed again, each recorded')
+
+  // A key made meanwhile by an instance still on the old key-encryption key.
+  await retireKey(moving.app.db, next, Date.now(), { immediately: false, actor: 'test' })
+  await rotateKeys(moving.app.db, Buffer.from(oldKek, 'base64'), keyPolicy(moving.config), Date.now(), { immediately: true, actor: 'test' })
+  await moving.app.keyRing?.refresh()
+  t.equal((await rewrappedKids()).length, 3, 'a key sealed with the previous one is sealed again once read')
+  const signing = moving.app.keys.kid
+  await moving.app.close()
+
+  const settled = await build(t, { databaseUrl, env: { ...SETTINGS, KEY_ENCRYPTION_KEY: newKek }, unset: UNSET, keyPollMs: 0 })
+  t.equal(settled.app.keys.kid, signing, 'the new key-encryption key alone opens every key')
+  await settled.app.close()
+
+  const config = loadConfig(testEnv(databaseUrl, 'unused:', { ...SETTINGS, KEY_ENCRYPTION_KEY: oldKek }))
+  const instance = Fastify(options)
+  t.teardown(async () => await instance.close())
+  await t.rejects(async () => { await instance.register(serviceApp, { config }).ready() }, { message: /^KEY_ENCRYPTION_KEY: does not decrypt the signing key/ }, 'the old one alone opens nothing')
 })
 
 t.test('rotations at once, one after another, stop at the bound of stored keys', async (t) => {

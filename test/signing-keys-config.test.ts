@@ -51,6 +51,18 @@ test('database mode requires a key-encryption key, from one place', async (t) =>
   refused(t, databaseEnv({ KEY_STORE: 'files' }), 'KEY_STORE', [KEK.toString('base64')], 'an unknown KEY_STORE')
 })
 
+test('KEY_ENCRYPTION_KEY_PREVIOUS is optional, read like KEY_ENCRYPTION_KEY, and refused by its own name', async (t) => {
+  t.equal(loadSettings(databaseEnv()).keyEncryptionKeyPrevious, undefined, 'unset by default')
+  const previous = randomBytes(32)
+  t.same(loadSettings(databaseEnv({ KEY_ENCRYPTION_KEY_PREVIOUS: previous.toString('hex') })).keyEncryptionKeyPrevious, previous, 'read when given')
+  const dir = t.testdir({ previous: previous.toString('base64') })
+  chmodSync(join(dir, 'previous'), 0o600)
+  t.same(loadSettings(databaseEnv({ KEY_ENCRYPTION_KEY_PREVIOUS_FILE: join(dir, 'previous') })).keyEncryptionKeyPrevious, previous, 'or from its _FILE')
+  refused(t, databaseEnv({ KEY_ENCRYPTION_KEY_PREVIOUS: 'not-a-key-at-all-0123456789' }), 'KEY_ENCRYPTION_KEY_PREVIOUS', ['not-a-key-at-all-0123456789'], 'a bad previous key')
+  refused(t, databaseEnv({ KEY_ENCRYPTION_KEY_PREVIOUS: previous.toString('hex'), KEY_ENCRYPTION_KEY_PREVIOUS_FILE: join(dir, 'previous') }),
+    'KEY_ENCRYPTION_KEY_PREVIOUS', [previous.toString('hex')], 'both set')
+})
+
 test('a key-encryption key is 32 bytes: 64 hex digits, base64 with or without padding, base64url', async (t) => {
   // 0xfb 0xff in the key make both + and / in base64, - and _ in base64url.
   const kek = Buffer.concat([Buffer.from([0xfb, 0xff, 0xfe]), randomBytes(29)])

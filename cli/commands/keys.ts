@@ -302,7 +302,7 @@ after "--". ${STORED_KEYS_HELP}`,
     summary: 'show the recorded changes of the signing keys, newest first',
     usage: 'keys history [--limit <n>] [--json]',
     help: `Lists who changed which key, when, and how (created, imported, activated,
-rescheduled, retired, removed), newest first, --limit at a time (default
+rescheduled, retired, removed, rewrapped), newest first, --limit at a time (default
 20, at most 1000). The service's own scheduled steps are recorded as
 "scheduler", the CLI's as cli:<user>. ${STORED_KEYS_HELP}`,
     options: { limit: { type: 'string' }, ...JSON_OPTION },
