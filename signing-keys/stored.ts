@@ -9,7 +9,7 @@ import type { Database, Queryable } from '../storage/database.ts'
 import { publicJwk, type PublicJwk } from '../plugins/keys.ts'
 import type { SigningAlgorithm } from './algorithms.ts'
 import { openWithAny, sealPrivateKey } from './encryption.ts'
-import { generateSigningKeyPair } from './generate.ts'
+import { generateSigningKeyPairAsync } from './generate.ts'
 
 export type KeyState = 'next' | 'current' | 'retired'
 
@@ -157,8 +157,8 @@ async function recordEvent (tx: Queryable, kid: string, action: KeyEvent['action
 }
 
 /** A private key of the algorithm, new, with its published form. */
-export function newKey (algorithm: SigningAlgorithm): { privateKey: KeyObject, jwk: PublicJwk } {
-  const pair = generateSigningKeyPair(algorithm)
+export async function newKey (algorithm: SigningAlgorithm): Promise<{ privateKey: KeyObject, jwk: PublicJwk }> {
+  const pair = await generateSigningKeyPairAsync(algorithm)
   return { privateKey: pair.privateKey, jwk: publicJwk(pair.publicKey, algorithm) }
 }
 
@@ -222,7 +222,7 @@ export async function ensureSigningKey (db: Database, kek: Buffer, policy: KeyPo
   return await underKeysLock(db, 'wait', async (tx) => {
     const { rows } = await tx.query("SELECT 1 FROM signing_keys WHERE state = 'current'")
     if (rows.length > 0) return undefined
-    const key = imported ?? { ...newKey(policy.algorithm), algorithm: policy.algorithm }
+    const key = imported ?? { ...await newKey(policy.algorithm), algorithm: policy.algorithm }
     const jwk = await insertKey(tx, kek, { privateKey: key.privateKey, algorithm: key.algorithm, state: 'current', at })
     const action = imported === undefined ? 'created' : 'imported'
     await recordEvent(tx, jwk.kid, action, SCHEDULER_ACTOR, at, { algorithm: key.algorithm, state: 'current' })
@@ -259,7 +259,7 @@ export async function scheduledStep (db: Database, kek: Buffer, policy: KeyPolic
       const due = (current.activatedAt?.getTime() ?? at) + policy.rotationIntervalMs
       if (due - policy.publishAheadMs <= at) {
         const activateAfter = Math.max(due, at + policy.publishAheadMs)
-        const key = newKey(policy.algorithm)
+        const key = await newKey(policy.algorithm)
         await insertKey(tx, kek, { privateKey: key.privateKey, algorithm: policy.algorithm, state: 'next', at, activateAfter })
         await recordEvent(tx, key.jwk.kid, 'created', SCHEDULER_ACTOR, at, { algorithm: policy.algorithm, state: 'next', activate_after: new Date(activateAfter).toISOString() })
         changes++
@@ -304,7 +304,7 @@ export async function rotateKeys (db: Database, kek: Buffer, policy: KeyPolicy, 
         throw new KeyRuleError(`${keys.length} keys are stored, the most the JWKS publishes; retired keys leave once their tokens have expired (or retire one at once with now)`)
       }
       const algorithm = options.algorithm ?? policy.algorithm
-      const key = newKey(algorithm)
+      const key = await newKey(algorithm)
       const activateAfter = at + policy.publishAheadMs
       await insertKey(tx, kek, { privateKey: key.privateKey, algorithm, state: 'next', at, activateAfter })
       await recordEvent(tx, key.jwk.kid, 'created', options.actor, at, { algorithm, state: 'next', activate_after: new Date(activateAfter).toISOString() })
