@@ -37,9 +37,15 @@ async function jwksOf (app: FastifyInstance): Promise<JWK[]> {
   return (res.json() as { keys: JWK[] }).keys
 }
 
-/** A verifier that fetches the JWKS, then trusts that copy for two hours whatever it meets. */
+/**
+ * A verifier that fetches the JWKS, then trusts that copy for two hours
+ * whatever it meets. A token's signature is checked against the copy's key
+ * the first time; a key's material never changes under its kid (the kid is
+ * its thumbprint), so later presentations need the kid in the copy.
+ */
 function cachingGateway (): { accepts: (token: string, now: number, fetch: () => Promise<JWK[]>) => Promise<boolean>, fetches: number } {
   let cached: { at: number, keys: Map<string, JWK> } | undefined
+  const verified = new Set<string>()
   const gateway = {
     fetches: 0,
     async accepts (token: string, now: number, fetch: () => Promise<JWK[]>): Promise<boolean> {
@@ -50,8 +56,10 @@ function cachingGateway (): { accepts: (token: string, now: number, fetch: () =>
       const kid = decodeJwt(token).header.kid as string
       const jwk = cached.keys.get(kid)
       if (jwk === undefined) return false
+      if (verified.has(token)) return true
       try {
         await compactVerify(token, await importJWK(jwk, jwk.alg))
+        verified.add(token)
         return true
       } catch {
         return false
