@@ -96,7 +96,7 @@ export default fp(async (fastify) => {
         { name: 'oauth', description: 'Token endpoints (RFC 6749, 7009, 7662)' },
         { name: 'discovery', description: 'Metadata and public keys for gateways and client libraries' },
         { name: 'operations', description: 'Probes for load balancers and orchestrators (admin listener, except /health)' },
-        { name: 'admin', description: 'Client management (admin listener; a bearer token of this service with ADMIN_SCOPE)' }
+        { name: 'admin', description: 'Clients and stored signing keys (admin listener; a bearer token of this service with ADMIN_SCOPE)' }
       ],
       components: {
         securitySchemes: {
