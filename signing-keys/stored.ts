@@ -301,7 +301,7 @@ export async function rotateKeys (db: Database, kek: Buffer, policy: KeyPolicy, 
     }
     if (next === undefined) {
       if (keys.length >= MAX_STORED_KEYS) {
-        throw new KeyRuleError(`${keys.length} keys are stored, the most the JWKS publishes; retired keys leave once their tokens have expired (or retire one at once with now)`)
+        throw new KeyRuleError(`${keys.length} keys are stored, the most the JWKS publishes; retired keys leave once their tokens have expired (or retire one at once: \`keys retire <kid> --now\`, or {"now":true})`)
       }
       const algorithm = options.algorithm ?? policy.algorithm
       const key = await newKey(algorithm)
@@ -347,7 +347,7 @@ export async function retireKey (db: Database, kid: string, at: number, options:
     const key = (await listKeys(tx)).find((stored) => stored.kid === kid)
     if (key === undefined) throw new KeyNotFoundError(kid)
     if (key.state === 'current') {
-      throw new KeyRuleError(`${kid} is the signing key; \`keys rotate\` makes another key sign first (with --now, at once), and the rotation retires it`)
+      throw new KeyRuleError(`${kid} is the signing key; a rotation makes another key sign first (at once with now: \`keys rotate --now\`, or POST /admin/keys/rotate {"now":true}), and retires it`)
     }
     if (key.state === 'next') {
       await recordEvent(tx, kid, 'retired', options.actor, at, { never_signed: true })
@@ -355,7 +355,7 @@ export async function retireKey (db: Database, kid: string, at: number, options:
       return { kid, outcome: 'removed' as const, removeAfter: null }
     }
     if (!options.immediately) {
-      throw new KeyRuleError(`${kid} is retired already and leaves the JWKS at ${key.removeAfter?.toISOString() ?? '?'}, once its last token has expired; --now removes it at once, and every token it signed stops being valid`)
+      throw new KeyRuleError(`${kid} is retired already and leaves the JWKS at ${key.removeAfter?.toISOString() ?? '?'}, once its last token has expired; retiring it with now (\`--now\`, {"now":true}) removes it at once, and every token it signed stops being valid`)
     }
     await removeKey(tx, key, at, options.actor, { reason: 'removed before its tokens expired', remove_after: key.removeAfter?.toISOString() })
     return { kid, outcome: 'removed' as const, removeAfter: null }

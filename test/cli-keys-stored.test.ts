@@ -139,9 +139,9 @@ test('PostgreSQL: rotate --now signs at once and retires the current key; retire
   t.match(keys, [{ kid: now, state: 'current' }, { kid: old, state: 'retired', retired_at: ISO_TIME, remove_after: ISO_TIME }], 'list: the new current key, the old one retired')
 
   res = await run(['keys', 'retire', '--', now])
-  t.match(failed(t, res, 1, 'retire the current key'), new RegExp(`^session-service: ${now} is the signing key; \`keys rotate\` makes another key sign first`), 'refused: rotate instead')
+  t.match(failed(t, res, 1, 'retire the current key'), new RegExp(`^session-service: ${now} is the signing key; a rotation makes another key sign first \\(at once with now: \`keys rotate --now\``), 'refused: rotate instead')
   res = await run(['keys', 'retire', '--', old])
-  t.match(failed(t, res, 1, 'retire a retired key without --now'), new RegExp(`^session-service: ${old} is retired already and leaves the JWKS at \\S+Z, once its last token has expired; --now removes it at once`), 'refused: it leaves by itself')
+  t.match(failed(t, res, 1, 'retire a retired key without --now'), new RegExp(`^session-service: ${old} is retired already and leaves the JWKS at \\S+Z, once its last token has expired; retiring it with now \\(\`--now\`, \\{"now":true\\}\\) removes it at once`), 'refused: it leaves by itself')
   await app.keyRing?.refresh()
   t.ok((await jwksKids(app)).includes(old), 'the refused retirement changed nothing')
 
@@ -251,7 +251,7 @@ test('embedded, service running: keys rotate --now goes through the control sock
   t.equal(decodeJwt(token.access_token).header.kid, rotation.kid, 'the next token is signed with the new key')
 
   const retire = await cli(t, ['keys', 'retire', '--', String(rotation.kid)], { env, cwd })
-  t.match(failed(t, retire, 1, 'retire the current key through the socket'), /is the signing key; `keys rotate` makes another key sign first/, 'the life cycle\'s refusal, as from a PostgreSQL server')
+  t.match(failed(t, retire, 1, 'retire the current key through the socket'), /is the signing key; a rotation makes another key sign first \(at once with now: `keys rotate --now`/, 'the life cycle\'s refusal, as from a PostgreSQL server')
   const history = await cli(t, ['keys', 'history', '--json'], { env, cwd })
   t.strictSame(parsed<Array<{ action: string, actor: string }>>(t, history, 'keys history').slice(0, 3).map((event) => [event.action, event.actor]),
     [['activated', ACTOR], ['retired', ACTOR], ['created', ACTOR]], 'recorded with the operator\'s name')

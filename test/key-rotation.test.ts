@@ -223,7 +223,7 @@ t.test('rotations at once, one after another, stop at the bound of stored keys',
   const { app, config } = await build(t, { env: SETTINGS, unset: UNSET, keyPollMs: 0 })
   const rotate = async (): Promise<unknown> => await rotateKeys(app.db, config.keyEncryptionKey as Buffer, keyPolicy(config), Date.now(), { immediately: true, algorithm: 'ES256', actor: 'test' })
   for (let stored = 1; stored < MAX_STORED_KEYS; stored++) await rotate()
-  await t.rejects(rotate(), { message: `${MAX_STORED_KEYS} keys are stored, the most the JWKS publishes; retired keys leave once their tokens have expired (or retire one at once with now)` })
+  await t.rejects(rotate(), { message: `${MAX_STORED_KEYS} keys are stored, the most the JWKS publishes; retired keys leave once their tokens have expired (or retire one at once: \`keys retire <kid> --now\`, or {"now":true})` })
   await app.keyRing?.refresh()
   t.equal((await jwksOf(app)).length, MAX_STORED_KEYS, 'the JWKS holds the bound, no more')
 })
