@@ -67,6 +67,9 @@ export const REMOVAL_MARGIN_MS = 5 * 60_000
  */
 export const MAX_STORED_KEYS = 20
 
+/** Why a rotation that must make a key cannot: the caller has no key-encryption key. */
+export const KEK_NEEDED = 'KEY_ENCRYPTION_KEY: is required to make a signing key (or a path in KEY_ENCRYPTION_KEY_FILE): give the key-encryption key the service seals its keys with'
+
 /** The actor of the steps the service takes by itself. */
 export const SCHEDULER_ACTOR = 'scheduler'
 
@@ -289,7 +292,7 @@ export interface RotationResult {
  * cached the JWKS before the key was published refuse its tokens until they
  * fetch it again; for a key that must stop signing now.
  */
-export async function rotateKeys (db: Database, kek: Buffer, policy: KeyPolicy, at: number,
+export async function rotateKeys (db: Database, kek: Buffer | undefined, policy: KeyPolicy, at: number,
   options: { immediately: boolean, algorithm?: SigningAlgorithm, actor: string }): Promise<RotationResult> {
   const result = await underKeysLock(db, 'wait', async (tx) => {
     const keys = await listKeys(tx)
@@ -303,6 +306,8 @@ export async function rotateKeys (db: Database, kek: Buffer, policy: KeyPolicy, 
       if (keys.length >= MAX_STORED_KEYS) {
         throw new KeyRuleError(`${keys.length} keys are stored, the most the JWKS publishes; retired keys leave once their tokens have expired (or retire one at once: \`keys retire <kid> --now\`, or {"now":true})`)
       }
+      // The CLI may come without one when a waiting key is to be used.
+      if (kek === undefined) throw new KeyRuleError(KEK_NEEDED)
       const algorithm = options.algorithm ?? policy.algorithm
       const key = await newKey(algorithm)
       const activateAfter = at + policy.publishAheadMs

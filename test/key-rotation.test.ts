@@ -12,7 +12,7 @@ import Fastify from 'fastify'
 import serviceApp, { options } from '../app.ts'
 import { loadConfig } from '../plugins/config.ts'
 import { POLL_MS } from '../signing-keys/ring.ts'
-import { keyPolicy, MAX_STORED_KEYS, retireKey, rotateKeys } from '../signing-keys/stored.ts'
+import { KEK_NEEDED, keyPolicy, MAX_STORED_KEYS, retireKey, rotateKeys } from '../signing-keys/stored.ts'
 import { build, buildLogged, testEnv } from './helpers/app.ts'
 import { createDatabase, insertClient, sql } from './helpers/databases.ts'
 import { injectAdmin, issueTokens } from './helpers/http.ts'
@@ -219,9 +219,11 @@ t.test('a new key-encryption key: KEY_ENCRYPTION_KEY_PREVIOUS lets the start sea
   await t.rejects(async () => { await instance.register(serviceApp, { config }).ready() }, { message: /^KEY_ENCRYPTION_KEY: does not decrypt the signing key/ }, 'the old one alone opens nothing')
 })
 
-t.test('rotations at once, one after another, stop at the bound of stored keys', async (t) => {
+t.test('a rotation without a key-encryption key makes nothing; rotations at once, one after another, stop at the bound of stored keys', async (t) => {
   const { app, config } = await build(t, { env: SETTINGS, unset: UNSET, keyPollMs: 0 })
   const rotate = async (): Promise<unknown> => await rotateKeys(app.db, config.keyEncryptionKey as Buffer, keyPolicy(config), Date.now(), { immediately: true, algorithm: 'ES256', actor: 'test' })
+  await t.rejects(rotateKeys(app.db, undefined, keyPolicy(config), Date.now(), { immediately: true, actor: 'test' }), { message: KEK_NEEDED },
+    'without a key-encryption key no key is made')
   for (let stored = 1; stored < MAX_STORED_KEYS; stored++) await rotate()
   await t.rejects(rotate(), { message: `${MAX_STORED_KEYS} keys are stored, the most the JWKS publishes; retired keys leave once their tokens have expired (or retire one at once: \`keys retire <kid> --now\`, or {"now":true})` })
   await app.keyRing?.refresh()

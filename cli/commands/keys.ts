@@ -12,7 +12,7 @@ import { isSigningAlgorithm, SIGNING_ALGORITHMS, type SigningAlgorithm } from '.
 import { KeyDecryptionError, openPrivateKey } from '../../signing-keys/encryption.ts'
 import { generatePrivateKeyPem } from '../../signing-keys/generate.ts'
 import {
-  KeyNotFoundError, keyPolicy, KeyRuleError, listKeyEvents, listKeys, readSealedKeys, retireKey, rotateKeys,
+  KEK_NEEDED, KeyNotFoundError, keyPolicy, KeyRuleError, listKeyEvents, listKeys, readSealedKeys, retireKey, rotateKeys,
   type KeyEvent, type RotationResult, type StoredKey
 } from '../../signing-keys/stored.ts'
 import { writeOwnerOnly } from '../../storage/data-dir.ts'
@@ -139,15 +139,15 @@ async function refusingKeyChange<T> (work: () => Promise<T>): Promise<T> {
  * What to seal a key made here with. A key is made when none waits as the
  * next one; then KEY_ENCRYPTION_KEY must be set, and open the keys already
  * stored: a key sealed with another would not open where the service runs.
- * When none is to be made, the key given or an empty one, with which AES
- * seals nothing (should a key be needed after all, the change fails whole).
+ * When none is to be made, the key given, if any (should a key be needed
+ * after all, the rotation refuses with the same message).
  */
-async function sealingKey (db: Queryable, config: Settings): Promise<Buffer> {
+async function sealingKey (db: Queryable, config: Settings): Promise<Buffer | undefined> {
   const stored = await readSealedKeys(db)
   const kek = config.keyEncryptionKey
-  if (stored.some((key) => key.state === 'next')) return kek ?? Buffer.alloc(0)
+  if (stored.some((key) => key.state === 'next')) return kek
   if (kek === undefined) {
-    throw new CliError('KEY_ENCRYPTION_KEY: is required to make a signing key (or a path in KEY_ENCRYPTION_KEY_FILE): give the key-encryption key the service seals its keys with')
+    throw new CliError(KEK_NEEDED)
   }
   const sample = stored[0]
   try {

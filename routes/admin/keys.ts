@@ -116,7 +116,7 @@ function changeRoutes (fastify: AdminInstance): void {
     const actor = actorOf(request.adminActor)
     const ring = ringOf(fastify)
     const { config } = fastify
-    const result = await rotateKeys(fastify.db, config.keyEncryptionKey as Buffer, keyPolicy(config), ring.clock(), {
+    const result = await rotateKeys(fastify.db, config.keyEncryptionKey, keyPolicy(config), ring.clock(), {
       immediately: request.body.now === true, algorithm: request.body.algorithm, actor
     }).catch(refusal)
     await changed(result.kid, result.state === 'current' ? 'rotated_now' : 'rotated', actor)
