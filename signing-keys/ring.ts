@@ -76,39 +76,109 @@ function startFailure (err: unknown): Error {
   return new Error(`cannot read the stored signing keys (KEY_STORE=database): ${(err as Error).message}`)
 }
 
-export async function openKeyRing (options: KeyRingOptions): Promise<KeyRing> {
-  const { db, kek, policy, clock, log } = options
-  const keks = options.previousKek === undefined ? [kek] : [kek, options.previousKek]
-  let sealedWithPrevious = false
-  const privateKeys = new Map<string, KeyObject>()
-  let shownFingerprint = ''
-  let view: Keys | undefined
-  let viewedAt = 0
+/** Keys whose every read goes to the view of the moment; signing also asks whether the view may sign. */
+function followingKeys (view: () => Keys, signing: () => boolean): Keys {
+  return {
+    get kid () { return view().kid },
+    get algorithm () { return view().algorithm },
+    get algorithms () { return view().algorithms },
+    get jwksBody () { return view().jwksBody },
+    get inventory () { return view().inventory },
+    // A view older than the removal margin may sign with a key the others
+    // have retired and that leaves the JWKS before the token expires.
+    sign: (claims) => {
+      if (!signing()) throw new DependencyError('postgresql', new Error('the stored signing keys have not been read for too long'))
+      return view().sign(claims)
+    },
+    check: (token, checkOptions) => view().check(token, checkOptions)
+  }
+}
 
-  // Private keys are opened once per kid; a key that does not open stops
-  // the start, and later keeps the previous view.
-  function build (stored: SealedKey[]): Keys {
+class StoredKeyRing implements KeyRing {
+  readonly keys: Keys
+  readonly clock: () => number
+  private readonly options: KeyRingOptions
+  private readonly keks: Buffer[]
+  private readonly pollMs: number
+  /** private keys opened so far, by kid: each is opened once */
+  private readonly privateKeys = new Map<string, KeyObject>()
+  private sealedWithPrevious = false
+  private shownFingerprint = ''
+  private view: Keys | undefined
+  private viewedAt = 0
+  private attemptedAt: number
+  private steppedAt: number
+  private failing = false
+  private running: Promise<void> | undefined
+  private timer: NodeJS.Timeout | undefined
+
+  constructor (options: KeyRingOptions) {
+    this.options = options
+    this.clock = options.clock
+    this.keks = options.previousKek === undefined ? [options.kek] : [options.kek, options.previousKek]
+    this.pollMs = options.pollMs ?? POLL_MS
+    this.attemptedAt = this.clock()
+    this.steppedAt = this.clock()
+    this.keys = followingKeys(() => this.view as Keys, () => this.signing())
+  }
+
+  /** The first key if none is stored, the keys opened (before any step), the due steps, then the poll. */
+  async start (): Promise<void> {
+    const { db, kek, policy, log, settingsKey } = this.options
+    const first = await ensureSigningKey(db, kek, policy, this.clock(), settingsKey).catch((err: unknown) => { throw startFailure(err) })
+    if (first !== undefined) {
+      log.info({ kid: first.kid }, first.action === 'imported'
+        ? 'stored the configured signing key in the database: it keeps signing, and the settings may drop it'
+        : 'no signing key was stored: made one, and it signs from now')
+    }
+    try {
+      // The stored keys must open before any step: a start with another
+      // key-encryption key would otherwise seal a new key with it.
+      await this.load()
+      if (await scheduledStep(db, kek, policy, this.clock())) await this.load()
+    } catch (err) {
+      throw startFailure(err)
+    }
+    if (settingsKey !== undefined) {
+      const kid = publicJwk(settingsKey.publicKey, settingsKey.algorithm).kid
+      if (!this.privateKeys.has(kid)) {
+        log.warn({ kid }, 'the configured signing key (JWT_PRIVATE_KEY) is not a stored key: it is published so that its tokens stay valid, but the stored keys sign; remove it from the settings once its tokens have expired')
+      }
+    }
+    if (this.pollMs > 0) {
+      this.timer = setInterval(() => { this.look(false).catch(() => {}) }, this.pollMs)
+      this.timer.unref()
+    }
+  }
+
+  /** Opens the keys not opened yet and forgets those no longer stored; a key that does not open throws. */
+  private openKeys (stored: SealedKey[]): void {
+    for (const key of stored) {
+      if (this.privateKeys.has(key.kid)) continue
+      const opened = openWithAny(this.keks, key.kid, key.sealed)
+      this.privateKeys.set(key.kid, opened.privateKey)
+      if (opened.sealedWith > 0) this.sealedWithPrevious = true
+    }
+    for (const kid of this.privateKeys.keys()) if (!stored.some((key) => key.kid === kid)) this.privateKeys.delete(kid)
+  }
+
+  /** The view of `stored`: the current key signs; the others, the settings' key and additional keys are published. */
+  private build (stored: SealedKey[]): Keys {
     const current = stored.find((key) => key.state === 'current')
     if (current === undefined) throw new Error('no current signing key is stored')
-    for (const key of stored) {
-      if (privateKeys.has(key.kid)) continue
-      const opened = openWithAny(keks, key.kid, key.sealed)
-      privateKeys.set(key.kid, opened.privateKey)
-      if (opened.sealedWith > 0) sealedWithPrevious = true
-    }
-    for (const kid of privateKeys.keys()) if (!stored.some((key) => key.kid === kid)) privateKeys.delete(kid)
-    const privateKey = privateKeys.get(current.kid) as KeyObject
+    this.openKeys(stored)
+    const privateKey = this.privateKeys.get(current.kid) as KeyObject
     const others: AdditionalKey[] = stored.filter((key) => key !== current)
-      .map((key) => ({ publicKey: createPublicKey(privateKeys.get(key.kid) as KeyObject), algorithm: key.algorithm }))
-    const settingsKey = options.settingsKey
+      .map((key) => ({ publicKey: createPublicKey(this.privateKeys.get(key.kid) as KeyObject), algorithm: key.algorithm }))
+    const { settingsKey } = this.options
     const extra = settingsKey === undefined ? [] : [{ publicKey: settingsKey.publicKey, algorithm: settingsKey.algorithm }]
     const keys = createKeys({
       privateKey,
       publicKey: createPublicKey(privateKey),
       algorithm: current.algorithm,
-      additionalKeys: [...others, ...extra, ...options.additionalKeys],
-      issuer: options.issuer,
-      audience: options.audience
+      additionalKeys: [...others, ...extra, ...this.options.additionalKeys],
+      issuer: this.options.issuer,
+      audience: this.options.audience
     })
     const states = new Map(stored.map((key) => [key.kid, key]))
     const inventory: KeyInfo[] = keys.inventory.map((info) => {
@@ -118,106 +188,79 @@ export async function openKeyRing (options: KeyRingOptions): Promise<KeyRing> {
     return { ...keys, inventory }
   }
 
-  async function load (): Promise<void> {
-    if (fingerprint(await listKeys(db)) !== shownFingerprint || view === undefined) {
+  /** Reads the states; the sealed keys and a new view only when they changed. */
+  private async load (): Promise<void> {
+    const { db, log } = this.options
+    if (fingerprint(await listKeys(db)) !== this.shownFingerprint || this.view === undefined) {
       const stored = await readSealedKeys(db)
-      const before = view?.kid
-      view = build(stored)
-      shownFingerprint = fingerprint(stored)
-      if (before !== undefined && before !== view.kid) log.info({ kid: view.kid, previous: before }, 'signing with the new current key')
+      const before = this.view?.kid
+      this.view = this.build(stored)
+      this.shownFingerprint = fingerprint(stored)
+      if (before !== undefined && before !== this.view.kid) log.info({ kid: this.view.kid, previous: before }, 'signing with the new current key')
     }
-    viewedAt = clock()
-    if (sealedWithPrevious && options.previousKek !== undefined) {
-      const kids = await rewrapKeys(db, kek, options.previousKek, clock())
-      sealedWithPrevious = false
-      if (kids.length > 0) log.info({ kids }, 'sealed the stored signing keys again with the current KEY_ENCRYPTION_KEY')
-    }
+    this.viewedAt = this.clock()
+    await this.rewrapIfNeeded()
   }
 
-  const imported = options.settingsKey
-  const first = await ensureSigningKey(db, kek, policy, clock(), imported).catch((err: unknown) => { throw startFailure(err) })
-  if (first !== undefined) {
-    log.info({ kid: first.kid }, first.action === 'imported'
-      ? 'stored the configured signing key in the database: it keeps signing, and the settings may drop it'
-      : 'no signing key was stored: made one, and it signs from now')
-  }
-  try {
-    // The stored keys must open before any step: a start with another
-    // key-encryption key would otherwise seal a new key with it.
-    await load()
-    if (await scheduledStep(db, kek, policy, clock())) await load()
-  } catch (err) {
-    throw startFailure(err)
+  private async rewrapIfNeeded (): Promise<void> {
+    const { db, kek, previousKek, log } = this.options
+    if (!this.sealedWithPrevious || previousKek === undefined) return
+    const kids = await rewrapKeys(db, kek, previousKek, this.clock())
+    this.sealedWithPrevious = false
+    if (kids.length > 0) log.info({ kids }, 'sealed the stored signing keys again with the current KEY_ENCRYPTION_KEY')
   }
 
-  if (imported !== undefined) {
-    const kid = publicJwk(imported.publicKey, imported.algorithm).kid
-    if (!privateKeys.has(kid)) {
-      log.warn({ kid }, 'the configured signing key (JWT_PRIVATE_KEY) is not a stored key: it is published so that its tokens stay valid, but the stored keys sign; remove it from the settings once its tokens have expired')
-    }
-  }
-
-  let failing = false
-  let attemptedAt = clock()
-  let steppedAt = clock()
-  const refresh = async (step: boolean): Promise<void> => {
-    attemptedAt = clock()
+  /** One look: the due steps (every STEP_MS, or when asked), then the keys. Failures are said once per run of them. */
+  private async refreshOnce (step: boolean): Promise<void> {
+    const { db, kek, policy, log } = this.options
+    this.attemptedAt = this.clock()
     try {
-      if (step || clock() - steppedAt >= STEP_MS) {
-        await scheduledStep(db, kek, policy, clock())
-        steppedAt = clock()
+      if (step || this.clock() - this.steppedAt >= STEP_MS) {
+        await scheduledStep(db, kek, policy, this.clock())
+        this.steppedAt = this.clock()
       }
-      await load()
-      if (failing) log.info({}, 'the stored signing keys are read again')
-      failing = false
+      await this.load()
+      if (this.failing) log.info({}, 'the stored signing keys are read again')
+      this.failing = false
     } catch (err) {
-      // Said once per run of failures; the previous view serves meanwhile.
-      if (!failing) {
+      // The previous view serves meanwhile.
+      if (!this.failing) {
         const message = err instanceof KeyDecryptionError ? lostKeyError(err).message : (err as Error).message
         log.error({ cause: message }, 'could not read the stored signing keys; the previous view serves until they are read')
       }
-      failing = true
+      this.failing = true
     }
   }
 
-  // One look at a time: a slow database does not pile them up.
-  let running: Promise<void> | undefined
-  const look = async (step: boolean): Promise<void> => {
-    running ??= refresh(step).finally(() => { running = undefined })
-    await running
+  /** One look at a time: a slow database does not pile them up. */
+  private async look (step: boolean): Promise<void> {
+    this.running ??= this.refreshOnce(step).finally(() => { this.running = undefined })
+    await this.running
   }
-  const pollMs = options.pollMs ?? POLL_MS
-  const timer = pollMs > 0 ? setInterval(() => { look(false).catch(() => {}) }, pollMs) : undefined
-  timer?.unref()
 
-  const currentView = (): Keys => view as Keys
-  const signing = (): boolean => clock() - viewedAt <= REMOVAL_MARGIN_MS
-  const keys: Keys = {
-    get kid () { return currentView().kid },
-    get algorithm () { return currentView().algorithm },
-    get algorithms () { return currentView().algorithms },
-    get jwksBody () { return currentView().jwksBody },
-    get inventory () { return currentView().inventory },
-    // A view older than the removal margin may sign with a key the others
-    // have retired and that leaves the JWKS before the token expires.
-    sign: (claims) => {
-      if (!signing()) throw new DependencyError('postgresql', new Error('the stored signing keys have not been read for too long'))
-      return currentView().sign(claims)
-    },
-    check: (token, checkOptions) => currentView().check(token, checkOptions)
+  // A look that started before the caller's change may have missed it: wait for it, then look again.
+  async refresh (): Promise<void> {
+    await this.running
+    await this.look(true)
   }
-  return {
-    keys,
-    clock,
-    // A look that started before the caller's change may have missed it: wait for it, then look again.
-    refresh: async () => {
-      await running
-      await look(true)
-    },
-    // By the last attempt, not the last success: while the database is
-    // down, requests are not held up by a look each.
-    signing,
-    stale: () => clock() - attemptedAt > Math.max(5 * pollMs, 5000),
-    close: () => { if (timer !== undefined) clearInterval(timer) }
+
+  signing (): boolean {
+    return this.clock() - this.viewedAt <= REMOVAL_MARGIN_MS
   }
+
+  // By the last attempt, not the last success: while the database is
+  // down, requests are not held up by a look each.
+  stale (): boolean {
+    return this.clock() - this.attemptedAt > Math.max(5 * this.pollMs, 5000)
+  }
+
+  close (): void {
+    if (this.timer !== undefined) clearInterval(this.timer)
+  }
+}
+
+export async function openKeyRing (options: KeyRingOptions): Promise<KeyRing> {
+  const ring = new StoredKeyRing(options)
+  await ring.start()
+  return ring
 }

@@ -271,14 +271,15 @@ function answerError (response: { error: string, code?: string, refusal?: KeyRef
   return new RemoteDatabaseError(response.error, response.code)
 }
 
-/** Connects to the control socket; rejects when nothing listens there. */
-export async function connectControl (path: string, timeoutMs = 5000): Promise<ControlClient> {
-  const socket = createConnection(path)
-  socket.setEncoding('utf8')
-  await new Promise<void>((resolve, reject) => {
-    socket.once('connect', resolve)
-    socket.once('error', reject)
-  })
+/** A request without its id: the channel numbers them. */
+type UnnumberedRequest = ControlRequest extends infer R ? R extends ControlRequest ? Omit<R, 'id'> : never : never
+
+/**
+ * Requests over a connected socket, one JSON line each way: each gets an id,
+ * its answer within `timeoutMs`, and every pending one fails when the
+ * connection does. An error answer throws.
+ */
+function requestChannel (socket: Socket, timeoutMs: number): (request: UnnumberedRequest) => Promise<ControlResponse> {
   const pending = new Map<number, { resolve: (response: ControlResponse) => void, reject: (err: Error) => void }>()
   let nextId = 1
   let buffered = ''
@@ -300,7 +301,7 @@ export async function connectControl (path: string, timeoutMs = 5000): Promise<C
     }
   })
 
-  async function send (request: ControlRequest extends infer R ? R extends ControlRequest ? Omit<R, 'id'> : never : never): Promise<ControlResponse> {
+  return async (request) => {
     const id = nextId++
     const response = await new Promise<ControlResponse>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -316,6 +317,17 @@ export async function connectControl (path: string, timeoutMs = 5000): Promise<C
     if ('error' in response) throw answerError(response, 'kid' in request ? request.kid : undefined)
     return response
   }
+}
+
+/** Connects to the control socket; rejects when nothing listens there. */
+export async function connectControl (path: string, timeoutMs = 5000): Promise<ControlClient> {
+  const socket = createConnection(path)
+  socket.setEncoding('utf8')
+  await new Promise<void>((resolve, reject) => {
+    socket.once('connect', resolve)
+    socket.once('error', reject)
+  })
+  const send = requestChannel(socket, timeoutMs)
 
   const queryable: Queryable = {
     query: async <R>(text: string, values?: unknown[]) => {

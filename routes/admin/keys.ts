@@ -76,30 +76,40 @@ function readRoutes (fastify: AdminInstance): void {
   })
 }
 
-/** Rotate and retire. */
-function changeRoutes (fastify: AdminInstance): void {
+interface ChangeContext {
+  /** the hooks of a route whose JSON body is optional */
+  optionalJson: { preParsing: preParsingAsyncHookHandler, preValidation: preValidationAsyncHookHandler }
+  /** after a change: this instance reads the keys again, and the change is logged */
+  changed: (kid: string, action: string, actor: string) => Promise<void>
+}
+
+/** What rotate and retire share: an optional JSON body (none, or an empty one, is {}) and the read-back after a change. */
+function changeContext (fastify: AdminInstance): ChangeContext {
   const json = fastify.requireMediaType('application/json')
-  // The body is optional: none, or an empty one, is {}; any other is JSON.
   const parseJson = fastify.getDefaultJsonParser('error', 'error')
   fastify.removeContentTypeParser('application/json')
   fastify.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
     if (body === '') done(null, undefined)
     else parseJson(request, body as string, done)
   })
-  const optionalJson: { preParsing: preParsingAsyncHookHandler, preValidation: preValidationAsyncHookHandler } = {
-    preParsing: async (request, reply, payload) => {
-      if (request.headers['content-type'] !== undefined && request.headers['content-length'] !== '0') await json.call(fastify, request, reply, payload)
+  return {
+    optionalJson: {
+      preParsing: async (request, reply, payload) => {
+        if (request.headers['content-type'] !== undefined && request.headers['content-length'] !== '0') await json.call(fastify, request, reply, payload)
+      },
+      preValidation: async (request) => {
+        if (request.body === undefined) request.body = {}
+      }
     },
-    preValidation: async (request) => {
-      if (request.body === undefined) request.body = {}
+    changed: async (kid, action, actor) => {
+      // This instance answers with the new keys at once; the others read them within a poll.
+      await ringOf(fastify).refresh()
+      fastify.log.info({ kid, action, actor }, 'signing keys changed through the admin API')
     }
   }
-  const changed = async (kid: string, action: string, actor: string): Promise<void> => {
-    // This instance answers with the new keys at once; the others read them within a poll.
-    await ringOf(fastify).refresh()
-    fastify.log.info({ kid, action, actor }, 'signing keys changed through the admin API')
-  }
+}
 
+function rotateRoute (fastify: AdminInstance, { optionalJson, changed }: ChangeContext): void {
   fastify.post('/admin/keys/rotate', {
     ...optionalJson,
     schema: {
@@ -122,7 +132,9 @@ function changeRoutes (fastify: AdminInstance): void {
     await changed(result.kid, result.state === 'current' ? 'rotated_now' : 'rotated', actor)
     return rotationView(result)
   })
+}
 
+function retireRoute (fastify: AdminInstance, { optionalJson, changed }: ChangeContext): void {
   fastify.post('/admin/keys/:kid/retire', {
     ...optionalJson,
     schema: {
@@ -150,7 +162,9 @@ const adminKeysRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
   // After authentication, so that only an administrator learns the mode; before the body is read.
   fastify.addHook('onRequest', async () => { ringOf(fastify) })
   readRoutes(fastify)
-  changeRoutes(fastify)
+  const context = changeContext(fastify)
+  rotateRoute(fastify, context)
+  retireRoute(fastify, context)
 }
 
 export default adminKeysRoutes
