@@ -149,7 +149,8 @@ export const keyErrorResponses = {
   503: oauthErrorRef
 }
 
-const iso = (date: Date | null): string | null => date?.toISOString() ?? null
+/** A time as ISO 8601 text, or null: how the keys' times travel (the admin API, the CLI's JSON, the control socket). */
+export const iso = (date: Date | null | undefined): string | null => date?.toISOString() ?? null
 
 export function keyView (key: StoredKey): KeyViewBody {
   return {

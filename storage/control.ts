@@ -6,6 +6,7 @@
 // socket does not carry: the service makes them itself.
 import { createConnection, createServer, type Server, type Socket } from 'node:net'
 import { rmSync } from 'node:fs'
+import { iso } from '../schemas/keys.ts'
 import { isKid } from '../signing-keys/kid.ts'
 import { isSigningAlgorithm, type SigningAlgorithm } from '../signing-keys/algorithms.ts'
 import { KeyNotFoundError, KeyRuleError, type RetirementResult, type RotationResult } from '../signing-keys/stored.ts'
@@ -124,7 +125,6 @@ function answer (socket: Socket, response: ControlResponse): void {
   if (!socket.destroyed) socket.write(`${JSON.stringify(response)}\n`)
 }
 
-const isoOrNull = (date: Date | null | undefined): string | null => date?.toISOString() ?? null
 const dateOrNull = (text: string | null): Date | null => text === null ? null : new Date(text)
 
 /** The service keeps its keys in the settings: nothing here to change. */
@@ -135,11 +135,11 @@ async function changeKeys (request: Extract<ControlRequest, { op: 'rotate-keys' 
   const options = { immediately: request.immediately, actor: request.actor }
   if (request.op === 'retire-key') {
     const retirement = await keys.retire(request.kid, options)
-    return { id: request.id, retirement: { ...retirement, removeAfter: isoOrNull(retirement.removeAfter) } }
+    return { id: request.id, retirement: { ...retirement, removeAfter: iso(retirement.removeAfter) } }
   }
   const algorithm = request.algorithm as SigningAlgorithm | undefined
   const rotation = await keys.rotate(algorithm === undefined ? options : { ...options, algorithm })
-  return { id: request.id, rotation: { ...rotation, activateAfter: isoOrNull(rotation.activateAfter), retired: rotation.retired ?? null } }
+  return { id: request.id, rotation: { ...rotation, activateAfter: iso(rotation.activateAfter), retired: rotation.retired ?? null } }
 }
 
 async function handle (request: ControlRequest, handlers: ControlHandlers): Promise<ControlResponse> {

@@ -11,6 +11,7 @@ import { isKid } from '../../signing-keys/kid.ts'
 import { isSigningAlgorithm, SIGNING_ALGORITHMS, type SigningAlgorithm } from '../../signing-keys/algorithms.ts'
 import { KeyDecryptionError, openPrivateKey } from '../../signing-keys/encryption.ts'
 import { generatePrivateKeyPem } from '../../signing-keys/generate.ts'
+import { iso, keyEventView, keyView, retirementView, rotationView } from '../../schemas/keys.ts'
 import {
   KEK_NEEDED, KeyNotFoundError, keyPolicy, KeyRuleError, listKeyEvents, listKeys, readSealedKeys, retireKey, rotateKeys,
   type KeyEvent, type RotationResult, type StoredKey
@@ -82,26 +83,12 @@ function requireStoredKeys (config: Settings, command: string): void {
   throw new CliError(`KEY_STORE is settings: keys come from JWT_PRIVATE_KEY (or the data directory) in this mode, and \`${command}\` works on keys kept in the database; set KEY_STORE=database (see the README's section on key rotation)`)
 }
 
-const iso = (date: Date | null): string | null => date?.toISOString() ?? null
-
 /** The SPKI PEM of a published key: what JWT_ADDITIONAL_PUBLIC_KEYS takes. */
 const publicKeyPem = (jwk: PublicJwk): string =>
   createPublicKey({ key: jwk as JsonWebKey, format: 'jwk' }).export({ type: 'spki', format: 'pem' }).toString()
 
-function storedKeyView (key: StoredKey): Record<string, unknown> {
-  return {
-    kid: key.kid,
-    algorithm: key.algorithm,
-    state: key.state,
-    created_at: iso(key.createdAt),
-    activate_after: iso(key.activateAfter),
-    activated_at: iso(key.activatedAt),
-    retired_at: iso(key.retiredAt),
-    remove_after: iso(key.removeAfter),
-    public_jwk: key.publicJwk,
-    public_key_pem: publicKeyPem(key.publicJwk)
-  }
-}
+/** A stored key as `keys list --json` gives it: the admin API's view, and the PEM of its public key. */
+const storedKeyView = (key: StoredKey): Record<string, unknown> => ({ ...keyView(key), public_key_pem: publicKeyPem(key.publicJwk) })
 
 /** The time that matters for a key in its state. */
 function keySchedule (key: StoredKey): string {
@@ -198,15 +185,7 @@ async function rotateStoredKeys ({ values, positionals, config, out }: CommandCo
     const rotation = await refusingKeyChange(async () => await rotate(connection, config, { immediately, ...(algorithm === undefined ? {} : { algorithm }) }))
     const retired = rotation.retired === undefined ? undefined : (await listKeys(connection.db)).find((key) => key.kid === rotation.retired)
     if (out.json) {
-      out.data({
-        kid: rotation.kid,
-        algorithm: rotation.algorithm,
-        state: rotation.state,
-        created: rotation.created,
-        activate_after: iso(rotation.activateAfter),
-        retired: rotation.retired ?? null,
-        retired_remove_after: iso(retired?.removeAfter ?? null)
-      })
+      out.data({ ...rotationView(rotation), retired_remove_after: iso(retired?.removeAfter) })
     } else {
       printRotation(out, config, rotation, retired)
     }
@@ -231,7 +210,7 @@ async function retireStoredKey ({ values, positionals, config, out }: CommandCon
     const retirement = await refusingKeyChange(async () => connection.service !== undefined
       ? await connection.service.retireKey(kid, options)
       : await retireKey(connection.db, kid, Date.now(), options))
-    if (out.json) out.data({ kid, outcome: retirement.outcome, remove_after: iso(retirement.removeAfter) })
+    if (out.json) out.data(retirementView(retirement))
     else if (retirement.outcome === 'removed') out.print(`key ${kid} removed: it is no longer published, and no token it signed is valid any more`)
     else out.print(`key ${kid} retired: published until ${iso(retirement.removeAfter) ?? '-'}, when the last token it signed has expired`)
     announceKeyChange(config, connection, out)
@@ -249,7 +228,7 @@ async function keyHistory ({ values, positionals, config, out }: CommandContext)
   requireStoredKeys(config, command)
   await withDatabase(config, async ({ db }) => {
     const events = await listKeyEvents(db, { limit })
-    if (out.json) out.data(events.map((event) => ({ id: event.id, at: event.at.toISOString(), kid: event.kid, action: event.action, actor: event.actor, details: event.details })))
+    if (out.json) out.data(events.map(keyEventView))
     else if (events.length === 0) out.print('no key events')
     else {
       printTable(out, [['AT', 'KID', 'ACTION', 'ACTOR', 'DETAILS'],
