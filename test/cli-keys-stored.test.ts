@@ -193,6 +193,9 @@ test('PostgreSQL: the commands refuse with KEY_STORE=settings; rotate needs the 
   t.equal(failed(t, res, 1, 'keys rotate with another KEY_ENCRYPTION_KEY'),
     `session-service: KEY_ENCRYPTION_KEY: does not decrypt the stored signing key ${app.keys.kid}; a key sealed with it would not open where the service runs: give the key-encryption key the service uses`)
   t.equal((await listed(t, run)).length, 1, 'no key was made')
+  res = await run(['keys', 'rotate', '--json'], { ...noKek, KEY_ENCRYPTION_KEY: randomBytes(32).toString('base64'), KEY_ENCRYPTION_KEY_PREVIOUS: KEK })
+  t.equal(res.code, 0, 'while the key-encryption key changes, the previous one opening the stored keys is enough', { stderr: res.stderr })
+  await run(['keys', 'retire', '--', String(parsed(t, res, 'keys rotate during a change of key-encryption key').kid)])
 
   res = await run(['keys', 'rotate', '--json'])
   const next = String(parsed(t, res, 'keys rotate').kid)

@@ -9,7 +9,7 @@ import type { Settings } from '../../plugins/config.ts'
 import { publicJwk, type PublicJwk } from '../../plugins/keys.ts'
 import { isKid } from '../../signing-keys/kid.ts'
 import { isSigningAlgorithm, SIGNING_ALGORITHMS, type SigningAlgorithm } from '../../signing-keys/algorithms.ts'
-import { KeyDecryptionError, openPrivateKey } from '../../signing-keys/encryption.ts'
+import { KeyDecryptionError, openWithAny } from '../../signing-keys/encryption.ts'
 import { generatePrivateKeyPem } from '../../signing-keys/generate.ts'
 import { iso, keyEventView, keyView, retirementView, rotationView } from '../../schemas/keys.ts'
 import {
@@ -137,8 +137,10 @@ async function sealingKey (db: Queryable, config: Settings): Promise<Buffer | un
     throw new CliError(KEK_NEEDED)
   }
   const sample = stored[0]
+  const previous = config.keyEncryptionKeyPrevious
   try {
-    if (sample !== undefined) openPrivateKey(kek, sample.kid, sample.sealed)
+    // During a change of key-encryption key, a key may still be sealed with the previous one.
+    if (sample !== undefined) openWithAny(previous === undefined ? [kek] : [kek, previous], sample.kid, sample.sealed)
   } catch (err) {
     if (!(err instanceof KeyDecryptionError)) throw err
     throw new CliError(`KEY_ENCRYPTION_KEY: does not decrypt the stored signing key ${sample?.kid ?? ''}; a key sealed with it would not open where the service runs: give the key-encryption key the service uses`)
